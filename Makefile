@@ -1,0 +1,152 @@
+# cordon — build, test, demo, bench, install.
+#   make          build/cordond, build/cordonctl, build/cordon.bpf.o
+#   make test     install missing packages, build, unit tests (plain + ASan/UBSan), integration tests
+#   make demo     install missing packages, build, run the end-to-end demo
+#   make bench    benchmarks, figures printed as tables (see bench/RESULTS.md)
+
+BUILD    ?= build
+CXX      ?= g++
+CLANG    ?= clang
+BPFTOOL  ?= bpftool
+PROTOC   ?= protoc
+PYTHON   ?= /usr/bin/python3
+PREFIX   ?= /usr/local
+DESTDIR  ?=
+
+ARCH := $(shell uname -m | sed 's/x86_64/x86/;s/aarch64/arm64/')
+
+INCLUDES := -I$(BUILD) -I$(BUILD)/gen -Iinclude -Iuserspace -Ibpf
+CXXFLAGS_BASE := -std=c++20 -Wall -Wextra -Werror -g $(INCLUDES) -MMD -MP
+CXXFLAGS ?= -O2
+SAN_FLAGS := -O1 -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
+LIBS := -lbpf -lelf -lz -luring -lsystemd -lboost_program_options -lyaml-cpp -lprotobuf -lresolv -lpthread
+TEST_LIBS := -lgtest -lgmock -lpthread
+BENCH_LIBS := -lbenchmark -lpthread
+
+PROTOS := $(wildcard proto/cordon/*.proto)
+PROTO_CC := $(patsubst proto/%.proto,$(BUILD)/gen/%.pb.cc,$(PROTOS))
+PROTO_H := $(PROTO_CC:.cc=.h)
+GEN_HEADERS := $(BUILD)/cordon.skel.h $(PROTO_H)
+
+MAINS := userspace/cordond_main.cc userspace/cordonctl_main.cc
+LIB_SRCS := $(filter-out $(MAINS),$(shell find userspace -name '*.cc'))
+LIB_OBJS := $(patsubst %.cc,$(BUILD)/obj/%.o,$(LIB_SRCS)) $(patsubst $(BUILD)/gen/%.cc,$(BUILD)/obj/gen/%.o,$(PROTO_CC)) $(BUILD)/obj/gen/default_policy.o
+SAN_LIB_OBJS := $(patsubst $(BUILD)/obj/%,$(BUILD)/san/%,$(LIB_OBJS))
+UNIT_SRCS := $(wildcard tests/unit/*.cc)
+UNIT_OBJS := $(patsubst %.cc,$(BUILD)/obj/%.o,$(UNIT_SRCS))
+SAN_UNIT_OBJS := $(patsubst %.cc,$(BUILD)/san/%.o,$(UNIT_SRCS))
+BENCH_SRCS := $(wildcard bench/*.cc)
+
+.PHONY: all deps test unit unit-san integration demo bench fmt fmt-check install uninstall clean
+.DELETE_ON_ERROR:
+
+all: $(BUILD)/cordond $(BUILD)/cordonctl $(BUILD)/cordon.bpf.o
+
+deps:
+	./scripts/install-deps.sh
+
+# --- BPF: CO-RE object, vmlinux.h from the running kernel's BTF, skeleton from bpftool ---
+$(BUILD)/vmlinux.h:
+	@mkdir -p $(@D)
+	$(BPFTOOL) btf dump file /sys/kernel/btf/vmlinux format c > $@
+
+$(BUILD)/cordon.bpf.o: bpf/cordon.bpf.c bpf/cordon_decide.h include/cordon/bpf_shared.h $(BUILD)/vmlinux.h
+	$(CLANG) -g -O2 -target bpf -D__TARGET_ARCH_$(ARCH) -Wall -Werror $(INCLUDES) -c $< -o $@
+
+$(BUILD)/cordon.skel.h: $(BUILD)/cordon.bpf.o
+	$(BPFTOOL) gen skeleton $< name cordon_bpf > $@
+
+# --- generated C++: protobuf schema, embedded default policy ---
+$(BUILD)/gen/%.pb.cc $(BUILD)/gen/%.pb.h: proto/%.proto
+	@mkdir -p $(BUILD)/gen
+	$(PROTOC) -Iproto --cpp_out=$(BUILD)/gen $<
+
+$(BUILD)/gen/default_policy.cc: userspace/config/default_policy.yaml
+	@mkdir -p $(@D)
+	{ printf 'namespace cordon {\nextern const char kDefaultPolicyYaml[];\nconst char kDefaultPolicyYaml[] = R"cordon_yaml('; \
+	  cat $<; printf ')cordon_yaml";\n}\n'; } > $@
+
+# --- userspace ---
+$(BUILD)/obj/gen/%.o: $(BUILD)/gen/%.cc | $(GEN_HEADERS)
+	@mkdir -p $(@D)
+	$(CXX) $(CXXFLAGS_BASE) $(CXXFLAGS) -Wno-unused-parameter -c $< -o $@
+
+$(BUILD)/obj/%.o: %.cc | $(GEN_HEADERS)
+	@mkdir -p $(@D)
+	$(CXX) $(CXXFLAGS_BASE) $(CXXFLAGS) -c $< -o $@
+
+$(BUILD)/san/gen/%.o: $(BUILD)/gen/%.cc | $(GEN_HEADERS)
+	@mkdir -p $(@D)
+	$(CXX) $(CXXFLAGS_BASE) $(SAN_FLAGS) -Wno-unused-parameter -c $< -o $@
+
+$(BUILD)/san/%.o: %.cc | $(GEN_HEADERS)
+	@mkdir -p $(@D)
+	$(CXX) $(CXXFLAGS_BASE) $(SAN_FLAGS) -c $< -o $@
+
+$(BUILD)/libcordon.a: $(LIB_OBJS)
+	ar rcs $@ $^
+
+$(BUILD)/libcordon-san.a: $(SAN_LIB_OBJS)
+	ar rcs $@ $^
+
+$(BUILD)/cordond: $(BUILD)/obj/userspace/cordond_main.o $(BUILD)/libcordon.a
+	$(CXX) $^ -o $@ $(LIBS)
+
+$(BUILD)/cordonctl: $(BUILD)/obj/userspace/cordonctl_main.o $(BUILD)/libcordon.a
+	$(CXX) $^ -o $@ $(LIBS)
+
+$(BUILD)/unit-tests: $(UNIT_OBJS) $(BUILD)/libcordon.a
+	$(CXX) $^ -o $@ $(TEST_LIBS) $(LIBS) -lgtest_main
+
+$(BUILD)/unit-tests-san: $(SAN_UNIT_OBJS) $(BUILD)/libcordon-san.a
+	$(CXX) -fsanitize=address,undefined $^ -o $@ $(TEST_LIBS) $(LIBS) -lgtest_main
+
+$(BUILD)/cordon-bench: $(patsubst %.cc,$(BUILD)/obj/%.o,$(BENCH_SRCS)) $(BUILD)/libcordon.a
+	$(CXX) $^ -o $@ $(BENCH_LIBS) $(LIBS)
+
+# --- tests ---
+test:
+	./scripts/install-deps.sh
+	$(MAKE) all $(BUILD)/unit-tests $(BUILD)/unit-tests-san
+	$(MAKE) unit unit-san integration
+
+unit: $(BUILD)/unit-tests
+	$(BUILD)/unit-tests
+
+unit-san: $(BUILD)/unit-tests-san
+	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 $(BUILD)/unit-tests-san
+
+integration: all
+	$(PYTHON) -m pytest -v -p no:cacheprovider tests/integration
+
+demo:
+	./scripts/install-deps.sh
+	$(MAKE) all
+	./scripts/demo.sh
+
+bench:
+	./scripts/install-deps.sh
+	$(MAKE) all $(BUILD)/cordon-bench
+	./bench/run.sh
+
+fmt:
+	clang-format -i $(shell find userspace tests bench -name '*.cc' -o -name '*.h') bpf/*.c bpf/*.h include/cordon/*.h
+
+fmt-check:
+	clang-format --dry-run --Werror $(shell find userspace tests bench -name '*.cc' -o -name '*.h') bpf/*.c bpf/*.h include/cordon/*.h
+
+install: all
+	install -D -m 0755 $(BUILD)/cordond $(DESTDIR)$(PREFIX)/sbin/cordond
+	install -D -m 0755 $(BUILD)/cordonctl $(DESTDIR)$(PREFIX)/bin/cordonctl
+	install -D -m 0644 systemd/cordon.service $(DESTDIR)/lib/systemd/system/cordon.service
+	install -D -m 0644 userspace/config/default_policy.yaml $(DESTDIR)/usr/share/cordon/policy.yaml.example
+
+uninstall:
+	rm -f $(DESTDIR)$(PREFIX)/sbin/cordond $(DESTDIR)$(PREFIX)/bin/cordonctl
+	rm -f $(DESTDIR)/lib/systemd/system/cordon.service
+	rm -rf $(DESTDIR)/usr/share/cordon
+
+clean:
+	rm -rf $(BUILD)
+
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

@@ -1,0 +1,370 @@
+// SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
+/* cordon's kernel half: cgroup socket programs attached at the cgroup2 root.
+ *
+ *  connect4/6      TCP to a capture target from an enforced cgroup -> rewrite to cordond's
+ *                  listener, remembering caller and original destination in socket storage;
+ *                  UDP to a refused port (QUIC) -> EPERM.
+ *  sendmsg4/6      the same refusal for unconnected UDP (sendto).
+ *  sockops         at ACTIVE_ESTABLISHED, publish the origin under the connection's 4-tuple so
+ *                  cordond can find it after accept(); at TCP_CLOSE, withdraw it.
+ *  getpeername4/6  a redirected client sees the peer it asked for.
+ *
+ * Decisions live in cordon_decide.h (host-tested); this file only gathers facts. */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "cordon/bpf_shared.h"
+#include "cordon_decide.h"
+
+#define AF_INET 2
+#define AF_INET6 10
+#define TCP_STATE_CLOSE 7
+
+/* Set by cordond before load. Addresses and port in network byte order. */
+const volatile __u32 listen_ip4 = 0;
+const volatile __u32 listen_ip6[4] = {};
+const volatile __u32 listen_port_be = 0;
+const volatile __u32 upstream_mark = 0;
+const volatile __u64 host_netns_cookie = 0;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 65536);
+	__type(key, struct cordon_target_key);
+	__type(value, struct cordon_target_value);
+} targets SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, CORDON_PORT_SPACE);
+	__type(key, __u32);
+	__type(value, __u32);
+} capture_ports SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u64);
+	__type(value, __u32);
+} cgroup_scope SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct cordon_sk_state);
+} origin_store SEC(".maps");
+
+/* Not LRU on purpose: an LRU would evict origins of live connections under churn. Entries are
+ * removed when cordond consumes them or when the client socket closes. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct cordon_tuple);
+	__type(value, struct cordon_origin);
+} origins SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, CORDON_CTR__COUNT);
+	__type(key, __u32);
+	__type(value, __u64);
+} counters SEC(".maps");
+
+static __always_inline void count(int counter)
+{
+	__u32 key;
+	__u64 *value;
+
+	if (counter < 0)
+		return;
+	key = (__u32)counter;
+	value = bpf_map_lookup_elem(&counters, &key);
+	if (value)
+		__sync_fetch_and_add(value, 1);
+}
+
+static __always_inline __u32 port_flags(__u16 port)
+{
+	__u32 key = port;
+	__u32 *flags = bpf_map_lookup_elem(&capture_ports, &key);
+
+	return flags ? *flags : 0;
+}
+
+static __always_inline int is_target(const __u8 addr[16])
+{
+	struct cordon_target_key key = { .prefixlen = 128 };
+
+	__builtin_memcpy(key.addr, addr, 16);
+	return bpf_map_lookup_elem(&targets, &key) != NULL;
+}
+
+/* The deepest ancestor (or self) listed in cgroup_scope decides. */
+static __always_inline __u32 current_scope(void)
+{
+	__u32 scope = CORDON_SCOPE_NONE;
+	int level;
+
+	for (level = 0; level < CORDON_MAX_CGROUP_DEPTH; level++) {
+		__u64 id = bpf_get_current_ancestor_cgroup_id(level);
+		__u32 *listed;
+
+		if (!id)
+			break;
+		listed = bpf_map_lookup_elem(&cgroup_scope, &id);
+		if (listed)
+			scope = cordon_scope_merge(scope, *listed);
+	}
+	return scope;
+}
+
+/* Facts and verdict for a connect/sendmsg to addr:port. Returns PASS early, before any work
+ * beyond one array lookup, for ports that are neither captured nor refused. */
+static __always_inline struct cordon_decision decide(struct bpf_sock_addr *ctx, const __u8 addr[16],
+						      __u16 port)
+{
+	struct cordon_connect_facts facts = {};
+	struct cordon_decision pass = { CORDON_VERDICT_PASS, -1 };
+	struct cordon_decision d;
+
+	facts.sock_type = ctx->type;
+	facts.port_flags = port_flags(port);
+	if (!cordon_port_relevant(facts.port_flags, facts.sock_type))
+		return pass;
+	facts.is_target = is_target(addr);
+	if (!facts.is_target)
+		return pass;
+	facts.scope = current_scope();
+	facts.sk_mark = ctx->sk->mark;
+	facts.same_netns = bpf_get_netns_cookie(ctx) == host_netns_cookie;
+	d = cordon_decide_connect(&facts, upstream_mark);
+	count(d.counter);
+	return d;
+}
+
+/* Remember who is calling and where they meant to go, in the socket's own storage (freed with
+ * the socket). Returns 0 when storage cannot be had: the caller then refuses, fail closed. */
+static __always_inline int remember_origin(struct bpf_sock_addr *ctx, const __u8 addr[16], __u16 port,
+					   __u16 family)
+{
+	struct cordon_sk_state *st;
+	__u64 pid_tgid, uid_gid;
+
+	st = bpf_sk_storage_get(&origin_store, ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!st) {
+		count(CORDON_CTR_ORIGIN_LOST);
+		return 0;
+	}
+	__builtin_memcpy(st->origin.dst_addr, addr, 16);
+	st->origin.dst_port = port;
+	st->origin.family = family;
+	pid_tgid = bpf_get_current_pid_tgid();
+	st->origin.tgid = pid_tgid >> 32;
+	st->origin.tid = (__u32)pid_tgid;
+	uid_gid = bpf_get_current_uid_gid();
+	st->origin.uid = (__u32)uid_gid;
+	st->origin.gid = uid_gid >> 32;
+	st->origin.cgroup_id = bpf_get_current_cgroup_id();
+	st->origin.netns_cookie = bpf_get_netns_cookie(ctx);
+	st->origin.socket_cookie = 0;
+	st->origin.connect_boot_ns = bpf_ktime_get_boot_ns();
+	bpf_get_current_comm(st->origin.comm, sizeof(st->origin.comm));
+	st->flags = CORDON_SK_REDIRECTED;
+	return 1;
+}
+
+SEC("cgroup/connect4")
+int cordon_connect4(struct bpf_sock_addr *ctx)
+{
+	__u16 port = bpf_ntohs((__u16)ctx->user_port);
+	__u8 addr[16];
+	struct cordon_decision d;
+
+	cordon_addr_from_ip4(addr, ctx->user_ip4);
+	d = decide(ctx, addr, port);
+	if (d.verdict == CORDON_VERDICT_PASS)
+		return 1;
+	if (d.verdict == CORDON_VERDICT_REFUSE)
+		return 0;
+	if (!remember_origin(ctx, addr, port, AF_INET))
+		return 0;
+	ctx->user_ip4 = listen_ip4;
+	ctx->user_port = listen_port_be;
+	return 1;
+}
+
+SEC("cgroup/connect6")
+int cordon_connect6(struct bpf_sock_addr *ctx)
+{
+	__u16 port = bpf_ntohs((__u16)ctx->user_port);
+	__u32 ip6[4];
+	__u8 addr[16];
+	struct cordon_decision d;
+
+	ip6[0] = ctx->user_ip6[0];
+	ip6[1] = ctx->user_ip6[1];
+	ip6[2] = ctx->user_ip6[2];
+	ip6[3] = ctx->user_ip6[3];
+	cordon_addr_from_ip6(addr, ip6);
+	d = decide(ctx, addr, port);
+	if (d.verdict == CORDON_VERDICT_PASS)
+		return 1;
+	if (d.verdict == CORDON_VERDICT_REFUSE)
+		return 0;
+	if (!remember_origin(ctx, addr, port, AF_INET6))
+		return 0;
+	if (cordon_addr_is_v4_mapped(addr)) {
+		/* A dual-stack socket talking IPv4: send it to the IPv4 listener, v4-mapped. */
+		ctx->user_ip6[0] = 0;
+		ctx->user_ip6[1] = 0;
+		ctx->user_ip6[2] = bpf_htonl(0x0000ffff);
+		ctx->user_ip6[3] = listen_ip4;
+	} else {
+		ctx->user_ip6[0] = listen_ip6[0];
+		ctx->user_ip6[1] = listen_ip6[1];
+		ctx->user_ip6[2] = listen_ip6[2];
+		ctx->user_ip6[3] = listen_ip6[3];
+	}
+	ctx->user_port = listen_port_be;
+	return 1;
+}
+
+/* Unconnected UDP (sendto): only refusal applies, there is no UDP redirect. */
+SEC("cgroup/sendmsg4")
+int cordon_sendmsg4(struct bpf_sock_addr *ctx)
+{
+	__u8 addr[16];
+
+	cordon_addr_from_ip4(addr, ctx->user_ip4);
+	return decide(ctx, addr, bpf_ntohs((__u16)ctx->user_port)).verdict == CORDON_VERDICT_REFUSE ? 0 : 1;
+}
+
+SEC("cgroup/sendmsg6")
+int cordon_sendmsg6(struct bpf_sock_addr *ctx)
+{
+	__u32 ip6[4];
+	__u8 addr[16];
+
+	ip6[0] = ctx->user_ip6[0];
+	ip6[1] = ctx->user_ip6[1];
+	ip6[2] = ctx->user_ip6[2];
+	ip6[3] = ctx->user_ip6[3];
+	cordon_addr_from_ip6(addr, ip6);
+	return decide(ctx, addr, bpf_ntohs((__u16)ctx->user_port)).verdict == CORDON_VERDICT_REFUSE ? 0 : 1;
+}
+
+static __always_inline struct cordon_sk_state *redirected_state(struct bpf_sock *sk)
+{
+	struct cordon_sk_state *st = bpf_sk_storage_get(&origin_store, sk, 0, 0);
+
+	return st && (st->flags & CORDON_SK_REDIRECTED) ? st : NULL;
+}
+
+SEC("cgroup/getpeername4")
+int cordon_getpeername4(struct bpf_sock_addr *ctx)
+{
+	struct cordon_sk_state *st = redirected_state(ctx->sk);
+
+	if (!st)
+		return 1;
+	ctx->user_ip4 = cordon_addr_ip4(st->origin.dst_addr);
+	ctx->user_port = bpf_htons(st->origin.dst_port);
+	count(CORDON_CTR_PEER_REWRITTEN);
+	return 1;
+}
+
+SEC("cgroup/getpeername6")
+int cordon_getpeername6(struct bpf_sock_addr *ctx)
+{
+	struct cordon_sk_state *st = redirected_state(ctx->sk);
+	__u32 ip6[4];
+
+	if (!st)
+		return 1;
+	__builtin_memcpy(ip6, st->origin.dst_addr, 16);
+	ctx->user_ip6[0] = ip6[0];
+	ctx->user_ip6[1] = ip6[1];
+	ctx->user_ip6[2] = ip6[2];
+	ctx->user_ip6[3] = ip6[3];
+	ctx->user_port = bpf_htons(st->origin.dst_port);
+	count(CORDON_CTR_PEER_REWRITTEN);
+	return 1;
+}
+
+static __always_inline void publish_origin(struct bpf_sock_ops *ops)
+{
+	struct bpf_sock *sk = ops->sk;
+	struct cordon_sk_state *st;
+	__u32 ip6[4];
+
+	if (!sk)
+		return;
+	st = redirected_state(sk);
+	if (!st)
+		return;
+	if (ops->family == AF_INET) {
+		cordon_addr_from_ip4(st->tuple.client_addr, ops->local_ip4);
+		cordon_addr_from_ip4(st->tuple.listen_addr, ops->remote_ip4);
+	} else {
+		ip6[0] = ops->local_ip6[0];
+		ip6[1] = ops->local_ip6[1];
+		ip6[2] = ops->local_ip6[2];
+		ip6[3] = ops->local_ip6[3];
+		cordon_addr_from_ip6(st->tuple.client_addr, ip6);
+		ip6[0] = ops->remote_ip6[0];
+		ip6[1] = ops->remote_ip6[1];
+		ip6[2] = ops->remote_ip6[2];
+		ip6[3] = ops->remote_ip6[3];
+		cordon_addr_from_ip6(st->tuple.listen_addr, ip6);
+	}
+	st->tuple.client_port = (__u16)ops->local_port;
+	st->tuple.listen_port = (__u16)bpf_ntohl(ops->remote_port);
+	st->origin.socket_cookie = bpf_get_socket_cookie(ops);
+	if (bpf_map_update_elem(&origins, &st->tuple, &st->origin, BPF_ANY) != 0) {
+		count(CORDON_CTR_ORIGIN_LOST);
+		return;
+	}
+	st->flags |= CORDON_SK_PUBLISHED;
+	/* Ask for state changes so the entry goes when the socket closes, consumed or not. */
+	bpf_sock_ops_cb_flags_set(ops, ops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
+}
+
+static __always_inline void withdraw_origin(struct bpf_sock_ops *ops)
+{
+	struct bpf_sock *sk = ops->sk;
+	struct cordon_sk_state *st;
+	struct cordon_origin *published;
+
+	if (!sk)
+		return;
+	st = redirected_state(sk);
+	if (!st || !(st->flags & CORDON_SK_PUBLISHED))
+		return;
+	st->flags &= ~CORDON_SK_PUBLISHED;
+	published = bpf_map_lookup_elem(&origins, &st->tuple);
+	/* Only our own entry: the tuple may already belong to a newer connection. */
+	if (published && published->socket_cookie == st->origin.socket_cookie)
+		bpf_map_delete_elem(&origins, &st->tuple);
+}
+
+SEC("sockops")
+int cordon_sockops(struct bpf_sock_ops *ops)
+{
+	switch (ops->op) {
+	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
+		publish_origin(ops);
+		break;
+	case BPF_SOCK_OPS_STATE_CB:
+		if (ops->args[1] == TCP_STATE_CLOSE)
+			withdraw_origin(ops);
+		break;
+	default:
+		break;
+	}
+	return 1;
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -1,0 +1,130 @@
+/* Decision logic of the cgroup socket programs, as pure functions.
+ *
+ * The BPF programs gather facts (map lookups, socket fields) and call these; the unit tests
+ * compile this same header for the host and check every branch, since BPF_PROG_TEST_RUN does
+ * not run sock_addr programs. No helpers, no maps, no globals in here. */
+#ifndef CORDON_DECIDE_H
+#define CORDON_DECIDE_H
+
+#include "cordon/bpf_shared.h"
+
+#ifdef __bpf__
+#define CORDON_INLINE static __always_inline
+#else
+#define CORDON_INLINE static inline
+#endif
+
+#define CORDON_SOCK_STREAM 1
+#define CORDON_SOCK_DGRAM 2
+
+/* What a connect()/sendmsg() hook knows when it has to decide. */
+struct cordon_connect_facts {
+	__u32 port_flags;  /* capture_ports[destination port] */
+	__u32 scope;       /* enum cordon_scope of the deepest listed ancestor cgroup */
+	__u32 sk_mark;     /* SO_MARK of the calling socket */
+	__u32 sock_type;   /* SOCK_STREAM or SOCK_DGRAM */
+	__u8 is_target;    /* destination is in the targets trie */
+	__u8 same_netns;   /* the socket lives in cordond's network namespace */
+	__u8 reserved[2];
+};
+
+enum cordon_verdict {
+	CORDON_VERDICT_PASS = 0,     /* let the call proceed untouched */
+	CORDON_VERDICT_REDIRECT = 1, /* rewrite the destination to cordond's listener */
+	CORDON_VERDICT_REFUSE = 2,   /* fail the call with EPERM */
+};
+
+struct cordon_decision {
+	enum cordon_verdict verdict;
+	int counter; /* enum cordon_counter to bump, or -1 */
+};
+
+/* Cheap first filter: only ports that are captured (TCP) or refused (UDP) need any more work.
+ * This is all a connect() to a non-target port pays. */
+CORDON_INLINE int cordon_port_relevant(__u32 port_flags, __u32 sock_type)
+{
+	if (sock_type == CORDON_SOCK_STREAM)
+		return (port_flags & CORDON_PORT_TCP_CAPTURE) != 0;
+	if (sock_type == CORDON_SOCK_DGRAM)
+		return (port_flags & CORDON_PORT_UDP_REFUSE) != 0;
+	return 0;
+}
+
+/* A deeper cgroup listed in the scope map overrides its ancestors. */
+CORDON_INLINE __u32 cordon_scope_merge(__u32 inherited, __u32 at_this_level)
+{
+	return at_this_level != CORDON_SCOPE_NONE ? at_this_level : inherited;
+}
+
+CORDON_INLINE struct cordon_decision cordon_decide_connect(const struct cordon_connect_facts *f,
+							   __u32 upstream_mark)
+{
+	struct cordon_decision d = { CORDON_VERDICT_PASS, -1 };
+
+	if (!cordon_port_relevant(f->port_flags, f->sock_type) || !f->is_target)
+		return d;
+	/* cordond's own upstream sockets. The mark is trusted only in cordond's namespace: setting
+	 * SO_MARK there needs CAP_NET_ADMIN over it, which only root on the host holds. */
+	if ((f->same_netns && upstream_mark != 0 && f->sk_mark == upstream_mark) ||
+	    f->scope == CORDON_SCOPE_EXEMPT) {
+		d.counter = CORDON_CTR_EXEMPT;
+		return d;
+	}
+	if (f->scope != CORDON_SCOPE_ENFORCE) {
+		d.counter = CORDON_CTR_UNENFORCED;
+		return d;
+	}
+	/* 127.0.0.1 in another namespace is not cordond's listener: refuse rather than leak. */
+	if (!f->same_netns) {
+		d.verdict = CORDON_VERDICT_REFUSE;
+		d.counter = CORDON_CTR_REFUSED_NETNS;
+		return d;
+	}
+	if (f->sock_type == CORDON_SOCK_DGRAM) {
+		d.verdict = CORDON_VERDICT_REFUSE;
+		d.counter = CORDON_CTR_REFUSED_QUIC;
+		return d;
+	}
+	d.verdict = CORDON_VERDICT_REDIRECT;
+	d.counter = CORDON_CTR_REDIRECTED;
+	return d;
+}
+
+/* ip4 in network byte order -> ::ffff:a.b.c.d */
+CORDON_INLINE void cordon_addr_from_ip4(__u8 out[16], __u32 ip4_be)
+{
+	int i;
+
+	for (i = 0; i < 10; i++)
+		out[i] = 0;
+	out[10] = 0xff;
+	out[11] = 0xff;
+	__builtin_memcpy(&out[12], &ip4_be, 4);
+}
+
+/* ip6 as four __u32 words in network byte order (the layout of user_ip6 / local_ip6). */
+CORDON_INLINE void cordon_addr_from_ip6(__u8 out[16], const __u32 ip6_be[4])
+{
+	__builtin_memcpy(out, ip6_be, 16);
+}
+
+CORDON_INLINE int cordon_addr_is_v4_mapped(const __u8 addr[16])
+{
+	int i;
+
+	for (i = 0; i < 10; i++)
+		if (addr[i] != 0)
+			return 0;
+	return addr[10] == 0xff && addr[11] == 0xff;
+}
+
+/* The IPv4 address (network order) inside a v4-mapped address. */
+CORDON_INLINE __u32 cordon_addr_ip4(const __u8 addr[16])
+{
+	__u32 ip4;
+
+	__builtin_memcpy(&ip4, &addr[12], 4);
+	return ip4;
+}
+
+#endif /* CORDON_DECIDE_H */

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Installs every Debian package that building, testing, benchmarking and the demo need.
+# Idempotent: packages already present are skipped, so `make test` can call it every time.
+set -euo pipefail
+
+packages=(
+  # build
+  make g++ pkg-config clang llvm bpftool libbpf-dev libelf-dev zlib1g-dev
+  liburing-dev libboost-program-options-dev libsystemd-dev nlohmann-json3-dev
+  libyaml-cpp-dev libprotobuf-dev protobuf-compiler clang-format
+  # unit tests and benchmarks
+  libgtest-dev libgmock-dev libbenchmark-dev
+  # integration tests and demo: real journald, real clients, namespaces, certificates
+  systemd curl python3 python3-pytest iproute2 util-linux procps openssl ca-certificates
+  # side-by-side relay benchmarks
+  socat haproxy
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
+    missing+=("$p")
+  fi
+done
+# Node.js (real Node clients and the Cursor stand-in): the runner image may ship its own build;
+# only fall back to Debian's when no node is on PATH at all.
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+
+if [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
+if [ "$(id -u)" -ne 0 ]; then
+  echo "install-deps: missing packages: ${missing[*]} — run as root (sudo $0)" >&2
+  exit 1
+fi
+echo "install-deps: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}"

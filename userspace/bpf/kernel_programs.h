@@ -1,0 +1,92 @@
+// Owner of cordon's BPF programs, links and maps.
+//
+// Links and maps are pinned under the pin directory, so the programs stay attached when cordond
+// stops: redirected connections then meet a closed port and are refused (fail closed). A
+// starting cordond adopts what is pinned: it reuses the pinned maps and swaps each pinned link's
+// program atomically (BPF_LINK_UPDATE), so there is never a moment without enforcement.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "common/address.h"
+#include "common/result.h"
+#include "common/unique_fd.h"
+#include "cordon/bpf_shared.h"
+
+struct cordon_bpf;
+struct bpf_link;
+
+namespace cordon {
+
+struct KernelSettings {
+	IpAddress listen_ipv4;
+	IpAddress listen_ipv6;
+	uint16_t listen_port = 0;
+	uint32_t upstream_mark = 0;
+	uint64_t netns_cookie = 0; // cordond's network namespace
+	std::string pin_dir;
+	std::string cgroup_mount; // cgroup2 root the programs attach to
+};
+
+using Counters = std::array<uint64_t, CORDON_CTR__COUNT>;
+
+class KernelPrograms {
+public:
+	static Result<std::unique_ptr<KernelPrograms>> attach(const KernelSettings &settings);
+	~KernelPrograms();
+	KernelPrograms(const KernelPrograms &) = delete;
+	KernelPrograms &operator=(const KernelPrograms &) = delete;
+
+	bool adopted() const { return adopted_; }
+	const std::vector<std::string> &program_names() const { return program_names_; }
+
+	// Replace the whole port table: port -> enum cordon_port_flag bits.
+	Status set_ports(const std::map<uint16_t, uint32_t> &flags);
+	// Replace the whole scope table: cgroup id -> enum cordon_scope.
+	Status set_scopes(const std::map<uint64_t, uint32_t> &scopes);
+	Status add_target(const Cidr &cidr, uint32_t source);
+	Status remove_target(const Cidr &cidr);
+	Result<std::vector<std::pair<Cidr, uint32_t>>> list_targets() const;
+
+	// The origin published for an accepted connection, removed from the map as it is read.
+	Result<std::optional<cordon_origin>> take_origin(const cordon_tuple &tuple);
+	Result<size_t> origin_entries() const;
+	Result<Counters> counters() const;
+	Status add_to_counter(cordon_counter counter, uint64_t amount);
+
+	// Detach and unpin everything (a deliberate stop in fail-open mode).
+	Status detach();
+
+private:
+	KernelPrograms() = default;
+	cordon_bpf *skel_ = nullptr;
+	std::vector<bpf_link *> links_;
+	std::vector<std::string> program_names_;
+	std::string pin_dir_;
+	bool adopted_ = false;
+};
+
+// What cordonctl can do with the pins alone, with or without a running cordond.
+struct PinnedState {
+	bool present = false;
+	std::vector<std::string> links; // pinned link names
+	std::optional<Counters> counters;
+	std::optional<size_t> origin_entries;
+};
+Result<PinnedState> read_pinned_state(const std::string &pin_dir);
+// Detach every pinned link and remove the pin directory. Root only.
+Status detach_pinned(const std::string &pin_dir);
+
+// Makes sure a bpf file system is mounted at /sys/fs/bpf (some hosts do not mount it).
+Status ensure_bpffs(const std::string &pin_dir);
+
+// Counter names, for status output and metrics.
+const char *counter_name(int counter);
+
+} // namespace cordon

@@ -1,0 +1,412 @@
+#include "config/policy.h"
+
+// GCC 12 reports a false -Wdangling-pointer inside yaml-cpp's node templates (GCC bug 107532).
+#pragma GCC diagnostic ignored "-Wdangling-pointer"
+#include <google/protobuf/descriptor.h>
+#include <google/protobuf/message.h>
+#include <yaml-cpp/yaml.h>
+
+#include <algorithm>
+#include <cctype>
+#include <charconv>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <set>
+#include <sstream>
+
+#include "common/address.h"
+#include "common/cgroup.h"
+#include "common/host_pattern.h"
+
+namespace cordon {
+namespace {
+
+using google::protobuf::Descriptor;
+using google::protobuf::FieldDescriptor;
+using google::protobuf::Message;
+using google::protobuf::Reflection;
+
+// Checks (and may normalize) one scalar value of a field, by the field's full name.
+using Validator = std::function<Result<std::string>(const std::string &)>;
+
+Result<std::string> check_port(const std::string &v)
+{
+	unsigned long n = std::stoul(v);
+	if (n == 0 || n > 65535)
+		return plain_error("port " + v + " is out of range 1..65535");
+	return v;
+}
+
+Result<std::string> check_absolute_path(const std::string &v)
+{
+	if (v.empty() || v.front() != '/')
+		return plain_error("'" + v + "' must be an absolute path");
+	return v;
+}
+
+Result<std::string> check_range(const std::string &v, unsigned long lo, unsigned long hi)
+{
+	unsigned long n = std::stoul(v);
+	if (n < lo || n > hi)
+		return plain_error(v + " is out of range " + std::to_string(lo) + ".." + std::to_string(hi));
+	return v;
+}
+
+const std::map<std::string, Validator> &validators()
+{
+	static const std::map<std::string, Validator> table = {
+	    {"cordon.config.Capture.hosts",
+	     [](const std::string &v) -> Result<std::string> {
+		     auto p = HostPattern::parse(v);
+		     if (!p)
+			     return p.error();
+		     return p->to_string();
+	     }},
+	    {"cordon.config.Capture.cidrs",
+	     [](const std::string &v) -> Result<std::string> {
+		     auto c = Cidr::parse(v);
+		     if (!c)
+			     return c.error();
+		     return c->to_string();
+	     }},
+	    {"cordon.config.Capture.ports", check_port},
+	    {"cordon.config.Capture.quic_ports", check_port},
+	    {"cordon.config.Capture.refresh_min_seconds", [](const std::string &v) { return check_range(v, 1, 86400); }},
+	    {"cordon.config.Capture.refresh_max_seconds", [](const std::string &v) { return check_range(v, 1, 86400); }},
+	    {"cordon.config.Enforce.cgroups", [](const std::string &v) { return normalize_cgroup_path(v); }},
+	    {"cordon.config.Enforce.exempt_cgroups", [](const std::string &v) { return normalize_cgroup_path(v); }},
+	    {"cordon.config.Daemon.listen_port", check_port},
+	    {"cordon.config.Daemon.listen_ipv4",
+	     [](const std::string &v) -> Result<std::string> {
+		     auto ip = IpAddress::parse(v);
+		     if (!ip || !ip->is_v4() || !ip->is_loopback())
+			     return plain_error("'" + v + "' is not an IPv4 loopback address");
+		     return ip->to_string();
+	     }},
+	    {"cordon.config.Daemon.listen_ipv6",
+	     [](const std::string &v) -> Result<std::string> {
+		     auto ip = IpAddress::parse(v);
+		     if (!ip || ip->is_v4() || !ip->is_loopback())
+			     return plain_error("'" + v + "' is not the IPv6 loopback address");
+		     return ip->to_string();
+	     }},
+	    {"cordon.config.Daemon.upstream_mark",
+	     [](const std::string &v) -> Result<std::string> {
+		     if (std::stoul(v) == 0)
+			     return plain_error("the upstream mark must not be 0 (unmarked sockets would be exempt)");
+		     return v;
+	     }},
+	    {"cordon.config.Daemon.pin_dir", check_absolute_path},
+	    {"cordon.config.Daemon.control_socket", check_absolute_path},
+	    {"cordon.config.Daemon.connect_timeout_ms", [](const std::string &v) { return check_range(v, 100, 600000); }},
+	    {"cordon.config.Daemon.max_connections", [](const std::string &v) { return check_range(v, 1, 1000000); }},
+	    {"cordon.config.Daemon.buffer_size", [](const std::string &v) { return check_range(v, 4096, 1 << 20); }},
+	    {"cordon.config.Daemon.buffer_count",
+	     [](const std::string &v) -> Result<std::string> {
+		     unsigned long n = std::stoul(v);
+		     if (n < 16 || n > 32768 || (n & (n - 1)) != 0)
+			     return plain_error("buffer_count must be a power of two in 16..32768, got " + v);
+		     return v;
+	     }},
+	};
+	return table;
+}
+
+class Loader {
+public:
+	explicit Loader(std::string source) : source_(std::move(source)) {}
+
+	Status apply(const YAML::Node &node, Message &msg)
+	{
+		if (node.IsNull())
+			return {};
+		if (!node.IsMap())
+			return fail(node, "expected a mapping of " + keys_of(*msg.GetDescriptor()));
+		const Descriptor *desc = msg.GetDescriptor();
+		std::set<std::string> seen;
+		for (auto it = node.begin(); it != node.end(); ++it) {
+			const YAML::Node &key_node = it->first;
+			const YAML::Node &value = it->second;
+			if (!key_node.IsScalar())
+				return fail(key_node, "expected a key");
+			std::string key = key_node.Scalar();
+			if (!seen.insert(key).second)
+				return fail(key_node, "duplicate key '" + key + "'");
+			const FieldDescriptor *field = desc->FindFieldByName(key);
+			if (!field)
+				return fail(key_node, "unknown key '" + key + "' in " + section_name(*desc) + " (expected " +
+							  keys_of(*desc) + ")");
+			Status st = field->is_repeated() ? apply_list(value, msg, field) : apply_single(value, msg, field);
+			if (!st)
+				return st;
+		}
+		return {};
+	}
+
+private:
+	std::string source_;
+
+	Status fail(const YAML::Node &node, const std::string &what) const
+	{
+		auto mark = node.Mark();
+		return plain_error(source_ + ":" + std::to_string(mark.line + 1) + ":" + std::to_string(mark.column + 1) +
+				   ": " + what);
+	}
+
+	static std::string section_name(const Descriptor &desc)
+	{
+		std::string n = desc.name();
+		std::transform(n.begin(), n.end(), n.begin(), [](unsigned char c) { return std::tolower(c); });
+		return n == "policy" ? "the policy" : "'" + n + "'";
+	}
+
+	static std::string keys_of(const Descriptor &desc)
+	{
+		std::string out;
+		for (int i = 0; i < desc.field_count(); i++)
+			out += (i ? ", " : "") + desc.field(i)->name();
+		return out;
+	}
+
+	Status apply_list(const YAML::Node &value, Message &msg, const FieldDescriptor *field)
+	{
+		const Reflection *refl = msg.GetReflection();
+		refl->ClearField(&msg, field); // a list in the file replaces the default list
+		if (value.IsNull())
+			return {};
+		if (!value.IsSequence())
+			return fail(value, "'" + field->name() + "' must be a list");
+		for (const auto &element : value) {
+			if (field->cpp_type() == FieldDescriptor::CPPTYPE_MESSAGE) {
+				Status st = apply(element, *refl->AddMessage(&msg, field));
+				if (!st)
+					return st;
+				continue;
+			}
+			Status st = set_scalar(element, msg, field, true);
+			if (!st)
+				return st;
+		}
+		return {};
+	}
+
+	Status apply_single(const YAML::Node &value, Message &msg, const FieldDescriptor *field)
+	{
+		if (field->cpp_type() == FieldDescriptor::CPPTYPE_MESSAGE)
+			return apply(value, *msg.GetReflection()->MutableMessage(&msg, field));
+		return set_scalar(value, msg, field, false);
+	}
+
+	Status set_scalar(const YAML::Node &value, Message &msg, const FieldDescriptor *field, bool add)
+	{
+		if (!value.IsScalar())
+			return fail(value, "'" + field->name() + "' must be a single value");
+		std::string text = value.Scalar();
+		const Reflection *refl = msg.GetReflection();
+		switch (field->cpp_type()) {
+		case FieldDescriptor::CPPTYPE_UINT32: {
+			unsigned long long n = 0;
+			int base = 10;
+			std::string_view digits = text;
+			if (digits.substr(0, 2) == "0x" || digits.substr(0, 2) == "0X") {
+				base = 16;
+				digits.remove_prefix(2);
+			}
+			auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), n, base);
+			if (ec != std::errc() || end != digits.data() + digits.size() || digits.empty() || n > 0xffffffffULL)
+				return fail(value, "'" + field->name() + "' must be a non-negative integer, got '" + text + "'");
+			auto checked = validate(value, field, std::to_string(n));
+			if (!checked)
+				return checked.error();
+			auto v = static_cast<uint32_t>(std::stoul(*checked));
+			add ? refl->AddUInt32(&msg, field, v) : refl->SetUInt32(&msg, field, v);
+			return {};
+		}
+		case FieldDescriptor::CPPTYPE_BOOL: {
+			bool b;
+			if (text == "true" || text == "yes" || text == "on")
+				b = true;
+			else if (text == "false" || text == "no" || text == "off")
+				b = false;
+			else
+				return fail(value, "'" + field->name() + "' must be true or false, got '" + text + "'");
+			add ? refl->AddBool(&msg, field, b) : refl->SetBool(&msg, field, b);
+			return {};
+		}
+		case FieldDescriptor::CPPTYPE_STRING: {
+			auto checked = validate(value, field, text);
+			if (!checked)
+				return checked.error();
+			add ? refl->AddString(&msg, field, *checked) : refl->SetString(&msg, field, *checked);
+			return {};
+		}
+		case FieldDescriptor::CPPTYPE_ENUM: {
+			std::string upper = text;
+			std::transform(upper.begin(), upper.end(), upper.begin(), [](unsigned char c) {
+				return c == '-' ? '_' : static_cast<char>(std::toupper(c));
+			});
+			const auto *ev = field->enum_type()->FindValueByName(upper);
+			if (!ev || ev->number() == 0) {
+				std::string names;
+				for (int i = 1; i < field->enum_type()->value_count(); i++) {
+					std::string n = field->enum_type()->value(i)->name();
+					std::transform(n.begin(), n.end(), n.begin(), [](unsigned char c) {
+						return c == '_' ? '-' : static_cast<char>(std::tolower(c));
+					});
+					names += (i > 1 ? ", " : "") + n;
+				}
+				return fail(value, "'" + field->name() + "' must be one of " + names + ", got '" + text + "'");
+			}
+			add ? refl->AddEnumValue(&msg, field, ev->number()) : refl->SetEnumValue(&msg, field, ev->number());
+			return {};
+		}
+		default:
+			return fail(value, "'" + field->name() + "' has a type the loader does not handle");
+		}
+	}
+
+	Result<std::string> validate(const YAML::Node &node, const FieldDescriptor *field, const std::string &v) const
+	{
+		auto it = validators().find(field->full_name());
+		if (it == validators().end())
+			return v;
+		auto r = it->second(v);
+		if (!r)
+			return fail(node, "'" + field->name() + "': " + r.error().message()).error();
+		return r;
+	}
+};
+
+Status check_whole(const config::Policy &p, const std::string &source)
+{
+	if (p.capture().refresh_min_seconds() > p.capture().refresh_max_seconds())
+		return plain_error(source + ": capture.refresh_min_seconds exceeds capture.refresh_max_seconds");
+	if (p.enforce().cgroups().empty())
+		return plain_error(source + ": enforce.cgroups is empty, so nothing would be enforced (use \"/\" for the whole host)");
+	if (p.capture().ports().empty())
+		return plain_error(source + ": capture.ports is empty, so no connection would be captured");
+	return {};
+}
+
+} // namespace
+
+Result<config::Policy> load_policy_text(const std::string &yaml, const std::string &source)
+{
+	config::Policy policy;
+	YAML::Node root;
+	try {
+		// Defaults first, then the file: what the file names replaces the default.
+		Loader defaults("<embedded default policy>");
+		Status st = defaults.apply(YAML::Load(kDefaultPolicyYaml), policy);
+		if (!st)
+			return st.error();
+		root = YAML::Load(yaml);
+	} catch (const YAML::Exception &e) {
+		return plain_error(source + ":" + std::to_string(e.mark.line + 1) + ":" + std::to_string(e.mark.column + 1) +
+				   ": " + e.msg);
+	}
+	Loader loader(source);
+	Status st = loader.apply(root, policy);
+	if (!st)
+		return st.error();
+	st = check_whole(policy, source);
+	if (!st)
+		return st.error();
+	return policy;
+}
+
+Result<config::Policy> load_policy_file(const std::string &path)
+{
+	std::ifstream in(path);
+	if (!in)
+		return system_error("open policy " + path);
+	std::stringstream ss;
+	ss << in.rdbuf();
+	if (in.bad())
+		return system_error("read policy " + path);
+	return load_policy_text(ss.str(), path);
+}
+
+Status apply_policy_yaml(config::Policy &policy, const std::string &yaml, const std::string &source)
+{
+	config::Policy candidate = policy;
+	YAML::Node root;
+	try {
+		root = YAML::Load(yaml);
+	} catch (const YAML::Exception &e) {
+		return plain_error(source + ": " + e.msg);
+	}
+	Loader loader(source);
+	if (Status st = loader.apply(root, candidate); !st)
+		return st;
+	if (Status st = check_whole(candidate, source); !st)
+		return st;
+	policy = std::move(candidate);
+	return {};
+}
+
+namespace {
+void emit_message(YAML::Emitter &out, const Message &msg)
+{
+	const Descriptor *desc = msg.GetDescriptor();
+	const Reflection *refl = msg.GetReflection();
+	out << YAML::BeginMap;
+	for (int i = 0; i < desc->field_count(); i++) {
+		const FieldDescriptor *f = desc->field(i);
+		out << YAML::Key << f->name() << YAML::Value;
+		auto scalar = [&](int index) {
+			switch (f->cpp_type()) {
+			case FieldDescriptor::CPPTYPE_UINT32:
+				out << (index < 0 ? refl->GetUInt32(msg, f) : refl->GetRepeatedUInt32(msg, f, index));
+				break;
+			case FieldDescriptor::CPPTYPE_BOOL:
+				out << (index < 0 ? refl->GetBool(msg, f) : refl->GetRepeatedBool(msg, f, index));
+				break;
+			case FieldDescriptor::CPPTYPE_STRING:
+				out << YAML::DoubleQuoted
+				    << (index < 0 ? refl->GetString(msg, f) : refl->GetRepeatedString(msg, f, index));
+				break;
+			case FieldDescriptor::CPPTYPE_ENUM: {
+				std::string n = (index < 0 ? refl->GetEnum(msg, f) : refl->GetRepeatedEnum(msg, f, index))->name();
+				std::transform(n.begin(), n.end(), n.begin(), [](unsigned char c) {
+					return c == '_' ? '-' : static_cast<char>(std::tolower(c));
+				});
+				out << n;
+				break;
+			}
+			case FieldDescriptor::CPPTYPE_MESSAGE:
+				emit_message(out, index < 0 ? refl->GetMessage(msg, f) : refl->GetRepeatedMessage(msg, f, index));
+				break;
+			default:
+				out << YAML::Null;
+			}
+		};
+		if (f->is_repeated()) {
+			out << YAML::Flow << YAML::BeginSeq;
+			for (int k = 0; k < refl->FieldSize(msg, f); k++)
+				scalar(k);
+			out << YAML::EndSeq;
+		} else {
+			scalar(-1);
+		}
+	}
+	out << YAML::EndMap;
+}
+} // namespace
+
+std::string policy_to_yaml(const config::Policy &policy)
+{
+	YAML::Emitter out;
+	emit_message(out, policy);
+	return std::string(out.c_str()) + "\n";
+}
+
+config::Policy default_policy()
+{
+	auto p = load_policy_text("", "<embedded default policy>");
+	// The embedded text is fixed at build time and covered by the unit tests.
+	return p ? *p : config::Policy();
+}
+
+} // namespace cordon

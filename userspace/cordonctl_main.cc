@@ -1,0 +1,187 @@
+// cordonctl: control CLI for cordond. See README.md.
+#include <boost/program_options.hpp>
+#include <unistd.h>
+
+#include <cstdio>
+#include <iomanip>
+#include <iostream>
+#include <sstream>
+
+#include "bpf/kernel_programs.h"
+#include "config/policy.h"
+#include "ctl/control_client.h"
+#include "daemon/daemon.h"
+
+namespace po = boost::program_options;
+using nlohmann::json;
+using namespace cordon;
+
+namespace {
+
+constexpr int kExitNotRunning = 3;
+
+const char *kUsage = R"(usage: cordonctl [--socket PATH] [--pin-dir DIR] COMMAND [--json]
+
+commands:
+  status     what cordond is doing: programs, listeners, counters, live connections
+  detach     detach and unpin cordon's BPF programs (root only); traffic then flows unseen
+  version    print the version
+)";
+
+std::string join(const json &array, const char *sep = ", ")
+{
+	std::string out;
+	for (const auto &v : array)
+		out += (out.empty() ? "" : sep) + (v.is_string() ? v.get<std::string>() : v.dump());
+	return out;
+}
+
+void print_status(const json &s)
+{
+	std::cout << "cordond " << s["version"].get<std::string>() << " (pid " << s["pid"] << "), policy "
+		  << s["policy"].get<std::string>() << "\n";
+	const json &pr = s["programs"];
+	std::cout << "programs:    " << join(pr["attached"], " ") << "\n"
+		  << "             attached at " << pr["cgroup_root"].get<std::string>() << ", pinned in "
+		  << pr["pin_dir"].get<std::string>() << (pr["adopted"].get<bool>() ? " (adopted from a previous cordond)" : "")
+		  << "\n";
+	std::cout << "listeners:   " << join(s["listeners"]) << "\n";
+	const json &en = s["enforce"];
+	std::cout << "enforced:    " << join(en["cgroups"]);
+	if (!en["exempt"].empty())
+		std::cout << " (exempt: " << join(en["exempt"]) << ")";
+	std::cout << "; cordond runs in " << en["own_cgroup"].get<std::string>() << "\n";
+	const json &cap = s["capture"];
+	std::cout << "capture:     tcp ports " << join(cap["ports"]) << "; udp refused " << join(cap["quic_ports"]) << "; "
+		  << cap["targets"].size() << " target prefixes\n";
+	for (const auto &t : cap["targets"])
+		std::cout << "             " << t["cidr"].get<std::string>() << " (" << t["source"].get<std::string>() << ")\n";
+	std::cout << "counters:   ";
+	for (auto it = s["counters"].begin(); it != s["counters"].end(); ++it)
+		std::cout << " " << it.key() << "=" << it.value();
+	std::cout << "\n";
+	const json &r = s["relay"];
+	std::cout << "relay:       " << r["active"] << " active, " << r["accepted"] << " accepted, " << r["closed"]
+		  << " closed, " << r["lookup_missed"] << " without origin, " << r["upstream_failed"]
+		  << " upstream failures; buffers " << r["buffers_in_use"] << "/" << r["buffers"] << "; origin map entries "
+		  << s.value("origin_entries", json(0)) << "\n";
+	std::cout << "journal:     " << s["journal"]["written"] << " written, " << s["journal"]["dropped"] << " dropped, "
+		  << s["journal"]["fell_back"] << " to stderr\n";
+	const json &conns = s["connections"];
+	std::cout << "connections: " << conns.size() << "\n";
+	if (conns.empty())
+		return;
+	std::cout << "  " << std::left << std::setw(20) << "ID" << std::setw(8) << "PID" << std::setw(7) << "UID"
+		  << std::setw(16) << "COMM" << std::setw(28) << "CGROUP" << std::setw(24) << "DESTINATION" << std::setw(11)
+		  << "UP" << std::setw(11) << "DOWN"
+		  << "STATE\n";
+	for (const auto &c : conns)
+		std::cout << "  " << std::left << std::setw(20) << c["id"].get<std::string>() << std::setw(8) << c["pid"]
+			  << std::setw(7) << c["uid"] << std::setw(16) << c["comm"].get<std::string>() << std::setw(28)
+			  << c["cgroup"].get<std::string>() << std::setw(24) << c["destination"].get<std::string>()
+			  << std::setw(11) << c["bytes_up"] << std::setw(11) << c["bytes_down"] << c["state"].get<std::string>()
+			  << "\n";
+}
+
+// cordond is not answering: say what the kernel side is doing without it.
+int report_not_running(const std::string &socket, const std::string &pin_dir, const std::string &why, bool as_json)
+{
+	auto pinned = read_pinned_state(pin_dir);
+	json j{{"ok", false}, {"running", false}, {"error", why}};
+	if (pinned && pinned->present) {
+		j["pinned_links"] = pinned->links;
+		if (pinned->counters) {
+			json c;
+			for (int i = 0; i < CORDON_CTR__COUNT; i++)
+				c[counter_name(i)] = (*pinned->counters)[i];
+			j["counters"] = c;
+		}
+	}
+	if (as_json) {
+		std::cout << j.dump(2) << "\n";
+		return kExitNotRunning;
+	}
+	std::cerr << "cordonctl: cordond is not running (" << why << ")\n";
+	if (!pinned) {
+		std::cerr << "cordonctl: cannot read " << pin_dir << ": " << pinned.error().message() << "\n";
+	} else if (pinned->present && !pinned->links.empty()) {
+		std::cerr << "programs still attached from " << pin_dir << ": " << join(j["pinned_links"], " ")
+			  << "\ncaptured connections are refused until cordond returns (fail closed); "
+			     "`cordonctl detach` removes them\n";
+	} else {
+		std::cerr << "no cordon programs are attached (" << pin_dir << " holds none)\n";
+	}
+	(void)socket;
+	return kExitNotRunning;
+}
+
+} // namespace
+
+int main(int argc, char **argv)
+{
+	const config::Policy defaults = default_policy();
+	po::options_description opts("options");
+	// clang-format off
+	opts.add_options()
+		("help,h", "show this help")
+		("json", "machine-readable output")
+		("socket", po::value<std::string>()->default_value(defaults.daemon().control_socket()), "control socket")
+		("pin-dir", po::value<std::string>()->default_value(defaults.daemon().pin_dir()), "bpffs pin directory")
+		("command", po::value<std::string>(), "command");
+	// clang-format on
+	po::positional_options_description positional;
+	positional.add("command", 1);
+	po::variables_map vm;
+	try {
+		po::store(po::command_line_parser(argc, argv).options(opts).positional(positional).run(), vm);
+		po::notify(vm);
+	} catch (const po::error &e) {
+		std::cerr << "cordonctl: " << e.what() << "\n" << kUsage;
+		return 2;
+	}
+	if (vm.count("help") || !vm.count("command")) {
+		std::cout << kUsage << "\n" << opts << "\n";
+		return vm.count("help") ? 0 : 2;
+	}
+	const std::string command = vm["command"].as<std::string>();
+	const std::string socket = vm["socket"].as<std::string>();
+	const std::string pin_dir = vm["pin-dir"].as<std::string>();
+	const bool as_json = vm.count("json") > 0;
+
+	if (command == "version") {
+		std::cout << "cordonctl " << kCordonVersion << "\n";
+		return 0;
+	}
+	if (command == "status") {
+		auto reply = control_request(socket, json{{"command", "status"}});
+		if (!reply)
+			return report_not_running(socket, pin_dir, reply.error().message(), as_json);
+		if (!reply->value("ok", false)) {
+			if (as_json)
+				std::cout << reply->dump(2) << "\n";
+			else
+				std::cerr << "cordonctl: " << reply->value("error", std::string("request failed")) << "\n";
+			return 1;
+		}
+		if (as_json)
+			std::cout << reply->dump(2) << "\n";
+		else
+			print_status(*reply);
+		return 0;
+	}
+	if (command == "detach") {
+		if (::geteuid() != 0) {
+			std::cerr << "cordonctl: detach is for root\n";
+			return 1;
+		}
+		Status st = detach_pinned(pin_dir);
+		if (!st) {
+			std::cerr << "cordonctl: " << st.error().message() << "\n";
+			return 1;
+		}
+		std::cout << "detached cordon's programs and removed " << pin_dir << "\n";
+		return 0;
+	}
+	std::cerr << "cordonctl: unknown command '" << command << "'\n" << kUsage;
+	return 2;
+}

@@ -1,0 +1,214 @@
+#include "daemon/control_server.h"
+
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <vector>
+
+#include "common/log.h"
+#include "common/unique_fd.h"
+
+namespace cordon {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+enum Op : uint8_t { kAccept = 1, kRecv, kSend, kCancel };
+
+constexpr size_t kMaxRequest = 64 * 1024;
+constexpr auto kSessionTimeout = std::chrono::seconds(10);
+
+Result<sockaddr_un> unix_address(const std::string &path)
+{
+	sockaddr_un addr{};
+	addr.sun_family = AF_UNIX;
+	if (path.size() >= sizeof(addr.sun_path))
+		return plain_error("control socket path too long: " + path);
+	std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+	return addr;
+}
+
+} // namespace
+
+class ControlListener : public IoHandler {
+public:
+	ControlListener(ControlServer &server, UniqueFd fd) : server_(server), fd_(std::move(fd)) {}
+	void arm()
+	{
+		io_uring_prep_multishot_accept(loop().prepare(*this, kAccept), fd_.get(), nullptr, nullptr,
+					       SOCK_NONBLOCK | SOCK_CLOEXEC);
+	}
+	void on_completion(uint8_t op, int res, uint32_t flags) override
+	{
+		if (op != kAccept)
+			return;
+		if (res >= 0)
+			server_.on_accepted(res);
+		else if (res != -ECANCELED)
+			log::warning(std::string("control accept: ") + std::strerror(-res));
+		if (!(flags & IORING_CQE_F_MORE) && !finished() && res != -ECANCELED)
+			arm();
+	}
+	void on_stop() override
+	{
+		loop().cancel_fd(*this, fd_.get(), kCancel);
+		mark_finished();
+	}
+
+private:
+	ControlServer &server_;
+	UniqueFd fd_;
+};
+
+class ControlSession : public IoHandler {
+public:
+	ControlSession(ControlServer &server, UniqueFd fd, ControlPeer peer)
+	    : server_(server), fd_(std::move(fd)), peer_(peer), started_(Clock::now())
+	{
+	}
+
+	void receive()
+	{
+		io_uring_prep_recv(loop().prepare(*this, kRecv), fd_.get(), chunk_.data(), chunk_.size(), 0);
+	}
+
+	void on_completion(uint8_t op, int res, uint32_t) override
+	{
+		if (finished())
+			return;
+		if (op == kRecv) {
+			if (res <= 0)
+				return finish(); // peer went away before a full request
+			request_.append(chunk_.data(), static_cast<size_t>(res));
+			auto newline = request_.find('\n');
+			if (newline == std::string::npos) {
+				if (request_.size() > kMaxRequest)
+					return respond(R"({"ok":false,"error":"request too large"})");
+				return receive();
+			}
+			request_.resize(newline);
+			return respond(server_.handler_(request_, peer_));
+		}
+		if (op == kSend) {
+			if (res <= 0)
+				return finish();
+			sent_ += static_cast<size_t>(res);
+			if (sent_ < response_.size())
+				return send_rest();
+			return finish();
+		}
+	}
+
+	void on_stop() override { finish(); }
+	void on_retire() override { server_.sessions_.erase(this); }
+
+	void check_timeout(Clock::time_point now)
+	{
+		if (!finished() && now - started_ > kSessionTimeout)
+			finish();
+	}
+
+private:
+	void respond(std::string response)
+	{
+		response_ = std::move(response);
+		response_.push_back('\n');
+		send_rest();
+	}
+	void send_rest()
+	{
+		io_uring_prep_send(loop().prepare(*this, kSend), fd_.get(), response_.data() + sent_,
+				   response_.size() - sent_, MSG_NOSIGNAL);
+	}
+	void finish()
+	{
+		if (finished())
+			return;
+		if (inflight() > 0)
+			loop().cancel_fd(*this, fd_.get(), kCancel);
+		mark_finished();
+	}
+
+	ControlServer &server_;
+	UniqueFd fd_;
+	ControlPeer peer_;
+	Clock::time_point started_;
+	std::array<char, 4096> chunk_{};
+	std::string request_, response_;
+	size_t sent_ = 0;
+};
+
+ControlServer::ControlServer(EventLoop &loop, std::string path, ControlHandler handler)
+    : loop_(loop), path_(std::move(path)), handler_(std::move(handler))
+{
+}
+
+ControlServer::~ControlServer()
+{
+	if (bound_)
+		::unlink(path_.c_str());
+}
+
+Status ControlServer::start()
+{
+	auto addr = unix_address(path_);
+	if (!addr)
+		return addr.error();
+	std::string dir = path_.substr(0, path_.rfind('/'));
+	if (!dir.empty() && ::mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST)
+		return system_error("create " + dir);
+	struct stat st;
+	if (::lstat(path_.c_str(), &st) == 0) {
+		if (!S_ISSOCK(st.st_mode))
+			return plain_error(path_ + " exists and is not a socket; not replacing it");
+		UniqueFd probe(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+		if (probe && ::connect(probe.get(), reinterpret_cast<sockaddr *>(&*addr), sizeof(*addr)) == 0)
+			return plain_error("another cordond is answering on " + path_);
+		::unlink(path_.c_str()); // left behind by a cordond that died
+	}
+	UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+	if (!fd)
+		return system_error("control socket");
+	if (::bind(fd.get(), reinterpret_cast<sockaddr *>(&*addr), sizeof(*addr)) != 0)
+		return system_error("bind " + path_);
+	bound_ = true;
+	// Anyone may connect (jobs enroll here); each command authorizes its caller by SO_PEERCRED.
+	if (::chmod(path_.c_str(), 0666) != 0)
+		return system_error("chmod " + path_);
+	if (::listen(fd.get(), 128) != 0)
+		return system_error("listen on " + path_);
+	auto &listener = static_cast<ControlListener &>(loop_.add(std::make_unique<ControlListener>(*this, std::move(fd))));
+	listener.arm();
+	return {};
+}
+
+void ControlServer::on_accepted(int raw_fd)
+{
+	UniqueFd fd(raw_fd);
+	ucred cred{};
+	socklen_t len = sizeof(cred);
+	if (::getsockopt(fd.get(), SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) {
+		log::warning(std::string("control: SO_PEERCRED: ") + std::strerror(errno));
+		return;
+	}
+	if (sessions_.size() >= 256) {
+		log::warning("control: too many sessions, refusing one");
+		return;
+	}
+	auto session = std::make_unique<ControlSession>(*this, std::move(fd), ControlPeer{cred.pid, cred.uid, cred.gid});
+	ControlSession *raw = session.get();
+	sessions_.insert(raw);
+	loop_.add(std::move(session));
+	raw->receive();
+}
+
+void ControlServer::tick(Clock::time_point now)
+{
+	std::vector<ControlSession *> all(sessions_.begin(), sessions_.end());
+	for (ControlSession *s : all)
+		s->check_timeout(now);
+}
+
+} // namespace cordon

@@ -1,0 +1,52 @@
+// The control socket (/run/cordon/control.sock): one JSON request line in, one JSON response
+// line out, then the connection closes. The socket is world-connectable because jobs will
+// enroll their tokens through it; every command checks the caller's SO_PEERCRED itself.
+#pragma once
+
+#include <sys/socket.h>
+
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <string>
+#include <unordered_set>
+
+#include "common/result.h"
+#include "daemon/event_loop.h"
+
+namespace cordon {
+
+class ControlSession;
+
+struct ControlPeer {
+	pid_t pid = 0;
+	uid_t uid = 0;
+	gid_t gid = 0;
+};
+
+// Takes the request line and the caller; returns the response line (JSON, no newline).
+using ControlHandler = std::function<std::string(const std::string &request, const ControlPeer &peer)>;
+
+class ControlServer {
+public:
+	ControlServer(EventLoop &loop, std::string path, ControlHandler handler);
+	~ControlServer();
+
+	// Refuses to take over a socket another running cordond still answers on.
+	Status start();
+	void tick(std::chrono::steady_clock::time_point now);
+	const std::string &path() const { return path_; }
+
+private:
+	friend class ControlSession;
+	friend class ControlListener;
+	void on_accepted(int fd);
+
+	EventLoop &loop_;
+	std::string path_;
+	ControlHandler handler_;
+	std::unordered_set<ControlSession *> sessions_;
+	bool bound_ = false;
+};
+
+} // namespace cordon

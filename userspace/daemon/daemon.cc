@@ -1,0 +1,480 @@
+#include "daemon/daemon.h"
+
+#include <nlohmann/json.hpp>
+#include <signal.h>
+#include <sys/resource.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <systemd/sd-daemon.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstring>
+#include <fstream>
+#include <map>
+#include <set>
+
+#include "bpf/kernel_programs.h"
+#include "common/cgroup.h"
+#include "common/host_pattern.h"
+#include "common/log.h"
+#include "daemon/control_server.h"
+#include "daemon/event_loop.h"
+#include "daemon/journal.h"
+#include "daemon/relay.h"
+#include "daemon/resolver.h"
+
+#ifndef SO_NETNS_COOKIE
+#define SO_NETNS_COOKIE 71
+#endif
+
+namespace cordon {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using nlohmann::json;
+
+enum Op : uint8_t { kSignalRead = 1, kTimer, kCancel };
+
+// Reads stop/refresh signals through a signalfd on the loop.
+class SignalHandler : public IoHandler {
+public:
+	SignalHandler(UniqueFd fd, std::function<void(int)> on_signal) : fd_(std::move(fd)), on_signal_(std::move(on_signal)) {}
+	void arm() { io_uring_prep_read(loop().prepare(*this, kSignalRead), fd_.get(), &info_, sizeof(info_), 0); }
+	void on_completion(uint8_t op, int res, uint32_t) override
+	{
+		if (op != kSignalRead || finished())
+			return;
+		if (res == sizeof(info_))
+			on_signal_(static_cast<int>(info_.ssi_signo));
+		if (!finished())
+			arm();
+	}
+	void on_stop() override
+	{
+		loop().cancel_fd(*this, fd_.get(), kCancel);
+		mark_finished();
+	}
+
+private:
+	UniqueFd fd_;
+	signalfd_siginfo info_{};
+	std::function<void(int)> on_signal_;
+};
+
+// Once a second: idle timeouts, control session timeouts.
+class Ticker : public IoHandler {
+public:
+	explicit Ticker(std::function<void()> on_tick) : on_tick_(std::move(on_tick)) {}
+	void arm()
+	{
+		interval_.tv_sec = 1;
+		io_uring_prep_timeout(loop().prepare(*this, kTimer), &interval_, 0, 0);
+	}
+	void on_completion(uint8_t op, int, uint32_t) override
+	{
+		if (op != kTimer || finished())
+			return;
+		on_tick_();
+		arm();
+	}
+	void on_stop() override
+	{
+		loop().cancel_op(*this, kTimer, kCancel);
+		mark_finished();
+	}
+
+private:
+	__kernel_timespec interval_{};
+	std::function<void()> on_tick_;
+};
+
+void raise_fd_limit()
+{
+	rlimit lim{};
+	if (::getrlimit(RLIMIT_NOFILE, &lim) == 0 && lim.rlim_cur < lim.rlim_max) {
+		lim.rlim_cur = lim.rlim_max;
+		if (::setrlimit(RLIMIT_NOFILE, &lim) != 0)
+			log::warning(std::string("could not raise the open file limit: ") + std::strerror(errno));
+	}
+}
+
+Result<uint64_t> own_netns_cookie()
+{
+	UniqueFd fd(::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+	if (!fd)
+		return system_error("socket");
+	uint64_t cookie = 0;
+	socklen_t len = sizeof(cookie);
+	if (::getsockopt(fd.get(), SOL_SOCKET, SO_NETNS_COOKIE, &cookie, &len) != 0)
+		return system_error("SO_NETNS_COOKIE (needs Linux 5.14 or newer)");
+	return cookie;
+}
+
+bool is_ancestor_or_self(const std::string &ancestor, const std::string &path)
+{
+	if (ancestor == "/")
+		return true;
+	return path == ancestor || (path.size() > ancestor.size() && path.compare(0, ancestor.size(), ancestor) == 0 &&
+				    path[ancestor.size()] == '/');
+}
+
+// Where cordond itself lives in the cgroup tree. Its own cgroup is exempt from enforcement, so
+// it must not be an enforced subtree's ancestor (the root cgroup on a host without systemd).
+class OwnCgroup {
+public:
+	static Result<std::unique_ptr<OwnCgroup>> place(const CgroupHierarchy &h, const std::string &requested,
+							const config::Enforce &enforce)
+	{
+		auto current = h.own_path();
+		if (!current)
+			return current.error();
+		std::string target = requested;
+		if (target.empty()) {
+			bool clash = false;
+			for (const auto &e : enforce.cgroups())
+				clash |= is_ancestor_or_self(*current, e);
+			if (!clash)
+				return std::unique_ptr<OwnCgroup>(new OwnCgroup(*current, "", false));
+			target = "/cordond";
+		}
+		auto norm = normalize_cgroup_path(target);
+		if (!norm)
+			return norm.error();
+		for (const auto &e : enforce.cgroups())
+			if (is_ancestor_or_self(*norm, e))
+				return plain_error("cordond's cgroup " + *norm + " would contain the enforced cgroup " + e);
+		std::string dir = h.absolute(*norm);
+		bool created = false;
+		if (::mkdir(dir.c_str(), 0755) == 0)
+			created = true;
+		else if (errno != EEXIST)
+			return system_error("create cgroup " + dir);
+		std::ofstream procs(dir + "/cgroup.procs");
+		procs << "0" << std::flush;
+		if (!procs) {
+			int err = errno;
+			if (created)
+				::rmdir(dir.c_str());
+			return system_error("move cordond into " + dir, err);
+		}
+		log::info("cordond runs in cgroup " + *norm);
+		return std::unique_ptr<OwnCgroup>(new OwnCgroup(*norm, dir, created, *current, h.absolute(*current)));
+	}
+
+	~OwnCgroup()
+	{
+		if (!created_)
+			return;
+		// Step back out so the cgroup is empty and can go.
+		std::ofstream procs(previous_dir_ + "/cgroup.procs");
+		procs << "0" << std::flush;
+		if (::rmdir(dir_.c_str()) != 0)
+			log::warning("could not remove cgroup " + dir_ + ": " + std::strerror(errno));
+	}
+
+	const std::string &path() const { return path_; }
+
+private:
+	OwnCgroup(std::string path, std::string dir, bool created, std::string previous = "", std::string previous_dir = "")
+	    : path_(std::move(path)), dir_(std::move(dir)), created_(created), previous_(std::move(previous)),
+	      previous_dir_(std::move(previous_dir))
+	{
+	}
+	std::string path_, dir_;
+	bool created_;
+	std::string previous_, previous_dir_;
+};
+
+std::map<uint16_t, uint32_t> port_flags(const config::Capture &c)
+{
+	std::map<uint16_t, uint32_t> flags;
+	for (uint32_t p : c.ports())
+		flags[static_cast<uint16_t>(p)] |= CORDON_PORT_TCP_CAPTURE;
+	for (uint32_t p : c.quic_ports())
+		flags[static_cast<uint16_t>(p)] |= CORDON_PORT_UDP_REFUSE;
+	return flags;
+}
+
+struct Runtime {
+	const DaemonOptions &options;
+	CgroupHierarchy &cgroups;
+	OwnCgroup &own;
+	KernelPrograms &kernel;
+	Journal &journal;
+	RelayServer *relay = nullptr;
+	TargetResolver *resolver = nullptr;
+	BufferPool *pool = nullptr;
+
+	json status() const
+	{
+		const auto &p = options.policy;
+		json j;
+		j["ok"] = true;
+		j["version"] = kCordonVersion;
+		j["pid"] = ::getpid();
+		j["policy"] = options.policy_source;
+		j["programs"] = {{"attached", kernel.program_names()},
+				 {"adopted", kernel.adopted()},
+				 {"pin_dir", p.daemon().pin_dir()},
+				 {"cgroup_root", cgroups.mount_point()}};
+		json listeners = json::array();
+		for (const auto &l : relay->listening())
+			listeners.push_back(l.to_string());
+		j["listeners"] = listeners;
+		j["enforce"] = {{"cgroups", std::vector<std::string>(p.enforce().cgroups().begin(), p.enforce().cgroups().end())},
+				{"exempt", std::vector<std::string>(p.enforce().exempt_cgroups().begin(),
+								    p.enforce().exempt_cgroups().end())},
+				{"own_cgroup", own.path()}};
+		json hosts = json::array();
+		for (const auto &n : resolver->snapshot())
+			hosts.push_back({{"name", n.name}, {"addresses", n.addresses}, {"error", n.error},
+					 {"next_refresh_s", n.next_refresh_in_s}});
+		json targets = json::array();
+		if (auto t = kernel.list_targets())
+			for (const auto &[cidr, source] : *t)
+				targets.push_back({{"cidr", cidr.to_string()},
+						   {"source", source == CORDON_TARGET_CIDR ? "cidr" : "resolved"}});
+		j["capture"] = {{"ports", std::vector<uint32_t>(p.capture().ports().begin(), p.capture().ports().end())},
+				{"quic_ports", std::vector<uint32_t>(p.capture().quic_ports().begin(), p.capture().quic_ports().end())},
+				{"patterns", std::vector<std::string>(p.capture().hosts().begin(), p.capture().hosts().end())},
+				{"hosts", hosts},
+				{"targets", targets}};
+		json counters = json::object();
+		if (auto c = kernel.counters())
+			for (int i = 0; i < CORDON_CTR__COUNT; i++)
+				counters[counter_name(i)] = (*c)[i];
+		j["counters"] = counters;
+		if (auto n = kernel.origin_entries())
+			j["origin_entries"] = *n;
+		const RelayStats &s = relay->stats();
+		j["relay"] = {{"active", relay->active()},	  {"accepted", s.accepted},
+			      {"closed", s.closed},		  {"lookup_missed", s.lookup_missed},
+			      {"over_limit", s.over_limit},	  {"upstream_failed", s.upstream_failed},
+			      {"buffers_in_use", pool->in_use()}, {"buffers", pool->count()}};
+		j["journal"] = {{"written", journal.written()}, {"dropped", journal.dropped()}, {"fell_back", journal.fell_back()}};
+		json conns = json::array();
+		for (const auto &c : relay->connections())
+			conns.push_back({{"id", c.id},
+					 {"pid", c.pid},
+					 {"uid", c.uid},
+					 {"gid", c.gid},
+					 {"comm", c.comm},
+					 {"cgroup", c.cgroup},
+					 {"client", c.client},
+					 {"destination", c.destination},
+					 {"upstream_local", c.upstream_local},
+					 {"state", c.state},
+					 {"bytes_up", c.bytes_up},
+					 {"bytes_down", c.bytes_down},
+					 {"age_ms", c.age_ms}});
+		j["connections"] = conns;
+		return j;
+	}
+
+	std::string handle_control(const std::string &line, const ControlPeer &peer) const
+	{
+		json request = json::parse(line, nullptr, false);
+		if (request.is_discarded() || !request.is_object() || !request.contains("command") ||
+		    !request["command"].is_string())
+			return json{{"ok", false}, {"error", "expected a JSON object with a \"command\""}}.dump();
+		const std::string command = request["command"];
+		if (command == "status") {
+			if (peer.uid != 0)
+				return json{{"ok", false}, {"error", "permission denied: status is for root"}}.dump();
+			return status().dump();
+		}
+		return json{{"ok", false}, {"error", "unknown command '" + command + "'"}}.dump();
+	}
+};
+
+Status block_signals(sigset_t &set)
+{
+	sigemptyset(&set);
+	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGINT);
+	sigaddset(&set, SIGHUP);
+	if (::sigprocmask(SIG_BLOCK, &set, nullptr) != 0)
+		return system_error("block signals");
+	::signal(SIGPIPE, SIG_IGN);
+	return {};
+}
+
+} // namespace
+
+Status run_daemon(const DaemonOptions &options)
+{
+	const config::Policy &p = options.policy;
+	// Block before any thread starts so every thread inherits the mask.
+	sigset_t signals;
+	if (Status st = block_signals(signals); !st)
+		return st;
+	raise_fd_limit();
+
+	auto hierarchy = CgroupHierarchy::open_system();
+	if (!hierarchy)
+		return hierarchy.error();
+	auto own = OwnCgroup::place(*hierarchy, options.own_cgroup, p.enforce());
+	if (!own)
+		return own.error();
+	auto cookie = own_netns_cookie();
+	if (!cookie)
+		return cookie.error();
+
+	// Resolve cgroup ids up front: a missing enforced cgroup is a configuration error.
+	std::map<uint64_t, uint32_t> scopes;
+	for (const auto &path : p.enforce().cgroups()) {
+		auto id = hierarchy->id_of(path);
+		if (!id)
+			return plain_error("enforce.cgroups: " + id.error().message());
+		scopes[*id] = CORDON_SCOPE_ENFORCE;
+	}
+	for (const auto &path : p.enforce().exempt_cgroups()) {
+		auto id = hierarchy->id_of(path);
+		if (!id)
+			return plain_error("enforce.exempt_cgroups: " + id.error().message());
+		scopes[*id] = CORDON_SCOPE_EXEMPT;
+	}
+	auto own_id = hierarchy->id_of((*own)->path());
+	if (!own_id)
+		return own_id.error();
+	scopes[*own_id] = CORDON_SCOPE_EXEMPT;
+
+	KernelSettings ks;
+	ks.listen_ipv4 = *IpAddress::parse(p.daemon().listen_ipv4());
+	ks.listen_ipv6 = *IpAddress::parse(p.daemon().listen_ipv6());
+	ks.listen_port = static_cast<uint16_t>(p.daemon().listen_port());
+	ks.upstream_mark = p.daemon().upstream_mark();
+	ks.netns_cookie = *cookie;
+	ks.pin_dir = p.daemon().pin_dir();
+	ks.cgroup_mount = hierarchy->mount_point();
+	auto kernel = KernelPrograms::attach(ks);
+	if (!kernel)
+		return kernel.error();
+	KernelPrograms &kp = **kernel;
+
+	Journal journal;
+	{
+		JournalEntry e;
+		e.message = std::string(kp.adopted() ? "adopted pinned" : "attached") + " BPF programs at cgroup2 root " +
+			    hierarchy->mount_point() + " (pins in " + ks.pin_dir + ")";
+		e.add("CORDON_EVENT", "bpf_attach")
+		    .add("CORDON_PIN_DIR", ks.pin_dir)
+		    .add("CORDON_CGROUP_ROOT", hierarchy->mount_point())
+		    .add("CORDON_ADOPTED", kp.adopted() ? "1" : "0");
+		journal.send(std::move(e));
+	}
+
+	if (Status st = kp.set_scopes(scopes); !st)
+		return st;
+	if (Status st = kp.set_ports(port_flags(p.capture())); !st)
+		return st;
+
+	// CIDR targets are exact; resolved ones left by a previous cordond are kept for `retain`.
+	std::set<std::string> cidrs(p.capture().cidrs().begin(), p.capture().cidrs().end());
+	std::vector<IpAddress> inherited;
+	auto existing = kp.list_targets();
+	if (!existing)
+		return existing.error();
+	for (const auto &[cidr, source] : *existing) {
+		if (source == CORDON_TARGET_CIDR && !cidrs.count(cidr.to_string())) {
+			if (Status st = kp.remove_target(cidr); !st)
+				return st;
+		} else if (source == CORDON_TARGET_RESOLVED) {
+			inherited.push_back(cidr.base);
+		}
+	}
+	for (const auto &text : cidrs)
+		if (Status st = kp.add_target(*Cidr::parse(text), CORDON_TARGET_CIDR); !st)
+			return st;
+
+	auto loop = EventLoop::create(4096);
+	if (!loop)
+		return loop.error();
+	auto pool = BufferPool::create((*loop)->ring(), 1, p.daemon().buffer_count(), p.daemon().buffer_size());
+	if (!pool)
+		return pool.error();
+
+	CgroupPathCache cgroup_paths(*hierarchy, 4096);
+	RelaySettings rs;
+	rs.listen = {SocketAddress{ks.listen_ipv4, ks.listen_port}, SocketAddress{ks.listen_ipv6, ks.listen_port}};
+	rs.upstream_mark = ks.upstream_mark;
+	rs.connect_timeout = std::chrono::milliseconds(p.daemon().connect_timeout_ms());
+	rs.idle_timeout = std::chrono::seconds(p.daemon().idle_timeout_seconds());
+	rs.max_connections = p.daemon().max_connections();
+	RelayServer relay(**loop, **pool, kp, journal, cgroup_paths, rs);
+	if (Status st = relay.start(); !st)
+		return st;
+
+	TargetResolver::Settings resolver_settings;
+	for (const auto &h : p.capture().hosts())
+		if (h.rfind("*.", 0) != 0)
+			resolver_settings.names.push_back(h);
+	resolver_settings.refresh_min = std::chrono::seconds(p.capture().refresh_min_seconds());
+	resolver_settings.refresh_max = std::chrono::seconds(p.capture().refresh_max_seconds());
+	resolver_settings.retain = std::chrono::seconds(p.capture().retain_seconds());
+	TargetResolver resolver(kp, journal, resolver_settings);
+	resolver.inherit(inherited);
+
+	Runtime runtime{options, *hierarchy, **own, kp, journal};
+	runtime.relay = &relay;
+	runtime.resolver = &resolver;
+	runtime.pool = pool->get();
+	ControlServer control(**loop, p.daemon().control_socket(),
+			      [&runtime](const std::string &line, const ControlPeer &peer) {
+				      return runtime.handle_control(line, peer);
+			      });
+	if (Status st = control.start(); !st)
+		return st;
+
+	UniqueFd sfd(::signalfd(-1, &signals, SFD_NONBLOCK | SFD_CLOEXEC));
+	if (!sfd)
+		return system_error("signalfd");
+	EventLoop &ev = **loop;
+	auto &sig = static_cast<SignalHandler &>(ev.add(std::make_unique<SignalHandler>(std::move(sfd), [&](int signo) {
+		if (signo == SIGHUP) {
+			log::info("SIGHUP: nothing to reload in this version; the policy is read at start");
+			return;
+		}
+		log::info(std::string("received ") + strsignal(signo) + ", stopping");
+		ev.stop();
+	})));
+	sig.arm();
+	auto &ticker = static_cast<Ticker &>(ev.add(std::make_unique<Ticker>([&] {
+		auto now = Clock::now();
+		relay.tick(now);
+		control.tick(now);
+	})));
+	ticker.arm();
+	ev.set_after_batch([&relay] { relay.resume_starved(); });
+
+	resolver.start();
+	std::string listening;
+	for (const auto &l : relay.listening())
+		listening += (listening.empty() ? "" : ", ") + l.to_string();
+	log::info("cordond " + std::string(kCordonVersion) + " ready: listening on " + listening + ", control " +
+		  control.path());
+	sd_notify(0, "READY=1");
+
+	Status result = ev.run();
+	sd_notify(0, "STOPPING=1");
+	journal.flush();
+	if (p.daemon().failure_mode() == config::OPEN) {
+		Status st = kp.detach();
+		JournalEntry e;
+		e.message = st ? "fail-open stop: BPF programs detached, traffic flows unseen until cordond returns"
+			       : "fail-open stop: detaching BPF programs failed: " + st.error().message();
+		e.add("CORDON_EVENT", "bpf_detach").add("CORDON_PIN_DIR", ks.pin_dir);
+		journal.send(std::move(e));
+	} else {
+		JournalEntry e;
+		e.message = "cordond stopped; BPF programs stay attached, captured connections are refused until it returns";
+		e.add("CORDON_EVENT", "daemon_stop").add("CORDON_PIN_DIR", ks.pin_dir);
+		journal.send(std::move(e));
+	}
+	journal.flush();
+	return result;
+}
+
+} // namespace cordon

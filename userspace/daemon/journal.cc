@@ -1,0 +1,109 @@
+#include "daemon/journal.h"
+
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <systemd/sd-journal.h>
+#include <unistd.h>
+
+#include "common/log.h"
+
+namespace cordon {
+namespace {
+// sd_journal_sendv() reports success when no journald runs at all (it drops the entry on
+// ENOENT by design), so look for the socket ourselves before trusting it.
+bool journal_socket_present()
+{
+	struct stat st;
+	return ::stat("/run/systemd/journal/socket", &st) == 0 && S_ISSOCK(st.st_mode);
+}
+} // namespace
+
+Journal::Journal(size_t capacity) : capacity_(capacity), thread_([this] { run(); }) {}
+
+Journal::~Journal()
+{
+	{
+		std::lock_guard lock(mutex_);
+		stopping_ = true;
+	}
+	wake_.notify_all();
+	thread_.join();
+}
+
+void Journal::send(JournalEntry entry)
+{
+	{
+		std::lock_guard lock(mutex_);
+		if (queue_.size() >= capacity_) {
+			dropped_++;
+			return;
+		}
+		queue_.push_back(std::move(entry));
+	}
+	wake_.notify_one();
+}
+
+void Journal::flush()
+{
+	std::unique_lock lock(mutex_);
+	drained_.wait(lock, [this] { return queue_.empty() && !busy_; });
+}
+
+void Journal::run()
+{
+	uint64_t reported_drops = 0;
+	for (;;) {
+		JournalEntry entry;
+		{
+			std::unique_lock lock(mutex_);
+			busy_ = false;
+			if (queue_.empty())
+				drained_.notify_all();
+			wake_.wait(lock, [this] { return stopping_ || !queue_.empty(); });
+			if (queue_.empty())
+				return; // stopping, and everything was written
+			entry = std::move(queue_.front());
+			queue_.pop_front();
+			busy_ = true;
+		}
+		write_one(entry);
+		if (uint64_t d = dropped_.load(); d != reported_drops) {
+			JournalEntry note;
+			note.priority = 4;
+			note.message = "journal queue full: " + std::to_string(d - reported_drops) + " audit entries dropped";
+			note.add("CORDON_EVENT", "journal_overflow").add("CORDON_DROPPED", std::to_string(d - reported_drops));
+			write_one(note);
+			reported_drops = d;
+		}
+	}
+}
+
+void Journal::write_one(const JournalEntry &entry)
+{
+	std::vector<std::string> lines;
+	lines.reserve(entry.fields.size() + 3);
+	lines.push_back("MESSAGE=" + entry.message);
+	lines.push_back("PRIORITY=" + std::to_string(entry.priority));
+	lines.push_back("SYSLOG_IDENTIFIER=cordond");
+	for (const auto &[name, value] : entry.fields)
+		lines.push_back(name + "=" + value);
+	std::vector<iovec> iov(lines.size());
+	for (size_t i = 0; i < lines.size(); i++)
+		iov[i] = iovec{lines[i].data(), lines[i].size()};
+	if (journal_socket_present() && sd_journal_sendv(iov.data(), static_cast<int>(iov.size())) == 0) {
+		written_++;
+		return;
+	}
+	// No journal socket (or journald refused): keep the record on stderr, one line.
+	fell_back_++;
+	std::string line = "cordond: " + entry.message;
+	for (const auto &[name, value] : entry.fields) {
+		line += " " + name + "=";
+		for (char c : value)
+			line += (c == '\n') ? std::string("\\n") : std::string(1, c);
+	}
+	log::write(entry.priority <= 3 ? log::Level::error : entry.priority == 4 ? log::Level::warning : log::Level::info,
+		   line);
+}
+
+} // namespace cordon

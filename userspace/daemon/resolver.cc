@@ -1,0 +1,216 @@
+#include "daemon/resolver.h"
+
+#include <arpa/nameser.h>
+#include <netdb.h>
+#include <resolv.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "bpf/kernel_programs.h"
+#include "common/log.h"
+#include "daemon/journal.h"
+
+namespace cordon {
+
+std::optional<uint32_t> min_answer_ttl(const uint8_t *message, size_t length)
+{
+	ns_msg msg;
+	if (length > 65535 || ns_initparse(message, static_cast<int>(length), &msg) != 0)
+		return std::nullopt;
+	std::optional<uint32_t> ttl;
+	for (int i = 0; i < ns_msg_count(msg, ns_s_an); i++) {
+		ns_rr rr;
+		if (ns_parserr(&msg, ns_s_an, i, &rr) != 0)
+			return ttl;
+		uint32_t t = ns_rr_ttl(rr);
+		ttl = ttl ? std::min(*ttl, t) : t;
+	}
+	return ttl;
+}
+
+Result<ResolvedName> resolve_name(const std::string &name)
+{
+	addrinfo hints{};
+	hints.ai_family = AF_UNSPEC;
+	hints.ai_socktype = SOCK_STREAM;
+	addrinfo *list = nullptr;
+	int rc = getaddrinfo(name.c_str(), nullptr, &hints, &list);
+	if (rc != 0)
+		return plain_error("resolve " + name + ": " + gai_strerror(rc));
+	ResolvedName out;
+	for (addrinfo *ai = list; ai; ai = ai->ai_next) {
+		auto sa = SocketAddress::from_sockaddr(ai->ai_addr, ai->ai_addrlen);
+		if (sa && std::find(out.addresses.begin(), out.addresses.end(), sa->ip) == out.addresses.end())
+			out.addresses.push_back(sa->ip);
+	}
+	freeaddrinfo(list);
+
+	// getaddrinfo hides the TTL; ask DNS directly for it. A name from /etc/hosts has none.
+	struct __res_state state {};
+	if (res_ninit(&state) == 0) {
+		state.retrans = 2;
+		state.retry = 1;
+		for (int type : {ns_t_a, ns_t_aaaa}) {
+			uint8_t answer[4096];
+			int n = res_nquery(&state, name.c_str(), ns_c_in, type, answer, sizeof(answer));
+			if (n > 0) {
+				auto ttl = min_answer_ttl(answer, static_cast<size_t>(n));
+				if (ttl)
+					out.ttl = out.ttl ? std::min(*out.ttl, *ttl) : *ttl;
+			}
+		}
+		res_nclose(&state);
+	}
+	return out;
+}
+
+TargetResolver::TargetResolver(KernelPrograms &kernel, Journal &journal, Settings settings)
+    : kernel_(kernel), journal_(journal), settings_(std::move(settings))
+{
+	for (const auto &n : settings_.names)
+		names_[n] = NameState{};
+}
+
+TargetResolver::~TargetResolver()
+{
+	{
+		std::lock_guard lock(mutex_);
+		stopping_ = true;
+	}
+	wake_.notify_all();
+	if (thread_.joinable())
+		thread_.join();
+}
+
+void TargetResolver::inherit(const std::vector<IpAddress> &addresses)
+{
+	std::lock_guard lock(mutex_);
+	auto now = Clock::now();
+	for (const auto &ip : addresses)
+		addresses_[ip].last_seen = now;
+}
+
+void TargetResolver::start()
+{
+	auto now = Clock::now();
+	for (auto &[name, state] : names_)
+		refresh(name, now);
+	thread_ = std::thread([this] { run(); });
+}
+
+void TargetResolver::refresh(const std::string &name, Clock::time_point now)
+{
+	auto resolved = resolve_name(name);
+	std::lock_guard lock(mutex_);
+	NameState &state = names_[name];
+	if (!resolved) {
+		if (state.error != resolved.error().message())
+			log::debug(resolved.error().message());
+		state.error = resolved.error().message();
+		// Keep the last good addresses; they expire through `retain` like any other.
+		state.next_refresh = now + settings_.refresh_min;
+		return;
+	}
+	state.error.clear();
+	std::set<IpAddress> fresh(resolved->addresses.begin(), resolved->addresses.end());
+	std::vector<std::string> added;
+	for (const auto &ip : fresh) {
+		auto [it, inserted] = addresses_.try_emplace(ip);
+		it->second.names.insert(name);
+		it->second.last_seen = now;
+		if (inserted) {
+			Status st = kernel_.add_target(Cidr{ip, 128}, CORDON_TARGET_RESOLVED);
+			if (!st)
+				log::error(st.error().message());
+			else
+				added.push_back(ip.to_string());
+		}
+	}
+	for (const auto &ip : state.addresses)
+		if (!fresh.count(ip))
+			addresses_[ip].names.erase(name);
+	state.addresses = fresh;
+	uint32_t ttl = resolved->ttl.value_or(static_cast<uint32_t>(settings_.refresh_min.count()));
+	auto interval = std::clamp(std::chrono::seconds(ttl), settings_.refresh_min, settings_.refresh_max);
+	state.next_refresh = now + interval;
+	if (!added.empty()) {
+		std::string list;
+		for (const auto &a : added)
+			list += (list.empty() ? "" : ",") + a;
+		JournalEntry e;
+		e.message = "capture targets for " + name + ": added " + list;
+		e.add("CORDON_EVENT", "capture_update").add("CORDON_HOST", name).add("CORDON_ADDED", list);
+		journal_.send(std::move(e));
+	}
+}
+
+void TargetResolver::expire(Clock::time_point now)
+{
+	std::vector<IpAddress> gone;
+	{
+		std::lock_guard lock(mutex_);
+		for (auto it = addresses_.begin(); it != addresses_.end();) {
+			if (it->second.names.empty() && now - it->second.last_seen > settings_.retain) {
+				gone.push_back(it->first);
+				it = addresses_.erase(it);
+			} else {
+				++it;
+			}
+		}
+	}
+	for (const auto &ip : gone) {
+		Status st = kernel_.remove_target(Cidr{ip, 128});
+		if (!st)
+			log::error(st.error().message());
+		JournalEntry e;
+		e.message = "capture target " + ip.to_string() + " expired";
+		e.add("CORDON_EVENT", "capture_update").add("CORDON_REMOVED", ip.to_string());
+		journal_.send(std::move(e));
+	}
+}
+
+void TargetResolver::run()
+{
+	std::unique_lock lock(mutex_);
+	while (!stopping_) {
+		auto now = Clock::now();
+		std::vector<std::string> due;
+		auto next = now + settings_.refresh_max;
+		for (auto &[name, state] : names_) {
+			if (state.next_refresh <= now)
+				due.push_back(name);
+			else
+				next = std::min(next, state.next_refresh);
+		}
+		lock.unlock();
+		for (const auto &name : due)
+			refresh(name, now);
+		expire(now);
+		lock.lock();
+		for (auto &[name, state] : names_)
+			next = std::min(next, state.next_refresh);
+		// Wake at least once a minute so retained addresses expire close to on time.
+		next = std::min(next, Clock::now() + std::chrono::seconds(60));
+		wake_.wait_until(lock, next, [this] { return stopping_; });
+	}
+}
+
+std::vector<NameStatus> TargetResolver::snapshot() const
+{
+	std::lock_guard lock(mutex_);
+	std::vector<NameStatus> out;
+	auto now = Clock::now();
+	for (const auto &[name, state] : names_) {
+		NameStatus s;
+		s.name = name;
+		for (const auto &ip : state.addresses)
+			s.addresses.push_back(ip.to_string());
+		s.error = state.error;
+		s.next_refresh_in_s = std::chrono::duration_cast<std::chrono::seconds>(state.next_refresh - now).count();
+		out.push_back(std::move(s));
+	}
+	return out;
+}
+
+} // namespace cordon

@@ -1,0 +1,90 @@
+// Keeps the kernel's capture targets in step with DNS: resolves every exact host name of the
+// policy, adds new addresses at once, re-resolves on the answer's TTL (clamped), and drops an
+// address only after it has not been seen for `retain` seconds, so connections opened with a
+// slightly stale answer are still captured. Runs on its own thread: lookups may block.
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "common/address.h"
+#include "common/result.h"
+
+namespace cordon {
+
+class KernelPrograms;
+class Journal;
+
+// Smallest TTL among the answer records of a DNS response, if it has any.
+std::optional<uint32_t> min_answer_ttl(const uint8_t *message, size_t length);
+
+struct ResolvedName {
+	std::vector<IpAddress> addresses;
+	std::optional<uint32_t> ttl; // absent when the answer came from /etc/hosts or similar
+};
+// getaddrinfo (so /etc/hosts and nsswitch apply, as they do for the job) plus a DNS query for
+// the TTL.
+Result<ResolvedName> resolve_name(const std::string &name);
+
+struct NameStatus {
+	std::string name;
+	std::vector<std::string> addresses;
+	std::string error;
+	int64_t next_refresh_in_s = 0;
+};
+
+class TargetResolver {
+public:
+	struct Settings {
+		std::vector<std::string> names;
+		std::chrono::seconds refresh_min{10};
+		std::chrono::seconds refresh_max{300};
+		std::chrono::seconds retain{3600};
+	};
+	TargetResolver(KernelPrograms &kernel, Journal &journal, Settings settings);
+	~TargetResolver();
+	TargetResolver(const TargetResolver &) = delete;
+	TargetResolver &operator=(const TargetResolver &) = delete;
+
+	// Addresses found in the pinned map at start: kept for `retain` unless resolved again.
+	void inherit(const std::vector<IpAddress> &addresses);
+	// Resolves every name once, synchronously, then keeps going on a thread.
+	void start();
+	std::vector<NameStatus> snapshot() const;
+
+private:
+	using Clock = std::chrono::steady_clock;
+	struct NameState {
+		std::set<IpAddress> addresses;
+		std::string error;
+		Clock::time_point next_refresh;
+	};
+	struct AddressState {
+		std::set<std::string> names;
+		Clock::time_point last_seen;
+	};
+
+	void refresh(const std::string &name, Clock::time_point now);
+	void expire(Clock::time_point now);
+	void run();
+
+	KernelPrograms &kernel_;
+	Journal &journal_;
+	Settings settings_;
+	mutable std::mutex mutex_;
+	std::condition_variable wake_;
+	bool stopping_ = false;
+	std::map<std::string, NameState> names_;
+	std::map<IpAddress, AddressState> addresses_;
+	std::thread thread_;
+};
+
+} // namespace cordon
