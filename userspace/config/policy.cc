@@ -1,7 +1,5 @@
 #include "config/policy.h"
 
-// GCC 12 reports a false -Wdangling-pointer inside yaml-cpp's node templates (GCC bug 107532).
-#pragma GCC diagnostic ignored "-Wdangling-pointer"
 #include <google/protobuf/descriptor.h>
 #include <google/protobuf/message.h>
 #include <yaml-cpp/yaml.h>
@@ -126,8 +124,9 @@ public:
 		const Descriptor *desc = msg.GetDescriptor();
 		std::set<std::string> seen;
 		for (auto it = node.begin(); it != node.end(); ++it) {
-			const YAML::Node &key_node = it->first;
-			const YAML::Node &value = it->second;
+			// Copies: yaml-cpp's iterator hands out a temporary pair, references would dangle.
+			const YAML::Node key_node = it->first;
+			const YAML::Node value = it->second;
 			if (!key_node.IsScalar())
 				return fail(key_node, "expected a key");
 			std::string key = key_node.Scalar();

@@ -1,0 +1,334 @@
+"""Integration fixtures: a real kernel, real cgroups, a real journald, real clients.
+
+Everything a test creates (cgroups, BPF pins, processes, a journald it had to start) is removed
+again, also when the test fails. Tests need root; without it they fail, loudly.
+"""
+import contextlib
+import json
+import os
+import pathlib
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+BUILD = ROOT / "build"
+CORDOND = BUILD / "cordond"
+CORDONCTL = BUILD / "cordonctl"
+CLIENT = pathlib.Path(__file__).with_name("client.py")
+PYTHON = "/usr/bin/python3"
+NOBODY = 65534
+JOURNAL_SOCKET = pathlib.Path("/run/systemd/journal/socket")
+
+
+def cgroup2_mount():
+    with open("/proc/mounts") as f:
+        for line in f:
+            dev, mnt, fstype = line.split()[:3]
+            if fstype == "cgroup2":
+                return pathlib.Path(mnt.replace("\\040", " "))
+    raise RuntimeError("no cgroup2 mount: cordon needs the unified hierarchy")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _root_and_build():
+    if os.geteuid() != 0:
+        pytest.fail("integration tests attach BPF programs and create cgroups: run them as root")
+    for binary in (CORDOND, CORDONCTL):
+        if not binary.exists():
+            pytest.fail(f"{binary} is missing: run `make` first")
+    yield
+    # Nothing of ours may outlive the session.
+    leftovers = [p for p in pathlib.Path("/sys/fs/bpf").glob("cordon-it-*")]
+    leftovers += [p for p in cgroup2_mount().glob("cordon-it-*")]
+    assert not leftovers, f"tests left these behind: {leftovers}"
+
+
+class Journal:
+    """Reads cordond's structured entries back with journalctl."""
+
+    def entries(self, pid, **match):
+        args = ["journalctl", "--no-pager", "-o", "json", f"_PID={pid}"]
+        args += [f"{k}={v}" for k, v in match.items()]
+        out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
+        return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+    def wait_for(self, pid, count=1, timeout=10.0, **match):
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self.entries(pid, **match)
+            if len(found) >= count or time.monotonic() > deadline:
+                return found
+            time.sleep(0.1)
+
+
+@pytest.fixture(scope="session")
+def journal():
+    """The system journal; started by hand (PID 1 is not systemd here) when none runs, and
+    stopped again only if we started it."""
+    started = None
+    created = []
+    if not JOURNAL_SOCKET.exists():
+        for d in ("/run/systemd", "/run/systemd/journal"):
+            if not os.path.isdir(d):
+                os.makedirs(d)
+                created.append(d)
+        started = subprocess.Popen(["/lib/systemd/systemd-journald"], stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while not JOURNAL_SOCKET.exists():
+            if started.poll() is not None or time.monotonic() > deadline:
+                pytest.fail("could not start systemd-journald for the tests")
+            time.sleep(0.05)
+    yield Journal()
+    if started:
+        started.terminate()
+        started.wait(timeout=10)
+        for d in reversed(created):
+            shutil.rmtree(d, ignore_errors=True)
+
+
+class CgroupTree:
+    """/cordon-it-<id>/{job,daemon,other} under the cgroup2 mount."""
+
+    def __init__(self):
+        self.mount = cgroup2_mount()
+        self.name = f"cordon-it-{os.getpid()}-{secrets.token_hex(3)}"
+        self.base = self.mount / self.name
+        self.base.mkdir()
+        for child in ("job", "daemon", "other"):
+            (self.base / child).mkdir()
+
+    def path(self, child):
+        """The cgroup path as cordon and /proc/<pid>/cgroup write it."""
+        return f"/{self.name}/{child}"
+
+    def spawn(self, child, argv, user=None, **kwargs):
+        procs = self.base / child / "cgroup.procs"
+
+        def enter():
+            with open(procs, "w") as f:
+                f.write(str(os.getpid()))
+
+        if user is not None:
+            argv = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", "--"] + list(argv)
+        return subprocess.Popen(argv, preexec_fn=enter, **kwargs)
+
+    def run(self, child, argv, user=None, timeout=60, check=True):
+        p = self.spawn(child, argv, user=user, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        out, err = p.communicate(timeout=timeout)
+        if check and p.returncode != 0:
+            raise AssertionError(f"{argv} exited {p.returncode}\nstdout: {out}\nstderr: {err}")
+        return subprocess.CompletedProcess(argv, p.returncode, out, err)
+
+    def client(self, child, *args, user=None, timeout=120, check=True):
+        """Runs tests/integration/client.py in the cgroup and returns its JSON output."""
+        r = self.run(child, [PYTHON, str(CLIENT), *map(str, args)], user=user, timeout=timeout, check=check)
+        return json.loads(r.stdout) if r.stdout.strip() else {"stderr": r.stderr, "rc": r.returncode}
+
+    def cleanup(self):
+        for d in sorted(self.base.rglob("*"), key=lambda p: -len(p.parts)) + [self.base]:
+            if not d.is_dir():
+                continue
+            kill = d / "cgroup.kill"
+            if kill.exists():
+                with contextlib.suppress(OSError):
+                    kill.write_text("1")
+            deadline = time.monotonic() + 5
+            while (d / "cgroup.procs").read_text().strip() and time.monotonic() < deadline:
+                time.sleep(0.02)
+            d.rmdir()
+
+
+@pytest.fixture
+def cgroups():
+    tree = CgroupTree()
+    yield tree
+    tree.cleanup()
+
+
+_port = [15600 + (os.getpid() % 500) * 4]
+
+
+class Cordond:
+    def __init__(self, cgroups, tmp, targets, ports=(80,), quic_ports=(443,), extra_yaml="", args=()):
+        _port[0] += 1
+        self.cgroups = cgroups
+        self.listen_port = _port[0]
+        self.pin_dir = f"/sys/fs/bpf/{cgroups.name}"
+        self.socket = str(tmp / "control.sock")
+        self.log_path = tmp / "cordond.log"
+        self.policy = tmp / "policy.yaml"
+        self.policy.write_text(
+            "capture:\n"
+            "  hosts: []\n"
+            f"  cidrs: {json.dumps(list(targets))}\n"
+            f"  ports: {json.dumps(list(ports))}\n"
+            f"  quic_ports: {json.dumps(list(quic_ports))}\n"
+            "enforce:\n"
+            f"  cgroups: [\"{cgroups.path('job')}\"]\n"
+            "daemon:\n"
+            f"  listen_port: {self.listen_port}\n"
+            f"  pin_dir: {self.pin_dir}\n"
+            f"  control_socket: {self.socket}\n" + extra_yaml)
+        self.args = list(args)
+        self.proc = None
+
+    def start(self, wait=True):
+        self.log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [str(CORDOND), "--config", str(self.policy), "--cgroup", self.cgroups.path("daemon"), *self.args],
+            stdout=self.log, stderr=self.log)
+        if wait:
+            deadline = time.monotonic() + 15
+            while True:
+                if self.proc.poll() is not None:
+                    raise AssertionError(f"cordond exited {self.proc.returncode}:\n{self.log_text()}")
+                st = self.ctl("status", "--json", check=False)
+                if st.returncode == 0:
+                    break
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"cordond did not come up:\n{self.log_text()}")
+                time.sleep(0.05)
+        return self
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def log_text(self):
+        return self.log_path.read_text(errors="replace")
+
+    def ctl(self, *args, check=True, user=None):
+        argv = [str(CORDONCTL), "--socket", self.socket, "--pin-dir", self.pin_dir, *args]
+        if user is not None:
+            argv = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", "--"] + argv
+        return subprocess.run(argv, capture_output=True, text=True, check=check, timeout=30)
+
+    def status(self):
+        return json.loads(self.ctl("status", "--json").stdout)
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise AssertionError(f"cordond did not stop on SIGTERM:\n{self.log_text()}")
+        return self.proc.returncode if self.proc else None
+
+    def detach(self):
+        subprocess.run([str(CORDONCTL), "--pin-dir", self.pin_dir, "detach"], check=True, capture_output=True)
+
+
+@pytest.fixture
+def cordond(cgroups, journal, tmp_path):
+    """Factory: cordond(targets=[...]) starts one enforcing the `job` cgroup. Stopped and
+    detached afterwards, whatever happened."""
+    started = []
+
+    def start(targets, **kwargs):
+        d = Cordond(cgroups, tmp_path, targets, **kwargs).start()
+        started.append(d)
+        return d
+
+    yield start
+    for d in started:
+        d.stop()
+        d.detach()
+        assert not os.path.exists(d.pin_dir)
+
+
+class Upstream:
+    """A TCP server run by the test process itself (outside every enforced cgroup). Records the
+    peer address of every connection it accepts."""
+
+    def __init__(self, host, port, handler):
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((host, port))
+        self.sock.listen(512)
+        self.host, self.port = host, port
+        self.peers = []
+        self.handler = handler
+        self.errors = []
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.running = True
+        self.thread.start()
+
+    def _serve(self):
+        while self.running:
+            try:
+                conn, peer = self.sock.accept()
+            except OSError:
+                return
+            self.peers.append(peer[:2])
+            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+
+    def _handle(self, conn):
+        try:
+            with conn:
+                self.handler(conn)
+        except Exception as e:  # recorded, asserted on by tests that care
+            self.errors.append(repr(e))
+
+    def close(self):
+        self.running = False
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+        self.thread.join(timeout=5)
+
+
+def echo_handler(conn):
+    while True:
+        data = conn.recv(65536)
+        if not data:
+            conn.shutdown(socket.SHUT_WR)
+            return
+        conn.sendall(data)
+
+
+def http_handler(conn):
+    """Just enough HTTP/1.1 for curl and Node: read the head, answer, close."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(4096)
+        if not chunk:
+            return
+        data += chunk
+    body = b"hello from the stand-in\n"
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
+                 % (len(body), body))
+
+
+@pytest.fixture
+def upstream():
+    servers = []
+
+    def make(host, port, handler=echo_handler):
+        s = Upstream(host, port, handler)
+        servers.append(s)
+        return s
+
+    yield make
+    for s in servers:
+        s.close()
+
+
+@pytest.fixture
+def tmp_path():
+    d = pathlib.Path(tempfile.mkdtemp(prefix="cordon-it-"))
+    os.chmod(d, 0o755)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)

@@ -1,0 +1,134 @@
+"""What happens around cordond's lifetime: stop, crash, restart, fail-open, and capture targets
+that come from host names."""
+import json
+import os
+import signal
+import subprocess
+import time
+
+from conftest import CORDOND, http_handler
+
+
+def test_stopped_cordond_fails_closed(cgroups, cordond, upstream, journal):
+    server = upstream("127.77.30.1", 80)
+    upstream("127.77.30.2", 80)
+    d = cordond(["127.77.30.1/32"])
+    assert cgroups.client("job", "peer", "127.77.30.1", 80)["reply"] == "ping\n"
+    assert d.stop() == 0
+    assert journal.wait_for(d.pid, CORDON_EVENT="daemon_stop")
+
+    # The programs stay attached: a captured connection meets a closed port and is refused.
+    before = len(server.peers)
+    res = cgroups.client("job", "connect-only", "127.77.30.1", 80)
+    assert res == {"connected": False, "errno": "ECONNREFUSED"}
+    assert len(server.peers) == before, "a connection reached the target while cordond was down"
+    # Nothing else on the host is affected.
+    assert cgroups.client("job", "peer", "127.77.30.2", 80)["reply"] == "ping\n"
+    assert cgroups.client("other", "peer", "127.77.30.1", 80)["reply"] == "ping\n"
+
+    st = d.ctl("status", check=False)
+    assert st.returncode == 3
+    assert "not running" in st.stderr and "connect4" in st.stderr and "fail closed" in st.stderr
+    st_json = json.loads(d.ctl("status", "--json", check=False).stdout)
+    assert st_json["running"] is False and "connect4" in st_json["pinned_links"]
+
+    # Detaching on purpose opens the path again (this is what `cordonctl detach` is for).
+    d.detach()
+    res = cgroups.client("job", "peer", "127.77.30.1", 80)
+    assert list(server.peers[-1]) == res["local"]
+
+
+def test_kill_9_keeps_failing_closed_and_a_restart_adopts_the_pins(cgroups, cordond, upstream, journal):
+    upstream("127.77.31.1", 80)
+    d = cordond(["127.77.31.1/32"])
+    assert cgroups.client("job", "churn", "127.77.31.1", 80, 3) == {"ok": 3}
+    d.proc.send_signal(signal.SIGKILL)
+    d.proc.wait()
+    assert cgroups.client("job", "connect-only", "127.77.31.1", 80) == {"connected": False, "errno": "ECONNREFUSED"}
+
+    d2 = cordond(["127.77.31.1/32"])
+    st = d2.status()
+    assert st["programs"]["adopted"] is True
+    assert len(st["programs"]["attached"]) == 7
+    # Counters live in the pinned maps and carry over: 3 relayed, 1 redirected into the gap.
+    assert st["counters"]["redirected"] == 4
+    assert cgroups.client("job", "churn", "127.77.31.1", 80, 2) == {"ok": 2}
+    assert d2.status()["counters"]["redirected"] == 6
+    entries = journal.wait_for(d2.pid, CORDON_EVENT="bpf_attach")
+    assert entries and entries[0]["CORDON_ADOPTED"] == "1"
+    # The killed cordond's cgroup still exists (it could not clean up); the fixture removes it.
+
+
+def test_fail_open_mode_detaches_on_a_clean_stop(cgroups, cordond, upstream, journal):
+    server = upstream("127.77.32.1", 80)
+    d = cordond(["127.77.32.1/32"], extra_yaml="  failure_mode: open\n")
+    assert cgroups.client("job", "peer", "127.77.32.1", 80)["reply"] == "ping\n"
+    d.stop()
+    assert not os.path.exists(d.pin_dir)
+    res = cgroups.client("job", "peer", "127.77.32.1", 80)
+    assert list(server.peers[-1]) == res["local"]
+    assert journal.wait_for(d.pid, CORDON_EVENT="bpf_detach")
+
+
+def test_host_names_are_resolved_and_followed(cgroups, cordond, upstream, journal, tmp_path):
+    """cordond resolves the policy's host names like the job does (nsswitch, /etc/hosts), here
+    through a private mount namespace so the real /etc/hosts is never touched."""
+    upstream("127.77.33.1", 80)
+    upstream("127.77.33.2", 80)
+    hosts = tmp_path / "hosts"
+    hosts.write_text("127.0.0.1 localhost\n127.77.33.1 api2.cursor.sh\n")
+    d = cordond([], extra_yaml="", args=[])
+    d.stop()
+    d.detach()
+    # Same daemon, now with a host name and quick refresh, inside the private namespace.
+    d.policy.write_text(d.policy.read_text().replace("  hosts: []\n", "  hosts: [\"api2.cursor.sh\", \"*.cursor.sh\"]\n"
+                                                     "  refresh_min_seconds: 1\n  retain_seconds: 1\n"))
+    d.log = open(d.log_path, "ab")
+    d.proc = subprocess.Popen(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+         f"mount --bind {hosts} /etc/hosts && exec {CORDOND} --config {d.policy} --cgroup {cgroups.path('daemon')}"],
+        stdout=d.log, stderr=d.log)
+    deadline = time.monotonic() + 15
+    while d.ctl("status", "--json", check=False).returncode != 0:
+        assert d.proc.poll() is None and time.monotonic() < deadline, d.log_text()
+        time.sleep(0.05)
+
+    def targets():
+        return {t["cidr"] for t in d.status()["capture"]["targets"]}
+
+    assert targets() == {"127.77.33.1/32"}
+    host = d.status()["capture"]["hosts"]
+    assert host == [{"name": "api2.cursor.sh", "addresses": ["127.77.33.1"], "error": "",
+                     "next_refresh_s": host[0]["next_refresh_s"]}]
+    assert cgroups.client("job", "peer", "127.77.33.1", 80)["reply"] == "ping\n"
+    assert d.status()["counters"]["redirected"] == 1
+
+    # The name moves: the new address is captured on the next refresh, the old one expires.
+    with open(hosts, "w") as f:  # same inode: the bind mount sees it
+        f.write("127.0.0.1 localhost\n127.77.33.2 api2.cursor.sh\n")
+    deadline = time.monotonic() + 10
+    while targets() != {"127.77.33.2/32"} and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert targets() == {"127.77.33.2/32"}
+    assert cgroups.client("job", "peer", "127.77.33.2", 80)["reply"] == "ping\n"
+    assert d.status()["counters"]["redirected"] == 2
+    updates = journal.wait_for(d.proc.pid, count=2, CORDON_EVENT="capture_update")
+    assert any(e.get("CORDON_ADDED") == "127.77.33.2" and e.get("CORDON_HOST") == "api2.cursor.sh" for e in updates)
+
+
+def test_broken_policy_is_refused_with_file_and_line(tmp_path):
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("capture:\n  ports: [443]\n  cidrz: [10.0.0.0/8]\n")
+    r = subprocess.run([str(CORDOND), "--config", str(policy)], capture_output=True, text=True)
+    assert r.returncode == 2
+    assert f"{policy}:3:3: unknown key 'cidrz'" in r.stderr
+
+
+def test_check_config_prints_the_effective_policy(tmp_path):
+    r = subprocess.run([str(CORDOND), "--config", "/nonexistent/policy.yaml", "--check-config"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "No such file" in r.stderr
+    r = subprocess.run([str(CORDOND), "--check-config", "--listen", "16001", "--enforce-cgroup", "/ci"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "listen_port: 16001" in r.stdout and '"/ci"' in r.stdout and '"*.cursor.sh"' in r.stdout

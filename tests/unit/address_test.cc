@@ -1,0 +1,82 @@
+#include <gtest/gtest.h>
+
+#include "common/address.h"
+
+using namespace cordon;
+
+TEST(IpAddress, ParsesAndFormatsBothFamilies)
+{
+	auto v4 = IpAddress::parse("192.0.2.7");
+	ASSERT_TRUE(v4);
+	EXPECT_TRUE(v4->is_v4());
+	EXPECT_EQ(v4->to_string(), "192.0.2.7");
+	auto v6 = IpAddress::parse("2001:DB8::1");
+	ASSERT_TRUE(v6);
+	EXPECT_FALSE(v6->is_v4());
+	EXPECT_EQ(v6->to_string(), "2001:db8::1");
+	// A v4-mapped IPv6 literal is the same address as the IPv4 one.
+	auto mapped = IpAddress::parse("::ffff:192.0.2.7");
+	ASSERT_TRUE(mapped);
+	EXPECT_EQ(*mapped, *v4);
+	EXPECT_FALSE(IpAddress::parse("192.0.2.256"));
+	EXPECT_FALSE(IpAddress::parse("api2.cursor.sh"));
+}
+
+TEST(IpAddress, Loopback)
+{
+	EXPECT_TRUE(IpAddress::parse("127.3.4.5")->is_loopback());
+	EXPECT_TRUE(IpAddress::parse("::1")->is_loopback());
+	EXPECT_FALSE(IpAddress::parse("10.0.0.1")->is_loopback());
+}
+
+TEST(SocketAddress, ParseFormatAndSockaddrRoundTrip)
+{
+	for (const char *text : {"127.0.0.1:443", "[::1]:15443", "[2001:db8::5]:80"}) {
+		auto a = SocketAddress::parse(text);
+		ASSERT_TRUE(a) << text;
+		EXPECT_EQ(a->to_string(), text);
+		sockaddr_storage ss;
+		socklen_t len = a->to_sockaddr(ss);
+		auto back = SocketAddress::from_sockaddr(reinterpret_cast<sockaddr *>(&ss), len);
+		ASSERT_TRUE(back);
+		EXPECT_EQ(*back, *a);
+	}
+	EXPECT_EQ(SocketAddress::parse("127.0.0.1:443")->family(), AF_INET);
+	EXPECT_EQ(SocketAddress::parse("[::1]:443")->family(), AF_INET6);
+	EXPECT_FALSE(SocketAddress::parse("::1:443"));
+	EXPECT_FALSE(SocketAddress::parse("127.0.0.1:65536"));
+	EXPECT_FALSE(SocketAddress::parse("127.0.0.1:"));
+	EXPECT_FALSE(SocketAddress::parse("[::1]443"));
+}
+
+TEST(Cidr, Ipv4PrefixesLiveInMappedSpace)
+{
+	auto c = Cidr::parse("10.1.0.0/16");
+	ASSERT_TRUE(c);
+	EXPECT_EQ(c->prefix_len, 96u + 16u);
+	EXPECT_EQ(c->to_string(), "10.1.0.0/16");
+	EXPECT_TRUE(c->contains(*IpAddress::parse("10.1.200.3")));
+	EXPECT_FALSE(c->contains(*IpAddress::parse("10.2.0.1")));
+	EXPECT_FALSE(c->contains(*IpAddress::parse("2001:db8::1")));
+	auto host = Cidr::parse("127.0.0.9");
+	ASSERT_TRUE(host);
+	EXPECT_EQ(host->prefix_len, 128u);
+}
+
+TEST(Cidr, Ipv6)
+{
+	auto c = Cidr::parse("2001:db8::/32");
+	ASSERT_TRUE(c);
+	EXPECT_EQ(c->prefix_len, 32u);
+	EXPECT_TRUE(c->contains(*IpAddress::parse("2001:db8:ffff::1")));
+	EXPECT_FALSE(c->contains(*IpAddress::parse("2001:db9::1")));
+}
+
+TEST(Cidr, RejectsTyposInsteadOfGuessing)
+{
+	EXPECT_FALSE(Cidr::parse("10.1.2.3/8"));  // host bits set
+	EXPECT_FALSE(Cidr::parse("10.0.0.0/33")); // too long for IPv4
+	EXPECT_FALSE(Cidr::parse("10.0.0.0/"));
+	EXPECT_FALSE(Cidr::parse("10.0.0.0/x"));
+	EXPECT_FALSE(Cidr::parse("::/129"));
+}

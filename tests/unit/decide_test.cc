@@ -1,0 +1,177 @@
+// The BPF programs' decision logic, compiled for the host from the same header.
+#include <arpa/inet.h>
+#include <gtest/gtest.h>
+
+#include "cordon_decide.h"
+
+namespace {
+
+constexpr __u32 kMark = 0xc0d0;
+
+cordon_connect_facts tcp_to_target(__u32 scope = CORDON_SCOPE_ENFORCE)
+{
+	cordon_connect_facts f{};
+	f.port_flags = CORDON_PORT_TCP_CAPTURE | CORDON_PORT_UDP_REFUSE;
+	f.scope = scope;
+	f.sock_type = CORDON_SOCK_STREAM;
+	f.is_target = 1;
+	f.same_netns = 1;
+	return f;
+}
+
+TEST(Decide, EnforcedTcpToTargetIsRedirected)
+{
+	auto f = tcp_to_target();
+	auto d = cordon_decide_connect(&f, kMark);
+	EXPECT_EQ(d.verdict, CORDON_VERDICT_REDIRECT);
+	EXPECT_EQ(d.counter, CORDON_CTR_REDIRECTED);
+}
+
+TEST(Decide, NonTargetPassesUncounted)
+{
+	auto f = tcp_to_target();
+	f.is_target = 0;
+	auto d = cordon_decide_connect(&f, kMark);
+	EXPECT_EQ(d.verdict, CORDON_VERDICT_PASS);
+	EXPECT_EQ(d.counter, -1);
+}
+
+TEST(Decide, UncapturedPortPassesUncounted)
+{
+	auto f = tcp_to_target();
+	f.port_flags = CORDON_PORT_UDP_REFUSE; // e.g. 443 listed only as a QUIC port
+	auto d = cordon_decide_connect(&f, kMark);
+	EXPECT_EQ(d.verdict, CORDON_VERDICT_PASS);
+	EXPECT_EQ(d.counter, -1);
+}
+
+TEST(Decide, CordondUpstreamSocketIsExemptByMark)
+{
+	auto f = tcp_to_target();
+	f.sk_mark = kMark;
+	auto d = cordon_decide_connect(&f, kMark);
+	EXPECT_EQ(d.verdict, CORDON_VERDICT_PASS);
+	EXPECT_EQ(d.counter, CORDON_CTR_EXEMPT);
+}
+
+TEST(Decide, MarkFromAnotherNetnsIsNotTrusted)
+{
+	// Root inside a container's own user+net namespace can set SO_MARK there.
+	auto f = tcp_to_target();
+	f.sk_mark = kMark;
+	f.same_netns = 0;
+	auto d = cordon_decide_connect(&f, kMark);
+	EXPECT_EQ(d.verdict, CORDON_VERDICT_REFUSE);
+	EXPECT_EQ(d.counter, CORDON_CTR_REFUSED_NETNS);
+}
+
+TEST(Decide, WrongMarkIsNotExempt)
+{
+	auto f = tcp_to_target();
+	f.sk_mark = kMark + 1;
+	EXPECT_EQ(cordon_decide_connect(&f, kMark).verdict, CORDON_VERDICT_REDIRECT);
+}
+
+TEST(Decide, ZeroMarkNeverExempts)
+{
+	// An unmarked socket must not be exempt even if the configured mark were 0.
+	auto f = tcp_to_target();
+	f.sk_mark = 0;
+	EXPECT_EQ(cordon_decide_connect(&f, 0).verdict, CORDON_VERDICT_REDIRECT);
+}
+
+TEST(Decide, ExemptCgroupPasses)
+{
+	auto f = tcp_to_target(CORDON_SCOPE_EXEMPT);
+	auto d = cordon_decide_connect(&f, kMark);
+	EXPECT_EQ(d.verdict, CORDON_VERDICT_PASS);
+	EXPECT_EQ(d.counter, CORDON_CTR_EXEMPT);
+}
+
+TEST(Decide, UnenforcedCgroupPassesCounted)
+{
+	auto f = tcp_to_target(CORDON_SCOPE_NONE);
+	auto d = cordon_decide_connect(&f, kMark);
+	EXPECT_EQ(d.verdict, CORDON_VERDICT_PASS);
+	EXPECT_EQ(d.counter, CORDON_CTR_UNENFORCED);
+}
+
+TEST(Decide, ForeignNetnsIsRefused)
+{
+	auto f = tcp_to_target();
+	f.same_netns = 0;
+	auto d = cordon_decide_connect(&f, kMark);
+	EXPECT_EQ(d.verdict, CORDON_VERDICT_REFUSE);
+	EXPECT_EQ(d.counter, CORDON_CTR_REFUSED_NETNS);
+}
+
+TEST(Decide, UdpToQuicPortOfTargetIsRefused)
+{
+	auto f = tcp_to_target();
+	f.sock_type = CORDON_SOCK_DGRAM;
+	auto d = cordon_decide_connect(&f, kMark);
+	EXPECT_EQ(d.verdict, CORDON_VERDICT_REFUSE);
+	EXPECT_EQ(d.counter, CORDON_CTR_REFUSED_QUIC);
+}
+
+TEST(Decide, UdpToTcpOnlyPortPasses)
+{
+	auto f = tcp_to_target();
+	f.sock_type = CORDON_SOCK_DGRAM;
+	f.port_flags = CORDON_PORT_TCP_CAPTURE; // port 80: TCP captured, UDP not refused
+	EXPECT_EQ(cordon_decide_connect(&f, kMark).verdict, CORDON_VERDICT_PASS);
+}
+
+TEST(Decide, UdpFromUnenforcedCgroupPasses)
+{
+	auto f = tcp_to_target(CORDON_SCOPE_NONE);
+	f.sock_type = CORDON_SOCK_DGRAM;
+	EXPECT_EQ(cordon_decide_connect(&f, kMark).verdict, CORDON_VERDICT_PASS);
+}
+
+TEST(Decide, OtherSocketTypesPass)
+{
+	auto f = tcp_to_target();
+	f.sock_type = 3; // SOCK_RAW
+	EXPECT_EQ(cordon_decide_connect(&f, kMark).verdict, CORDON_VERDICT_PASS);
+}
+
+TEST(Decide, DeeperScopeOverridesAncestor)
+{
+	EXPECT_EQ(cordon_scope_merge(CORDON_SCOPE_ENFORCE, CORDON_SCOPE_EXEMPT), (__u32)CORDON_SCOPE_EXEMPT);
+	EXPECT_EQ(cordon_scope_merge(CORDON_SCOPE_EXEMPT, CORDON_SCOPE_ENFORCE), (__u32)CORDON_SCOPE_ENFORCE);
+	EXPECT_EQ(cordon_scope_merge(CORDON_SCOPE_ENFORCE, CORDON_SCOPE_NONE), (__u32)CORDON_SCOPE_ENFORCE);
+}
+
+TEST(Decide, AddressHelpers)
+{
+	__u8 addr[16];
+	cordon_addr_from_ip4(addr, inet_addr("10.1.2.3"));
+	EXPECT_TRUE(cordon_addr_is_v4_mapped(addr));
+	EXPECT_EQ(cordon_addr_ip4(addr), inet_addr("10.1.2.3"));
+
+	in6_addr v6{};
+	inet_pton(AF_INET6, "2001:db8::1", &v6);
+	__u32 words[4];
+	memcpy(words, v6.s6_addr, 16);
+	cordon_addr_from_ip6(addr, words);
+	EXPECT_FALSE(cordon_addr_is_v4_mapped(addr));
+	EXPECT_EQ(memcmp(addr, v6.s6_addr, 16), 0);
+
+	inet_pton(AF_INET6, "::ffff:127.0.0.1", &v6);
+	memcpy(words, v6.s6_addr, 16);
+	cordon_addr_from_ip6(addr, words);
+	EXPECT_TRUE(cordon_addr_is_v4_mapped(addr));
+	EXPECT_EQ(cordon_addr_ip4(addr), inet_addr("127.0.0.1"));
+}
+
+TEST(SharedLayout, StructsHaveNoHiddenPadding)
+{
+	// Both compilers must agree; explicit reserved fields keep the sizes multiples of 8.
+	EXPECT_EQ(sizeof(cordon_tuple), 40u);
+	EXPECT_EQ(sizeof(cordon_origin), 88u);
+	EXPECT_EQ(sizeof(cordon_target_key), 20u);
+	EXPECT_EQ(sizeof(cordon_sk_state), 136u);
+}
+
+} // namespace

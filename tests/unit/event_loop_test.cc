@@ -1,0 +1,84 @@
+// The loop's lifetime rule: a finished handler is deleted only once nothing it submitted is
+// still in flight, so no completion ever reaches freed memory.
+#include <gtest/gtest.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "common/unique_fd.h"
+#include "daemon/event_loop.h"
+
+using namespace cordon;
+
+namespace {
+
+struct Events {
+	int completions = 0;
+	int cancelled = 0;
+	bool retired = false;
+	uint32_t inflight_at_retire = 99;
+};
+
+class Reader : public IoHandler {
+public:
+	Reader(int fd, Events &ev) : fd_(fd), ev_(ev) {}
+	void arm() { io_uring_prep_recv(loop().prepare(*this, 1), fd_, buf_, sizeof(buf_), 0); }
+	void on_completion(uint8_t op, int res, uint32_t) override
+	{
+		ev_.completions++;
+		if (op == 1 && res == -ECANCELED)
+			ev_.cancelled++;
+	}
+	void on_stop() override
+	{
+		loop().cancel_fd(*this, fd_, 2);
+		mark_finished();
+	}
+	void on_retire() override
+	{
+		ev_.retired = true;
+		ev_.inflight_at_retire = inflight();
+	}
+
+private:
+	int fd_;
+	Events &ev_;
+	char buf_[64];
+};
+
+} // namespace
+
+TEST(EventLoop, HandlerRetiresOnlyAfterItsRequestsComplete)
+{
+	auto loop = EventLoop::create(64);
+	ASSERT_TRUE(loop) << loop.error().message();
+	int sv[2];
+	ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+	UniqueFd a(sv[0]), b(sv[1]);
+	Events ev;
+	auto &reader = static_cast<Reader &>((*loop)->add(std::make_unique<Reader>(a.get(), ev)));
+	reader.arm();
+	EXPECT_EQ(reader.inflight(), 1u);
+	(*loop)->stop(); // cancels the pending recv
+	EXPECT_FALSE(ev.retired);
+	ASSERT_TRUE((*loop)->run());
+	EXPECT_TRUE(ev.retired);
+	EXPECT_EQ(ev.inflight_at_retire, 0u);
+	EXPECT_EQ(ev.cancelled, 1);
+	EXPECT_EQ(ev.completions, 2); // the recv (cancelled) and the cancel itself
+	EXPECT_EQ((*loop)->handler_count(), 0u);
+}
+
+TEST(EventLoop, BufferPoolHandsOutAndTakesBack)
+{
+	auto loop = EventLoop::create(64);
+	ASSERT_TRUE(loop);
+	auto pool = BufferPool::create((*loop)->ring(), 7, 16, 4096);
+	ASSERT_TRUE(pool) << pool.error().message();
+	EXPECT_EQ((*pool)->count(), 16u);
+	EXPECT_EQ((*pool)->in_use(), 0u);
+	(*pool)->taken();
+	EXPECT_EQ((*pool)->in_use(), 1u);
+	(*pool)->recycle(3);
+	EXPECT_EQ((*pool)->in_use(), 0u);
+	EXPECT_NE((*pool)->data(1), (*pool)->data(2));
+}
