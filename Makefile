@@ -21,7 +21,6 @@ CXXFLAGS ?= -O2
 SAN_FLAGS := -O1 -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
 LIBS := -lbpf -lelf -lz -luring -lsystemd -lboost_program_options -lyaml-cpp -lprotobuf -lresolv -lpthread
 TEST_LIBS := -lgtest -lgmock -lpthread
-BENCH_LIBS := -lbenchmark -lpthread
 
 PROTOS := $(wildcard proto/cordon/*.proto)
 PROTO_CC := $(patsubst proto/%.proto,$(BUILD)/gen/%.pb.cc,$(PROTOS))
@@ -101,8 +100,8 @@ $(BUILD)/unit-tests: $(UNIT_OBJS) $(BUILD)/libcordon.a
 $(BUILD)/unit-tests-san: $(SAN_UNIT_OBJS) $(BUILD)/libcordon-san.a
 	$(CXX) -fsanitize=address,undefined $^ -o $@ $(TEST_LIBS) $(LIBS) -lgtest_main
 
-$(BUILD)/cordon-bench: $(patsubst %.cc,$(BUILD)/obj/%.o,$(BENCH_SRCS)) $(BUILD)/libcordon.a
-	$(CXX) $^ -o $@ $(BENCH_LIBS) $(LIBS)
+$(BUILD)/cordon-bench: $(patsubst %.cc,$(BUILD)/obj/%.o,$(BENCH_SRCS))
+	$(CXX) $^ -o $@
 
 # --- tests ---
 test:

@@ -90,9 +90,17 @@ private:
 	std::function<void()> on_tick_;
 };
 
+// Two descriptors per relayed connection: raise the limit as far as the kernel allows (root may
+// go past the inherited hard limit, up to fs.nr_open).
 void raise_fd_limit()
 {
-	rlimit lim{};
+	rlim_t want = 1 << 20;
+	std::ifstream nr_open("/proc/sys/fs/nr_open");
+	if (unsigned long long n = 0; nr_open >> n && n > 0)
+		want = static_cast<rlim_t>(n);
+	rlimit lim{want, want};
+	if (::setrlimit(RLIMIT_NOFILE, &lim) == 0)
+		return;
 	if (::getrlimit(RLIMIT_NOFILE, &lim) == 0 && lim.rlim_cur < lim.rlim_max) {
 		lim.rlim_cur = lim.rlim_max;
 		if (::setrlimit(RLIMIT_NOFILE, &lim) != 0)
@@ -403,6 +411,16 @@ Status run_daemon(const DaemonOptions &options)
 	rs.connect_timeout = std::chrono::milliseconds(p.daemon().connect_timeout_ms());
 	rs.idle_timeout = std::chrono::seconds(p.daemon().idle_timeout_seconds());
 	rs.max_connections = p.daemon().max_connections();
+	// Each relayed connection holds two descriptors; refuse cleanly before accept() hits EMFILE.
+	if (rlimit lim{}; ::getrlimit(RLIMIT_NOFILE, &lim) == 0 && lim.rlim_cur != RLIM_INFINITY) {
+		const uint32_t fit = lim.rlim_cur > 256 ? static_cast<uint32_t>((lim.rlim_cur - 256) / 2) : 1;
+		if (rs.max_connections > fit) {
+			log::warning("daemon.max_connections " + std::to_string(rs.max_connections) + " needs " +
+				     std::to_string(2 * rs.max_connections + 256) + " open files but the limit is " +
+				     std::to_string(lim.rlim_cur) + ": using " + std::to_string(fit));
+			rs.max_connections = fit;
+		}
+	}
 	RelayServer relay(**loop, **pool, kp, journal, cgroup_paths, rs);
 	if (Status st = relay.start(); !st)
 		return st;

@@ -32,15 +32,20 @@ Journal::~Journal()
 
 void Journal::send(JournalEntry entry)
 {
+	bool wake;
 	{
 		std::lock_guard lock(mutex_);
 		if (queue_.size() >= capacity_) {
 			dropped_++;
 			return;
 		}
+		// A writer that is busy drains the whole queue when done: wake it only when idle, so
+		// under load entries go out in batches without a futex call per entry.
+		wake = queue_.empty() && !busy_;
 		queue_.push_back(std::move(entry));
 	}
-	wake_.notify_one();
+	if (wake)
+		wake_.notify_one();
 }
 
 void Journal::flush()
@@ -53,20 +58,23 @@ void Journal::run()
 {
 	uint64_t reported_drops = 0;
 	for (;;) {
-		JournalEntry entry;
+		std::deque<JournalEntry> batch;
 		{
 			std::unique_lock lock(mutex_);
 			busy_ = false;
 			if (queue_.empty())
 				drained_.notify_all();
 			wake_.wait(lock, [this] { return stopping_ || !queue_.empty(); });
-			if (queue_.empty())
-				return; // stopping, and everything was written
-			entry = std::move(queue_.front());
-			queue_.pop_front();
+			if (queue_.empty()) {
+				if (stopping_)
+					return; // everything was written
+				continue;
+			}
+			batch.swap(queue_);
 			busy_ = true;
 		}
-		write_one(entry);
+		for (const JournalEntry &entry : batch)
+			write_one(entry);
 		if (uint64_t d = dropped_.load(); d != reported_drops) {
 			JournalEntry note;
 			note.priority = 4;

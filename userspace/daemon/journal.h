@@ -1,5 +1,5 @@
-// Structured audit entries for the systemd journal (sd_journal_sendv), written by a background
-// thread from a bounded queue so the data path never waits on journald. Without a journal
+// Structured audit entries for the systemd journal (sd_journal_sendv), written in batches by a
+// background thread from a bounded queue so the data path never waits on journald. Without a journal
 // socket, entries go to stderr as key=value lines instead.
 #pragma once
 

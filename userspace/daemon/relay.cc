@@ -96,7 +96,10 @@ Result<SocketAddress> peer_address(int fd)
 // Listener: one multishot accept per listening socket.
 class Listener : public IoHandler {
 public:
-	Listener(RelayServer &server, UniqueFd fd) : server_(server), fd_(std::move(fd)) {}
+	Listener(RelayServer &server, UniqueFd fd, SocketAddress address)
+	    : server_(server), fd_(std::move(fd)), address_(address)
+	{
+	}
 
 	void arm()
 	{
@@ -108,7 +111,7 @@ public:
 	{
 		if (op == kAccept) {
 			if (res >= 0) {
-				server_.on_accepted(res);
+				server_.on_accepted(res, address_);
 			} else if (res != -ECANCELED) {
 				// EMFILE/ENFILE/ENOMEM: say so, back off a little instead of spinning.
 				log::warning(std::string("accept: ") + std::strerror(-res));
@@ -136,6 +139,7 @@ public:
 private:
 	RelayServer &server_;
 	UniqueFd fd_;
+	SocketAddress address_; // bound to one address, so every accepted socket's local address
 	__kernel_timespec retry_{};
 };
 
@@ -163,7 +167,6 @@ public:
 		id_ = server_.next_id();
 		cgroup_ = server_.cgroups_.lookup(origin_.cgroup_id);
 		journal_open();
-		set_nodelay(client_.get());
 		upstream_.reset(::socket(destination_.family(), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
 		if (!upstream_)
 			return fail("error", errno, true);
@@ -180,6 +183,9 @@ public:
 		connect_timeout_.tv_nsec = (ms % 1000) * 1000000;
 		io_uring_prep_link_timeout(loop().prepare(*this, kConnectTimeout), &connect_timeout_, 0);
 		state_ = "connecting";
+		// Read what the client already sent while the upstream handshake runs, so the first
+		// bytes leave as soon as it completes.
+		pump(kUp);
 	}
 
 	void on_completion(uint8_t op, int res, uint32_t flags) override
@@ -290,6 +296,7 @@ private:
 		}
 		if (auto local = local_address(upstream_.get()))
 			upstream_local_ = local->to_string();
+		connected_ = true;
 		state_ = "relaying";
 		pump(kUp);
 		pump(kDown);
@@ -307,14 +314,14 @@ private:
 			sqe->buf_group = server_.pool_.group();
 			f.recv_armed = true;
 		}
-		if (!f.send_armed && f.count > 0) {
+		if (!f.send_armed && f.count > 0 && connected_) {
 			Chunk &c = f.chunks[f.head];
 			io_uring_sqe *sqe = loop().prepare(*this, static_cast<uint8_t>(kSend + index));
 			io_uring_prep_send(sqe, f.to->get(), server_.pool_.data(c.bid) + c.off, c.len - c.off, MSG_NOSIGNAL);
 			f.send_armed = true;
 		}
 		// Half-close: once everything read before EOF is written, pass the EOF on.
-		if (f.eof && f.count == 0 && !f.send_armed && !f.shutdown_armed && !f.shut) {
+		if (f.eof && f.count == 0 && !f.send_armed && !f.shutdown_armed && !f.shut && connected_) {
 			io_uring_prep_shutdown(loop().prepare(*this, static_cast<uint8_t>(kShutdown + index)), f.to->get(),
 					       SHUT_WR);
 			f.shutdown_armed = true;
@@ -434,8 +441,10 @@ private:
 		auto us = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - started_).count();
 		JournalEntry e;
 		e.priority = (result_ == "ok" || result_ == "shutdown") ? 6 : 4;
+		char duration[32];
+		std::snprintf(duration, sizeof(duration), "%.1f ms", static_cast<double>(us) / 1000.0);
 		e.message = "close " + id_ + ": " + result_ + ", " + human_bytes(flows_[kUp].bytes) + " up, " +
-			    human_bytes(flows_[kDown].bytes) + " down, " + std::to_string(us / 1000.0).substr(0, 8) + " ms";
+			    human_bytes(flows_[kDown].bytes) + " down, " + duration;
 		if (error_)
 			e.message += " (" + std::string(std::strerror(error_)) + ")";
 		e.add("CORDON_EVENT", "connection_close");
@@ -460,6 +469,7 @@ private:
 	std::string result_ = "ok";
 	int error_ = 0;
 	bool abortive_ = false;
+	bool connected_ = false; // upstream handshake done: sending (and passing on EOF) may start
 	std::array<Flow, 2> flows_;
 	sockaddr_storage connect_addr_{};
 	socklen_t connect_len_ = 0;
@@ -497,6 +507,9 @@ Status RelayServer::start()
 		if (addr.family() == AF_INET6 &&
 		    ::setsockopt(fd.get(), IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one)) != 0)
 			return system_error("IPV6_V6ONLY on " + addr.to_string());
+		// Accepted sockets inherit TCP_NODELAY: one syscall less per connection.
+		if (::setsockopt(fd.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) != 0)
+			return system_error("TCP_NODELAY on " + addr.to_string());
 		sockaddr_storage ss;
 		socklen_t len = addr.to_sockaddr(ss);
 		if (::bind(fd.get(), reinterpret_cast<sockaddr *>(&ss), len) != 0) {
@@ -509,7 +522,8 @@ Status RelayServer::start()
 		}
 		if (::listen(fd.get(), 4096) != 0)
 			return system_error("listen on " + addr.to_string());
-		auto &listener = static_cast<Listener &>(loop_.add(std::make_unique<Listener>(*this, std::move(fd))));
+		auto &listener =
+		    static_cast<Listener &>(loop_.add(std::make_unique<Listener>(*this, std::move(fd), addr)));
 		listener.arm();
 		listening_.push_back(addr);
 	}
@@ -518,7 +532,7 @@ Status RelayServer::start()
 	return {};
 }
 
-void RelayServer::on_accepted(int raw_fd)
+void RelayServer::on_accepted(int raw_fd, const SocketAddress &local)
 {
 	UniqueFd fd(raw_fd);
 	auto refuse = [&fd] {
@@ -533,16 +547,15 @@ void RelayServer::on_accepted(int raw_fd)
 		return refuse();
 	}
 	auto peer = peer_address(fd.get());
-	auto local = local_address(fd.get());
-	if (!peer || !local) {
-		log::warning("accepted connection vanished: " + (peer ? local.error() : peer.error()).message());
+	if (!peer) {
+		log::warning("accepted connection vanished: " + peer.error().message());
 		return refuse();
 	}
 	cordon_tuple tuple{};
 	std::memcpy(tuple.client_addr, peer->ip.bytes.data(), 16);
-	std::memcpy(tuple.listen_addr, local->ip.bytes.data(), 16);
+	std::memcpy(tuple.listen_addr, local.ip.bytes.data(), 16);
 	tuple.client_port = peer->port;
-	tuple.listen_port = local->port;
+	tuple.listen_port = local.port;
 	auto origin = kernel_.take_origin(tuple);
 	if (!origin) {
 		log::error(origin.error().message());

@@ -70,7 +70,7 @@ public:
 private:
 	friend class RelayConnection;
 	friend class Listener;
-	void on_accepted(int fd);
+	void on_accepted(int fd, const SocketAddress &local);
 	void starve(RelayConnection *conn, int flow);
 	void forget(RelayConnection *conn);
 	std::string next_id();
