@@ -6,6 +6,7 @@
 #   BENCH_ROUNDS   rounds of the alternating measurements (default 3); medians are reported
 #   BENCH_BYTES    bytes per bulk transfer (default 4 GiB)
 #   BENCH_HOLD     idle connections for the RSS measurement (default 10000)
+#   BENCH_ONLY     run only these sections: any of "connect relay memory" (default: all)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD=$PWD/build
@@ -14,6 +15,8 @@ B=$BUILD/cordon-bench
 ROUNDS=${BENCH_ROUNDS:-3}
 BYTES=${BENCH_BYTES:-$((4 << 30))}
 HOLD=${BENCH_HOLD:-10000}
+ONLY=${BENCH_ONLY:-connect relay memory}
+section() { [[ " $ONLY " == *" $1 "* ]]; }
 # A relay holds two descriptors per connection; where the hard limit cannot be raised (no
 # CAP_SYS_RESOURCE), hold as many as fit and say so.
 FD_HARD=$(ulimit -Hn)
@@ -93,19 +96,40 @@ echo
 echo "Command: \`make bench\` (BENCH_ROUNDS=$ROUNDS BENCH_BYTES=$BYTES BENCH_HOLD=$HOLD). Medians of $ROUNDS rounds, attached/detached alternating."
 
 # --- 1. connect() cost of the hooks for non-target destinations --------------------------------
+# Wall-clock A/B (attached vs detached, alternating) plus the kernel's own accounting of each
+# program's run time (kernel.bpf_stats_enabled), which is immune to scheduling noise.
+if section connect; then
 declare -A CONNECT
-N=200000
-for r in $(seq "$ROUNDS"); do
+N=100000
+CONNECT_ROUNDS=$((ROUNDS * 3))
+STATS_BEFORE=$(cat /proc/sys/kernel/bpf_stats_enabled)
+restore_stats() { echo "$STATS_BEFORE" > /proc/sys/kernel/bpf_stats_enabled; }
+trap 'restore_stats; cleanup' EXIT
+echo 1 > /proc/sys/kernel/bpf_stats_enabled
+prog_stats() { # link name -> "run_time_ns run_cnt"
+	local id
+	id=$(bpftool link show pinned "$PIN_DIR/link_$1" | sed -n 's/.*prog \([0-9]*\).*/\1/p')
+	bpftool prog show id "$id" | sed -n 's/.*run_time_ns \([0-9]*\) run_cnt \([0-9]*\).*/\1 \2/p'
+}
+declare -A RUNTIME
+for r in $(seq "$CONNECT_ROUNDS"); do
 	for state in attached detached; do
 		[ "$state" = attached ] && start_cordond
 		CONNECT[$state-udp443]+="$(in_job $B connect $OTHER 443 udp $N) "
 		CONNECT[$state-udp9999]+="$(in_job $B connect $OTHER 9999 udp $N) "
 		CONNECT[$state-tcp443]+="$(in_job $B connect $OTHER 443 tcp 20000) "
-		[ "$state" = attached ] && stop_cordond
+		if [ "$state" = attached ]; then
+			for prog in connect4 sockops; do
+				read -r ns cnt <<< "$(prog_stats $prog)"
+				RUNTIME[$prog-ns]=$(( ${RUNTIME[$prog-ns]:-0} + ns ))
+				RUNTIME[$prog-cnt]=$(( ${RUNTIME[$prog-cnt]:-0} + cnt ))
+			done
+			stop_cordond
+		fi
 	done
 done
 echo
-echo "## connect() to a non-target, programs attached vs detached (ns per socket+connect+close)"
+echo "## connect() to a non-target, programs attached vs detached (ns per socket+connect+close, $CONNECT_ROUNDS rounds)"
 echo
 echo "| case | detached | attached | added | ratio |"
 echo "|---|---:|---:|---:|---:|"
@@ -117,9 +141,21 @@ for c in "udp443:UDP, captured port 443, other IP (port + LPM lookup)" \
 	att=$(echo ${CONNECT[attached-$key]} | tr ' ' '\n' | median)
 	awk -v l="$label" -v d="$det" -v a="$att" 'BEGIN { printf "| %s | %.0f | %.0f | %+.0f ns | %.2f |\n", l, d, a, a - d, a / d }'
 done
+echo
+echo "Kernel-measured program run time while attached (kernel.bpf_stats_enabled), all invocations above:"
+echo
+echo "| program | invocations | mean ns per invocation |"
+echo "|---|---:|---:|"
+for prog in connect4 sockops; do
+	awk -v p="$prog" -v n="${RUNTIME[$prog-ns]}" -v c="${RUNTIME[$prog-cnt]}" \
+		'BEGIN { printf "| %s | %d | %.0f |\n", p, c, (c ? n / c : 0) }'
+done
+restore_stats
+fi
 
 # --- 2-3. setup latency and bulk throughput: direct vs cordond vs haproxy vs socat --------------
 start_cordond
+if section relay; then
 declare -A SETUP UP DOWN
 PATHS="direct:$TARGET:9000 cordond:$TARGET:443 haproxy:$RELAYS:9001 socat:$RELAYS:9002"
 for r in $(seq "$ROUNDS"); do
@@ -154,8 +190,10 @@ for p in $PATHS; do
 	awk -v n="$name" -v u="$u" -v w="$w" -v du="$du" -v dd="$dd" \
 		'BEGIN { printf "| %s | %.2f | %.2f | %.2f | %.2f |\n", n, u, w, u / du, w / dd }'
 done
+fi
 
 # --- 4. memory per idle relayed connection ------------------------------------------------------
+section memory || exit 0
 echo
 echo "## Memory per idle relayed connection ($HOLD connections${HOLD_NOTE:+ $HOLD_NOTE})"
 echo

@@ -48,6 +48,8 @@ def _root_and_build():
     # Nothing of ours may outlive the session.
     leftovers = [p for p in pathlib.Path("/sys/fs/bpf").glob("cordon-it-*")]
     leftovers += [p for p in cgroup2_mount().glob("cordon-it-*")]
+    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    leftovers += [line.split()[0] for line in netns.splitlines() if line.startswith("cordon-it-")]
     assert not leftovers, f"tests left these behind: {leftovers}"
 
 

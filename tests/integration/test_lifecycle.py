@@ -96,6 +96,10 @@ def test_host_names_are_resolved_and_followed(cgroups, cordond, upstream, journa
     def targets():
         return {t["cidr"] for t in d.status()["capture"]["targets"]}
 
+    # Resolution runs on its own thread (startup never waits on DNS): give it a moment.
+    deadline = time.monotonic() + 10
+    while targets() != {"127.77.33.1/32"} and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert targets() == {"127.77.33.1/32"}
     host = d.status()["capture"]["hosts"]
     assert host == [{"name": "api2.cursor.sh", "addresses": ["127.77.33.1"], "error": "",
@@ -116,6 +120,40 @@ def test_host_names_are_resolved_and_followed(cgroups, cordond, upstream, journa
     assert any(e.get("CORDON_ADDED") == "127.77.33.2" and e.get("CORDON_HOST") == "api2.cursor.sh" for e in updates)
 
 
+def test_a_second_cordond_on_the_same_pins_is_refused(cgroups, cordond, tmp_path):
+    d = cordond(["127.77.34.1/32"])
+    other_socket = tmp_path / "other.sock"
+    r = subprocess.run([str(CORDOND), "--config", str(d.policy), "--control-socket", str(other_socket),
+                        "--cgroup", cgroups.path("daemon")], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1
+    assert f"another cordond is running on {d.pin_dir}" in r.stderr
+    # The first one is undisturbed.
+    assert d.status()["programs"]["adopted"] is False
+    assert cgroups.client("job", "connect-only", "127.77.34.1", 80)["errno"] in ("ECONNRESET", "EPIPE")
+    assert d.status()["counters"]["redirected"] == 1
+
+
+def test_hostile_control_requests_do_not_hurt_the_daemon(cgroups, cordond):
+    import socket as s
+    d = cordond(["127.77.35.1/32"])
+    for payload in [b"[" * 60000 + b"\n", b"{\"command\": 7}\n", b"not json\n", b"\x00\xff" * 100 + b"\n",
+                    b"x" * 70000, b"{\"command\":\"enroll\"}\n"]:
+        c = s.socket(s.AF_UNIX, s.SOCK_STREAM)
+        c.connect(d.socket)
+        c.sendall(payload)
+        c.shutdown(s.SHUT_WR)
+        answer = b""
+        try:
+            while chunk := c.recv(4096):
+                answer += chunk
+        except ConnectionResetError:  # closed with our unread excess: the kernel resets
+            assert len(payload) > 65536
+        c.close()
+        assert answer == b"" or json.loads(answer)["ok"] is False
+    assert d.proc.poll() is None
+    assert d.status()["ok"] is True
+
+
 def test_broken_policy_is_refused_with_file_and_line(tmp_path):
     policy = tmp_path / "policy.yaml"
     policy.write_text("capture:\n  ports: [443]\n  cidrz: [10.0.0.0/8]\n")
@@ -132,3 +170,66 @@ def test_check_config_prints_the_effective_policy(tmp_path):
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "listen_port: 16001" in r.stdout and '"/ci"' in r.stdout and '"*.cursor.sh"' in r.stdout
+
+
+def test_without_a_journal_socket_entries_go_to_stderr(cgroups, cordond, upstream):
+    """A private mount namespace hides /run/systemd/journal from cordond (journald keeps running)."""
+    upstream("127.77.36.1", 80)
+    d = cordond([], args=[])
+    d.stop()
+    d.detach()
+    d.policy.write_text(d.policy.read_text().replace("  cidrs: []\n", "  cidrs: [\"127.77.36.1/32\"]\n"))
+    d.log = open(d.log_path, "ab")
+    d.proc = subprocess.Popen(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+         f"mount -t tmpfs none /run/systemd/journal && exec {CORDOND} --config {d.policy} "
+         f"--cgroup {cgroups.path('daemon')}"],
+        stdout=d.log, stderr=d.log)
+    deadline = time.monotonic() + 15
+    while d.ctl("status", "--json", check=False).returncode != 0:
+        assert d.proc.poll() is None and time.monotonic() < deadline, d.log_text()
+        time.sleep(0.05)
+    res = cgroups.client("job", "peer", "127.77.36.1", 80)
+    deadline = time.monotonic() + 10
+    while "CORDON_EVENT=connection_close" not in d.log_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    line = next(l for l in d.log_text().splitlines() if "CORDON_EVENT=connection_close" in l)
+    assert f"CORDON_PID={res['pid']}" in line and "CORDON_COMM=python3" in line
+    assert f"CORDON_CGROUP={cgroups.path('job')}" in line and "CORDON_RESULT=ok" in line
+    assert d.status()["journal"]["fell_back"] >= 2
+
+
+def test_ipv6_host_in_another_network_namespace(cgroups, cordond, journal, tmp_path):
+    """A real (non-loopback) IPv6 peer: a test host in a network namespace, reached over veth."""
+    ns = cgroups.name
+    host_if = "cdn" + ns[-6:]
+    try:
+        for cmd in (["ip", "netns", "add", ns],
+                    ["ip", "link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", ns],
+                    ["ip", "addr", "add", "fd00:c0d0::1/64", "dev", host_if, "nodad"],
+                    ["ip", "link", "set", host_if, "up"],
+                    ["ip", "-n", ns, "addr", "add", "fd00:c0d0::2/64", "dev", "eth0", "nodad"],
+                    ["ip", "-n", ns, "link", "set", "eth0", "up"],
+                    ["ip", "-n", ns, "link", "set", "lo", "up"]):
+            subprocess.run(cmd, check=True, capture_output=True)
+        peers = tmp_path / "peers.txt"
+        server = subprocess.Popen(
+            ["ip", "netns", "exec", ns, "/usr/bin/python3", "-c",
+             "import socket,sys\n"
+             "s=socket.socket(socket.AF_INET6);s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n"
+             "s.bind(('fd00:c0d0::2',80));s.listen(8);print('ready',flush=True)\n"
+             "c,p=s.accept();open(sys.argv[1],'w').write('[%s]:%d'%p[:2]);c.sendall(c.recv(100));c.close()\n",
+             str(peers)], stdout=subprocess.PIPE, text=True)
+        assert server.stdout.readline().strip() == "ready"
+        d = cordond(["fd00:c0d0::2/128"])
+        res = cgroups.client("job", "peer", "fd00:c0d0::2", 80)
+        assert res["peer"] == ["fd00:c0d0::2", 80] and res["reply"] == "ping\n"
+        server.wait(timeout=10)
+        closed = journal.wait_for(d.pid, CORDON_EVENT="connection_close")
+        assert closed and closed[0]["CORDON_DST"] == "[fd00:c0d0::2]:80"
+        # The peer saw cordond's upstream socket on the host side of the veth.
+        assert peers.read_text() == closed[0]["CORDON_UPSTREAM_LOCAL"]
+        assert closed[0]["CORDON_UPSTREAM_LOCAL"].startswith("[fd00:c0d0::1]:")
+    finally:
+        subprocess.run(["ip", "link", "del", host_if], capture_output=True)
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)

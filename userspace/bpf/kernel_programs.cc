@@ -5,6 +5,7 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <linux/magic.h>
+#include <sys/file.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/vfs.h>
@@ -145,6 +146,13 @@ Result<std::unique_ptr<KernelPrograms>> KernelPrograms::attach(const KernelSetti
 
 	std::unique_ptr<KernelPrograms> kp(new KernelPrograms());
 	kp->pin_dir_ = s.pin_dir;
+	// Two daemons on one pin directory would swap each other's programs: hold a lock on it.
+	kp->pin_lock_.reset(::open(s.pin_dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+	if (!kp->pin_lock_)
+		return system_error("open " + s.pin_dir);
+	if (::flock(kp->pin_lock_.get(), LOCK_EX | LOCK_NB) != 0)
+		return errno == EWOULDBLOCK ? plain_error("another cordond is running on " + s.pin_dir)
+					    : system_error("lock " + s.pin_dir);
 	kp->skel_ = cordon_bpf__open();
 	if (!kp->skel_)
 		return system_error("open BPF object");

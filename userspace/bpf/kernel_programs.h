@@ -69,6 +69,7 @@ private:
 	std::vector<bpf_link *> links_;
 	std::vector<std::string> program_names_;
 	std::string pin_dir_;
+	UniqueFd pin_lock_; // flock on the pin directory, held for the daemon's lifetime
 	bool adopted_ = false;
 };
 

@@ -543,7 +543,12 @@ void RelayServer::on_accepted(int raw_fd, const SocketAddress &local)
 		return refuse();
 	if (live_.size() >= settings_.max_connections) {
 		stats_.over_limit++;
-		log::warning("connection limit (" + std::to_string(settings_.max_connections) + ") reached: refusing");
+		auto now = Clock::now();
+		if (now - last_limit_log_ > std::chrono::seconds(10)) {
+			log::warning("connection limit (" + std::to_string(settings_.max_connections) +
+				     ") reached: refusing new connections");
+			last_limit_log_ = now;
+		}
 		return refuse();
 	}
 	auto peer = peer_address(fd.get());

@@ -87,7 +87,7 @@ private:
 	std::deque<std::pair<RelayConnection *, int>> starved_;
 	std::string instance_;
 	uint64_t sequence_ = 0;
-	std::chrono::steady_clock::time_point last_miss_log_{};
+	std::chrono::steady_clock::time_point last_miss_log_{}, last_limit_log_{};
 };
 
 } // namespace cordon

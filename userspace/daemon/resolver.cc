@@ -93,9 +93,8 @@ void TargetResolver::inherit(const std::vector<IpAddress> &addresses)
 
 void TargetResolver::start()
 {
-	auto now = Clock::now();
-	for (auto &[name, state] : names_)
-		refresh(name, now);
+	// Every name starts due: the thread resolves them all first. Startup never waits on DNS,
+	// which may be slow or broken on a runner.
 	thread_ = std::thread([this] { run(); });
 }
 

@@ -56,7 +56,7 @@ public:
 
 	// Addresses found in the pinned map at start: kept for `retain` unless resolved again.
 	void inherit(const std::vector<IpAddress> &addresses);
-	// Resolves every name once, synchronously, then keeps going on a thread.
+	// Resolves on a thread: every name at once, then each on its TTL.
 	void start();
 	std::vector<NameStatus> snapshot() const;
 
