@@ -51,15 +51,20 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# The socket file outlives a killed journald: only a connect proves one is listening.
+journald_running() {
+	python3 -c 'import socket; s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); s.connect("/run/systemd/journal/socket")' 2>/dev/null
+}
+
 bold "journal"
-if [ -S /run/systemd/journal/socket ]; then
+if journald_running; then
 	echo "using the running systemd-journald"
 else
 	for d in /run/systemd /run/systemd/journal; do
 		[ -d "$d" ] || { mkdir -p "$d"; CREATED_DIRS+=("$d"); }
 	done
 	/lib/systemd/systemd-journald & JOURNALD_PID=$!
-	for _ in $(seq 100); do [ -S /run/systemd/journal/socket ] && break; sleep 0.05; done
+	for _ in $(seq 100); do journald_running && break; sleep 0.05; done
 	echo "started systemd-journald (pid $JOURNALD_PID) for the demo; it stops again at the end"
 fi
 

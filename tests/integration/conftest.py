@@ -71,13 +71,25 @@ class Journal:
             time.sleep(0.1)
 
 
+def journald_running():
+    """The socket file outlives a killed journald: only a connect proves one is listening."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        s.connect(str(JOURNAL_SOCKET))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
 @pytest.fixture(scope="session")
 def journal():
     """The system journal; started by hand (PID 1 is not systemd here) when none runs, and
     stopped again only if we started it."""
     started = None
     created = []
-    if not JOURNAL_SOCKET.exists():
+    if not journald_running():
         for d in ("/run/systemd", "/run/systemd/journal"):
             if not os.path.isdir(d):
                 os.makedirs(d)
@@ -85,7 +97,7 @@ def journal():
         started = subprocess.Popen(["/lib/systemd/systemd-journald"], stdout=subprocess.DEVNULL,
                                    stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
-        while not JOURNAL_SOCKET.exists():
+        while not journald_running():
             if started.poll() is not None or time.monotonic() > deadline:
                 pytest.fail("could not start systemd-journald for the tests")
             time.sleep(0.05)
