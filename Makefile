@@ -1,6 +1,7 @@
 # cordon — build, test, demo, bench, install.
 #   make          build/cordond, build/cordonctl, build/cordon.bpf.o
-#   make test     install missing packages, build, unit tests (plain + ASan/UBSan), integration tests
+#   make test     install missing packages, format check, build, unit tests (plain + ASan/UBSan),
+#                 integration tests
 #   make demo     install missing packages, build, run the end-to-end demo
 #   make bench    benchmarks, figures printed as tables (see bench/RESULTS.md)
 
@@ -106,6 +107,7 @@ $(BUILD)/cordon-bench: $(patsubst %.cc,$(BUILD)/obj/%.o,$(BENCH_SRCS))
 # --- tests ---
 test:
 	./scripts/install-deps.sh
+	$(MAKE) fmt-check
 	$(MAKE) all $(BUILD)/unit-tests $(BUILD)/unit-tests-san
 	$(MAKE) unit unit-san integration
 

@@ -333,7 +333,8 @@ int main(int argc, char **argv)
 	if (cmd == "setup" && argc == 5)
 		return setup(argv[2], std::atoi(argv[3]), std::atol(argv[4]));
 	if (cmd == "bulk" && argc == 6)
-		return bulk(argv[2], std::atoi(argv[3]), std::strtoull(argv[4], nullptr, 10), std::string(argv[5]) == "up");
+		return bulk(argv[2], std::atoi(argv[3]), std::strtoull(argv[4], nullptr, 10),
+		            std::string(argv[5]) == "up");
 	if (cmd == "hold" && argc == 5)
 		return hold(argv[2], std::atoi(argv[3]), std::atol(argv[4]));
 	std::cerr << "usage: see the comment at the top of bench/cordon_bench.cc\n";

@@ -11,8 +11,9 @@
  *
  * Decisions live in cordon_decide.h (host-tested); this file only gathers facts. */
 #include "vmlinux.h"
-#include <bpf/bpf_helpers.h>
+
 #include <bpf/bpf_endian.h>
+#include <bpf/bpf_helpers.h>
 
 #include "cordon/bpf_shared.h"
 #include "cordon_decide.h"
@@ -96,7 +97,7 @@ static __always_inline __u32 port_flags(__u16 port)
 
 static __always_inline int is_target(const __u8 addr[16])
 {
-	struct cordon_target_key key = { .prefixlen = 128 };
+	struct cordon_target_key key = {.prefixlen = 128};
 
 	__builtin_memcpy(key.addr, addr, 16);
 	return bpf_map_lookup_elem(&targets, &key) != NULL;
@@ -123,11 +124,10 @@ static __always_inline __u32 current_scope(void)
 
 /* Facts and verdict for a connect/sendmsg to addr:port. Returns PASS early, before any work
  * beyond one array lookup, for ports that are neither captured nor refused. */
-static __always_inline struct cordon_decision decide(struct bpf_sock_addr *ctx, const __u8 addr[16],
-						      __u16 port)
+static __always_inline struct cordon_decision decide(struct bpf_sock_addr *ctx, const __u8 addr[16], __u16 port)
 {
 	struct cordon_connect_facts facts = {};
-	struct cordon_decision pass = { CORDON_VERDICT_PASS, -1 };
+	struct cordon_decision pass = {CORDON_VERDICT_PASS, -1};
 	struct cordon_decision d;
 
 	facts.sock_type = ctx->type;
@@ -147,8 +147,7 @@ static __always_inline struct cordon_decision decide(struct bpf_sock_addr *ctx, 
 
 /* Remember who is calling and where they meant to go, in the socket's own storage (freed with
  * the socket). Returns 0 when storage cannot be had: the caller then refuses, fail closed. */
-static __always_inline int remember_origin(struct bpf_sock_addr *ctx, const __u8 addr[16], __u16 port,
-					   __u16 family)
+static __always_inline int remember_origin(struct bpf_sock_addr *ctx, const __u8 addr[16], __u16 port, __u16 family)
 {
 	struct cordon_sk_state *st;
 	__u64 pid_tgid, uid_gid;

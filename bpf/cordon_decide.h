@@ -19,12 +19,12 @@
 
 /* What a connect()/sendmsg() hook knows when it has to decide. */
 struct cordon_connect_facts {
-	__u32 port_flags;  /* capture_ports[destination port] */
-	__u32 scope;       /* enum cordon_scope of the deepest listed ancestor cgroup */
-	__u32 sk_mark;     /* SO_MARK of the calling socket */
-	__u32 sock_type;   /* SOCK_STREAM or SOCK_DGRAM */
-	__u8 is_target;    /* destination is in the targets trie */
-	__u8 same_netns;   /* the socket lives in cordond's network namespace */
+	__u32 port_flags; /* capture_ports[destination port] */
+	__u32 scope;      /* enum cordon_scope of the deepest listed ancestor cgroup */
+	__u32 sk_mark;    /* SO_MARK of the calling socket */
+	__u32 sock_type;  /* SOCK_STREAM or SOCK_DGRAM */
+	__u8 is_target;   /* destination is in the targets trie */
+	__u8 same_netns;  /* the socket lives in cordond's network namespace */
 	__u8 reserved[2];
 };
 
@@ -56,17 +56,15 @@ CORDON_INLINE __u32 cordon_scope_merge(__u32 inherited, __u32 at_this_level)
 	return at_this_level != CORDON_SCOPE_NONE ? at_this_level : inherited;
 }
 
-CORDON_INLINE struct cordon_decision cordon_decide_connect(const struct cordon_connect_facts *f,
-							   __u32 upstream_mark)
+CORDON_INLINE struct cordon_decision cordon_decide_connect(const struct cordon_connect_facts *f, __u32 upstream_mark)
 {
-	struct cordon_decision d = { CORDON_VERDICT_PASS, -1 };
+	struct cordon_decision d = {CORDON_VERDICT_PASS, -1};
 
 	if (!cordon_port_relevant(f->port_flags, f->sock_type) || !f->is_target)
 		return d;
 	/* cordond's own upstream sockets. The mark is trusted only in cordond's namespace: setting
 	 * SO_MARK there needs CAP_NET_ADMIN over it, which only root on the host holds. */
-	if ((f->same_netns && upstream_mark != 0 && f->sk_mark == upstream_mark) ||
-	    f->scope == CORDON_SCOPE_EXEMPT) {
+	if ((f->same_netns && upstream_mark != 0 && f->sk_mark == upstream_mark) || f->scope == CORDON_SCOPE_EXEMPT) {
 		d.counter = CORDON_CTR_EXEMPT;
 		return d;
 	}

@@ -60,7 +60,7 @@ bold "journal"
 if journald_running; then
 	echo "using the running systemd-journald"
 else
-	for d in /run/systemd /run/systemd/journal; do
+	for d in /run/systemd /run/systemd/journal /run/log /run/log/journal; do
 		[ -d "$d" ] || { mkdir -p "$d"; CREATED_DIRS+=("$d"); }
 	done
 	/lib/systemd/systemd-journald & JOURNALD_PID=$!

@@ -1,7 +1,7 @@
 // cordonctl: control CLI for cordond. See README.md.
-#include <boost/program_options.hpp>
 #include <unistd.h>
 
+#include <boost/program_options.hpp>
 #include <cstdio>
 #include <iomanip>
 #include <iostream>
@@ -39,12 +39,12 @@ std::string join(const json &array, const char *sep = ", ")
 void print_status(const json &s)
 {
 	std::cout << "cordond " << s["version"].get<std::string>() << " (pid " << s["pid"] << "), policy "
-		  << s["policy"].get<std::string>() << "\n";
+	          << s["policy"].get<std::string>() << "\n";
 	const json &pr = s["programs"];
 	std::cout << "programs:    " << join(pr["attached"], " ") << "\n"
-		  << "             attached at " << pr["cgroup_root"].get<std::string>() << ", pinned in "
-		  << pr["pin_dir"].get<std::string>() << (pr["adopted"].get<bool>() ? " (adopted from a previous cordond)" : "")
-		  << "\n";
+	          << "             attached at " << pr["cgroup_root"].get<std::string>() << ", pinned in "
+	          << pr["pin_dir"].get<std::string>()
+	          << (pr["adopted"].get<bool>() ? " (adopted from a previous cordond)" : "") << "\n";
 	std::cout << "listeners:   " << join(s["listeners"]) << "\n";
 	const json &en = s["enforce"];
 	std::cout << "enforced:    " << join(en["cgroups"]);
@@ -52,35 +52,36 @@ void print_status(const json &s)
 		std::cout << " (exempt: " << join(en["exempt"]) << ")";
 	std::cout << "; cordond runs in " << en["own_cgroup"].get<std::string>() << "\n";
 	const json &cap = s["capture"];
-	std::cout << "capture:     tcp ports " << join(cap["ports"]) << "; udp refused " << join(cap["quic_ports"]) << "; "
-		  << cap["targets"].size() << " target prefixes\n";
+	std::cout << "capture:     tcp ports " << join(cap["ports"]) << "; udp refused " << join(cap["quic_ports"])
+	          << "; " << cap["targets"].size() << " target prefixes\n";
 	for (const auto &t : cap["targets"])
-		std::cout << "             " << t["cidr"].get<std::string>() << " (" << t["source"].get<std::string>() << ")\n";
+		std::cout << "             " << t["cidr"].get<std::string>() << " (" << t["source"].get<std::string>()
+		          << ")\n";
 	std::cout << "counters:   ";
 	for (auto it = s["counters"].begin(); it != s["counters"].end(); ++it)
 		std::cout << " " << it.key() << "=" << it.value();
 	std::cout << "\n";
 	const json &r = s["relay"];
 	std::cout << "relay:       " << r["active"] << " active, " << r["accepted"] << " accepted, " << r["closed"]
-		  << " closed, " << r["lookup_missed"] << " without origin, " << r["upstream_failed"]
-		  << " upstream failures; buffers " << r["buffers_in_use"] << "/" << r["buffers"] << "; origin map entries "
-		  << s.value("origin_entries", json(0)) << "\n";
-	std::cout << "journal:     " << s["journal"]["written"] << " written, " << s["journal"]["dropped"] << " dropped, "
-		  << s["journal"]["fell_back"] << " to stderr\n";
+	          << " closed, " << r["lookup_missed"] << " without origin, " << r["upstream_failed"]
+	          << " upstream failures; buffers " << r["buffers_in_use"] << "/" << r["buffers"]
+	          << "; origin map entries " << s.value("origin_entries", json(0)) << "\n";
+	std::cout << "journal:     " << s["journal"]["written"] << " written, " << s["journal"]["dropped"]
+	          << " dropped, " << s["journal"]["fell_back"] << " to stderr\n";
 	const json &conns = s["connections"];
 	std::cout << "connections: " << conns.size() << "\n";
 	if (conns.empty())
 		return;
 	std::cout << "  " << std::left << std::setw(20) << "ID" << std::setw(8) << "PID" << std::setw(7) << "UID"
-		  << std::setw(16) << "COMM" << std::setw(28) << "CGROUP" << std::setw(24) << "DESTINATION" << std::setw(11)
-		  << "UP" << std::setw(11) << "DOWN"
-		  << "STATE\n";
+	          << std::setw(16) << "COMM" << std::setw(28) << "CGROUP" << std::setw(24) << "DESTINATION"
+	          << std::setw(11) << "UP" << std::setw(11) << "DOWN"
+	          << "STATE\n";
 	for (const auto &c : conns)
-		std::cout << "  " << std::left << std::setw(20) << c["id"].get<std::string>() << std::setw(8) << c["pid"]
-			  << std::setw(7) << c["uid"] << std::setw(16) << c["comm"].get<std::string>() << std::setw(28)
-			  << c["cgroup"].get<std::string>() << std::setw(24) << c["destination"].get<std::string>()
-			  << std::setw(11) << c["bytes_up"] << std::setw(11) << c["bytes_down"] << c["state"].get<std::string>()
-			  << "\n";
+		std::cout << "  " << std::left << std::setw(20) << c["id"].get<std::string>() << std::setw(8)
+		          << c["pid"] << std::setw(7) << c["uid"] << std::setw(16) << c["comm"].get<std::string>()
+		          << std::setw(28) << c["cgroup"].get<std::string>() << std::setw(24)
+		          << c["destination"].get<std::string>() << std::setw(11) << c["bytes_up"] << std::setw(11)
+		          << c["bytes_down"] << c["state"].get<std::string>() << "\n";
 }
 
 // cordond is not answering: say what the kernel side is doing without it.
@@ -106,8 +107,8 @@ int report_not_running(const std::string &socket, const std::string &pin_dir, co
 		std::cerr << "cordonctl: cannot read " << pin_dir << ": " << pinned.error().message() << "\n";
 	} else if (pinned->present && !pinned->links.empty()) {
 		std::cerr << "programs still attached from " << pin_dir << ": " << join(j["pinned_links"], " ")
-			  << "\ncaptured connections are refused until cordond returns (fail closed); "
-			     "`cordonctl detach` removes them\n";
+		          << "\ncaptured connections are refused until cordond returns (fail closed); "
+		             "`cordonctl detach` removes them\n";
 	} else {
 		std::cerr << "no cordon programs are attached (" << pin_dir << " holds none)\n";
 	}
@@ -160,7 +161,8 @@ int main(int argc, char **argv)
 			if (as_json)
 				std::cout << reply->dump(2) << "\n";
 			else
-				std::cerr << "cordonctl: " << reply->value("error", std::string("request failed")) << "\n";
+				std::cerr << "cordonctl: " << reply->value("error", std::string("request failed"))
+				          << "\n";
 			return 1;
 		}
 		if (as_json)

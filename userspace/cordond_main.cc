@@ -1,8 +1,8 @@
 // cordond: the cordon daemon. See README.md.
-#include <boost/program_options.hpp>
 #include <unistd.h>
 #include <yaml-cpp/yaml.h>
 
+#include <boost/program_options.hpp>
 #include <fstream>
 #include <iostream>
 
@@ -23,9 +23,11 @@ std::string overrides_yaml(const po::variables_map &vm)
 	if (vm.count("enforce-cgroup") || vm.count("exempt-cgroup")) {
 		out << YAML::Key << "enforce" << YAML::Value << YAML::BeginMap;
 		if (vm.count("enforce-cgroup"))
-			out << YAML::Key << "cgroups" << YAML::Value << vm["enforce-cgroup"].as<std::vector<std::string>>();
+			out << YAML::Key << "cgroups" << YAML::Value
+			    << vm["enforce-cgroup"].as<std::vector<std::string>>();
 		if (vm.count("exempt-cgroup"))
-			out << YAML::Key << "exempt_cgroups" << YAML::Value << vm["exempt-cgroup"].as<std::vector<std::string>>();
+			out << YAML::Key << "exempt_cgroups" << YAML::Value
+			    << vm["exempt-cgroup"].as<std::vector<std::string>>();
 		out << YAML::EndMap;
 	}
 	if (vm.count("target") || vm.count("host")) {
@@ -111,7 +113,7 @@ int main(int argc, char **argv)
 	}
 	if (vm.count("check-config")) {
 		std::cout << "# effective policy (from " << options.policy_source << " and the command line)\n"
-			  << policy_to_yaml(options.policy);
+		          << policy_to_yaml(options.policy);
 		return 0;
 	}
 	options.own_cgroup = vm["cgroup"].as<std::string>();

@@ -18,14 +18,14 @@
 
 /* Indices of the per-CPU `counters` map. */
 enum cordon_counter {
-	CORDON_CTR_REDIRECTED = 0,    /* TCP connect to a capture target, rewritten to cordond */
-	CORDON_CTR_EXEMPT = 1,        /* target destination, but cordond's own socket (mark/cgroup) */
-	CORDON_CTR_UNENFORCED = 2,    /* target destination from a cgroup outside the enforced scope */
-	CORDON_CTR_REFUSED_QUIC = 3,  /* UDP to a target on a refused port (QUIC) */
-	CORDON_CTR_REFUSED_NETNS = 4, /* target destination from another network namespace */
-	CORDON_CTR_ORIGIN_LOST = 5,   /* a redirect whose origin could not be stored/published */
+	CORDON_CTR_REDIRECTED = 0,     /* TCP connect to a capture target, rewritten to cordond */
+	CORDON_CTR_EXEMPT = 1,         /* target destination, but cordond's own socket (mark/cgroup) */
+	CORDON_CTR_UNENFORCED = 2,     /* target destination from a cgroup outside the enforced scope */
+	CORDON_CTR_REFUSED_QUIC = 3,   /* UDP to a target on a refused port (QUIC) */
+	CORDON_CTR_REFUSED_NETNS = 4,  /* target destination from another network namespace */
+	CORDON_CTR_ORIGIN_LOST = 5,    /* a redirect whose origin could not be stored/published */
 	CORDON_CTR_PEER_REWRITTEN = 6, /* getpeername answered with the original destination */
-	CORDON_CTR_LOOKUP_MISSED = 7, /* written by cordond: accepted connection with no origin */
+	CORDON_CTR_LOOKUP_MISSED = 7,  /* written by cordond: accepted connection with no origin */
 	CORDON_CTR__COUNT = 8,
 };
 
@@ -83,7 +83,7 @@ struct cordon_origin {
 	__u32 reserved;
 	__u64 cgroup_id;
 	__u64 netns_cookie;
-	__u64 socket_cookie; /* set at publish; guards the delete at close against tuple reuse */
+	__u64 socket_cookie;   /* set at publish; guards the delete at close against tuple reuse */
 	__u64 connect_boot_ns; /* bpf_ktime_get_boot_ns() at connect */
 	char comm[CORDON_COMM_LEN];
 };

@@ -9,8 +9,8 @@ using namespace cordon;
 TEST(Cgroup, FindsUnifiedMountOnHybridHost)
 {
 	const char *mounts = "tmpfs /sys/fs/cgroup tmpfs rw 0 0\n"
-			     "cgroup /sys/fs/cgroup/memory cgroup rw,memory 0 0\n"
-			     "cgroup2 /sys/fs/cgroup/unified cgroup2 rw,nsdelegate 0 0\n";
+	                     "cgroup /sys/fs/cgroup/memory cgroup rw,memory 0 0\n"
+	                     "cgroup2 /sys/fs/cgroup/unified cgroup2 rw,nsdelegate 0 0\n";
 	auto m = parse_cgroup2_mount(mounts);
 	ASSERT_TRUE(m);
 	EXPECT_EQ(*m, "/sys/fs/cgroup/unified");

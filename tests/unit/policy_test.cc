@@ -20,7 +20,7 @@ TEST(Policy, EmbeddedDefaultIsValidAndMatchesTheProduct)
 	for (const char *h : {"*.cursor.sh", "*.cursor-cdn.com", "*.cursorapi.com", "cursor.com", "*.cursor.com"})
 		EXPECT_NE(std::find(hosts.begin(), hosts.end(), h), hosts.end()) << h;
 	EXPECT_EQ(std::vector<uint32_t>(p->capture().ports().begin(), p->capture().ports().end()),
-		  (std::vector<uint32_t>{443, 80}));
+	          (std::vector<uint32_t>{443, 80}));
 	EXPECT_EQ(p->enforce().cgroups(0), "/");
 	EXPECT_EQ(p->daemon().failure_mode(), config::CLOSED);
 	EXPECT_EQ(p->daemon().upstream_mark(), 0xc0d0u);
@@ -100,14 +100,14 @@ TEST(Policy, WholePolicyChecks)
 {
 	EXPECT_NE(error_of("enforce:\n  cgroups: []\n").find("nothing would be enforced"), std::string::npos);
 	EXPECT_NE(error_of("capture:\n  refresh_min_seconds: 100\n  refresh_max_seconds: 10\n").find("exceeds"),
-		  std::string::npos);
+	          std::string::npos);
 }
 
 TEST(Policy, ValuesAreNormalized)
 {
 	auto p = load_policy_text("capture:\n  hosts: [\"API2.Cursor.SH\"]\nenforce:\n  cgroups: [\"//a//b/\"]\n"
-				  "daemon:\n  upstream_mark: 0x10\n  failure_mode: open\n",
-				  "policy.yaml");
+	                          "daemon:\n  upstream_mark: 0x10\n  failure_mode: open\n",
+	                          "policy.yaml");
 	ASSERT_TRUE(p) << p.error().message();
 	EXPECT_EQ(p->capture().hosts(0), "api2.cursor.sh");
 	EXPECT_EQ(p->enforce().cgroups(0), "/a/b");

@@ -26,33 +26,34 @@ namespace {
 std::vector<std::pair<std::string, bpf_map *>> shared_maps(cordon_bpf *skel)
 {
 	return {
-	    {"targets", skel->maps.targets},
-	    {"capture_ports", skel->maps.capture_ports},
-	    {"cgroup_scope", skel->maps.cgroup_scope},
-	    {"origin_store", skel->maps.origin_store},
-	    {"origins", skel->maps.origins},
-	    {"counters", skel->maps.counters},
+	    {"targets", skel->maps.targets},           {"capture_ports", skel->maps.capture_ports},
+	    {"cgroup_scope", skel->maps.cgroup_scope}, {"origin_store", skel->maps.origin_store},
+	    {"origins", skel->maps.origins},           {"counters", skel->maps.counters},
 	};
 }
 
 std::vector<std::pair<std::string, bpf_program *>> programs(cordon_bpf *skel)
 {
 	return {
-	    {"connect4", skel->progs.cordon_connect4},
-	    {"connect6", skel->progs.cordon_connect6},
-	    {"sendmsg4", skel->progs.cordon_sendmsg4},
-	    {"sendmsg6", skel->progs.cordon_sendmsg6},
-	    {"getpeername4", skel->progs.cordon_getpeername4},
-	    {"getpeername6", skel->progs.cordon_getpeername6},
+	    {"connect4", skel->progs.cordon_connect4},         {"connect6", skel->progs.cordon_connect6},
+	    {"sendmsg4", skel->progs.cordon_sendmsg4},         {"sendmsg6", skel->progs.cordon_sendmsg6},
+	    {"getpeername4", skel->progs.cordon_getpeername4}, {"getpeername6", skel->progs.cordon_getpeername6},
 	    {"sockops", skel->progs.cordon_sockops},
 	};
 }
 
-const char *const kLinkNames[] = {"connect4", "connect6", "sendmsg4", "sendmsg6", "getpeername4", "getpeername6", "sockops"};
+const char *const kLinkNames[] = {"connect4",     "connect6",     "sendmsg4", "sendmsg6",
+                                  "getpeername4", "getpeername6", "sockops"};
 const char *const kMapNames[] = {"targets", "capture_ports", "cgroup_scope", "origin_store", "origins", "counters"};
 
-std::string link_pin(const std::string &dir, const std::string &name) { return dir + "/link_" + name; }
-std::string map_pin(const std::string &dir, const std::string &name) { return dir + "/map_" + name; }
+std::string link_pin(const std::string &dir, const std::string &name)
+{
+	return dir + "/link_" + name;
+}
+std::string map_pin(const std::string &dir, const std::string &name)
+{
+	return dir + "/map_" + name;
+}
 
 bool exists(const std::string &path)
 {
@@ -152,7 +153,7 @@ Result<std::unique_ptr<KernelPrograms>> KernelPrograms::attach(const KernelSetti
 		return system_error("open " + s.pin_dir);
 	if (::flock(kp->pin_lock_.get(), LOCK_EX | LOCK_NB) != 0)
 		return errno == EWOULDBLOCK ? plain_error("another cordond is running on " + s.pin_dir)
-					    : system_error("lock " + s.pin_dir);
+		                            : system_error("lock " + s.pin_dir);
 	kp->skel_ = cordon_bpf__open();
 	if (!kp->skel_)
 		return system_error("open BPF object");
@@ -203,7 +204,8 @@ Result<std::unique_ptr<KernelPrograms>> KernelPrograms::attach(const KernelSetti
 			int err = errno;
 			if (link)
 				bpf_link__destroy(link);
-			log::warning("pinned link " + pin + " could not be updated (" + std::strerror(err) + "); attaching anew");
+			log::warning("pinned link " + pin + " could not be updated (" + std::strerror(err) +
+			             "); attaching anew");
 		}
 		link = bpf_program__attach_cgroup(prog, cgroup_fd.get());
 		if (!link)
@@ -265,7 +267,8 @@ Status KernelPrograms::set_ports(const std::map<uint16_t, uint32_t> &flags)
 		values[port] = f;
 	__u32 count = CORDON_PORT_SPACE;
 	LIBBPF_OPTS(bpf_map_batch_opts, opts);
-	if (bpf_map_update_batch(bpf_map__fd(skel_->maps.capture_ports), keys.data(), values.data(), &count, &opts) != 0)
+	if (bpf_map_update_batch(bpf_map__fd(skel_->maps.capture_ports), keys.data(), values.data(), &count, &opts) !=
+	    0)
 		return system_error("update capture_ports");
 	return {};
 }
@@ -389,7 +392,10 @@ Result<size_t> KernelPrograms::origin_entries() const
 	return count_entries(bpf_map__fd(skel_->maps.origins), sizeof(cordon_tuple));
 }
 
-Result<Counters> KernelPrograms::counters() const { return read_counters(bpf_map__fd(skel_->maps.counters)); }
+Result<Counters> KernelPrograms::counters() const
+{
+	return read_counters(bpf_map__fd(skel_->maps.counters));
+}
 
 Status KernelPrograms::add_to_counter(cordon_counter counter, uint64_t amount)
 {

@@ -179,7 +179,8 @@ Result<std::string> CgroupHierarchy::path_of(uint64_t id) const
 		return std::string("/");
 	if (full.compare(0, mount_point_.size(), mount_point_) != 0 || full.size() <= mount_point_.size() ||
 	    full[mount_point_.size()] != '/')
-		return plain_error("cgroup id " + std::to_string(id) + " resolved outside " + mount_point_ + ": " + full);
+		return plain_error("cgroup id " + std::to_string(id) + " resolved outside " + mount_point_ + ": " +
+		                   full);
 	return full.substr(mount_point_.size());
 }
 

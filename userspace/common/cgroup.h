@@ -39,7 +39,9 @@ public:
 	Result<std::string> own_path() const { return path_of_pid(0); }
 
 private:
-	CgroupHierarchy(std::string mount_point, UniqueFd fd) : mount_point_(std::move(mount_point)), mount_fd_(std::move(fd)) {}
+	CgroupHierarchy(std::string mount_point, UniqueFd fd)
+	    : mount_point_(std::move(mount_point)), mount_fd_(std::move(fd))
+	{}
 	std::string mount_point_;
 	UniqueFd mount_fd_;
 };
@@ -47,7 +49,8 @@ private:
 // id -> path with a bounded LRU in front: cgroup ids are never reused, so entries stay true.
 class CgroupPathCache {
 public:
-	CgroupPathCache(const CgroupHierarchy &hierarchy, size_t capacity) : hierarchy_(hierarchy), capacity_(capacity) {}
+	CgroupPathCache(const CgroupHierarchy &hierarchy, size_t capacity) : hierarchy_(hierarchy), capacity_(capacity)
+	{}
 	std::string lookup(uint64_t id); // "" if the cgroup is gone and was never seen
 
 private:

@@ -40,7 +40,8 @@ Result<HostPattern> HostPattern::parse(std::string_view text)
 		rest.remove_prefix(2);
 	}
 	if (rest.find('*') != std::string_view::npos)
-		return plain_error("'" + std::string(text) + "': '*' is only allowed as a whole first label (\"*.example.com\")");
+		return plain_error("'" + std::string(text) +
+		                   "': '*' is only allowed as a whole first label (\"*.example.com\")");
 	auto name = normalize_host_name(rest);
 	if (!name)
 		return name.error();

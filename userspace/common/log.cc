@@ -40,9 +40,18 @@ Result<Level> parse_level(std::string_view name)
 	return plain_error("unknown log level '" + std::string(name) + "' (debug, info, warning, error)");
 }
 
-void set_level(Level level) { current_level.store(level); }
-Level level() { return current_level.load(); }
-bool enabled(Level level) { return static_cast<int>(level) >= static_cast<int>(current_level.load()); }
+void set_level(Level level)
+{
+	current_level.store(level);
+}
+Level level()
+{
+	return current_level.load();
+}
+bool enabled(Level level)
+{
+	return static_cast<int>(level) >= static_cast<int>(current_level.load());
+}
 
 void write(Level level, std::string_view message)
 {

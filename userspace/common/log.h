@@ -17,9 +17,22 @@ Level level();
 bool enabled(Level level);
 void write(Level level, std::string_view message);
 
-inline void debug(std::string_view m) { if (enabled(Level::debug)) write(Level::debug, m); }
-inline void info(std::string_view m) { write(Level::info, m); }
-inline void warning(std::string_view m) { write(Level::warning, m); }
-inline void error(std::string_view m) { write(Level::error, m); }
+inline void debug(std::string_view m)
+{
+	if (enabled(Level::debug))
+		write(Level::debug, m);
+}
+inline void info(std::string_view m)
+{
+	write(Level::info, m);
+}
+inline void warning(std::string_view m)
+{
+	write(Level::warning, m);
+}
+inline void error(std::string_view m)
+{
+	write(Level::error, m);
+}
 
 } // namespace cordon::log

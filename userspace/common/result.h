@@ -33,8 +33,7 @@ inline Error plain_error(std::string context)
 }
 
 // Minimal std::expected (C++23) for C++20: holds a T or an Error.
-template <typename T>
-class [[nodiscard]] Result {
+template <typename T> class [[nodiscard]] Result {
 public:
 	Result(T value) : state_(std::move(value)) {}
 	Result(Error error) : state_(std::move(error)) {}
@@ -56,8 +55,7 @@ private:
 	std::variant<T, Error> state_;
 };
 
-template <>
-class [[nodiscard]] Result<void> {
+template <> class [[nodiscard]] Result<void> {
 public:
 	Result() = default;
 	Result(Error error) : error_(std::move(error)), failed_(true) {}

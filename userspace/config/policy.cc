@@ -70,8 +70,10 @@ const std::map<std::string, Validator> &validators()
 	     }},
 	    {"cordon.config.Capture.ports", check_port},
 	    {"cordon.config.Capture.quic_ports", check_port},
-	    {"cordon.config.Capture.refresh_min_seconds", [](const std::string &v) { return check_range(v, 1, 86400); }},
-	    {"cordon.config.Capture.refresh_max_seconds", [](const std::string &v) { return check_range(v, 1, 86400); }},
+	    {"cordon.config.Capture.refresh_min_seconds",
+	     [](const std::string &v) { return check_range(v, 1, 86400); }},
+	    {"cordon.config.Capture.refresh_max_seconds",
+	     [](const std::string &v) { return check_range(v, 1, 86400); }},
 	    {"cordon.config.Enforce.cgroups", [](const std::string &v) { return normalize_cgroup_path(v); }},
 	    {"cordon.config.Enforce.exempt_cgroups", [](const std::string &v) { return normalize_cgroup_path(v); }},
 	    {"cordon.config.Daemon.listen_port", check_port},
@@ -97,7 +99,8 @@ const std::map<std::string, Validator> &validators()
 	     }},
 	    {"cordon.config.Daemon.pin_dir", check_absolute_path},
 	    {"cordon.config.Daemon.control_socket", check_absolute_path},
-	    {"cordon.config.Daemon.connect_timeout_ms", [](const std::string &v) { return check_range(v, 100, 600000); }},
+	    {"cordon.config.Daemon.connect_timeout_ms",
+	     [](const std::string &v) { return check_range(v, 100, 600000); }},
 	    {"cordon.config.Daemon.max_connections", [](const std::string &v) { return check_range(v, 1, 1000000); }},
 	    {"cordon.config.Daemon.buffer_size", [](const std::string &v) { return check_range(v, 4096, 1 << 20); }},
 	    {"cordon.config.Daemon.buffer_count",
@@ -134,9 +137,10 @@ public:
 				return fail(key_node, "duplicate key '" + key + "'");
 			const FieldDescriptor *field = desc->FindFieldByName(key);
 			if (!field)
-				return fail(key_node, "unknown key '" + key + "' in " + section_name(*desc) + " (expected " +
-							  keys_of(*desc) + ")");
-			Status st = field->is_repeated() ? apply_list(value, msg, field) : apply_single(value, msg, field);
+				return fail(key_node, "unknown key '" + key + "' in " + section_name(*desc) +
+				                          " (expected " + keys_of(*desc) + ")");
+			Status st =
+			    field->is_repeated() ? apply_list(value, msg, field) : apply_single(value, msg, field);
 			if (!st)
 				return st;
 		}
@@ -149,8 +153,8 @@ private:
 	Status fail(const YAML::Node &node, const std::string &what) const
 	{
 		auto mark = node.Mark();
-		return plain_error(source_ + ":" + std::to_string(mark.line + 1) + ":" + std::to_string(mark.column + 1) +
-				   ": " + what);
+		return plain_error(source_ + ":" + std::to_string(mark.line + 1) + ":" +
+		                   std::to_string(mark.column + 1) + ": " + what);
 	}
 
 	static std::string section_name(const Descriptor &desc)
@@ -213,8 +217,10 @@ private:
 				digits.remove_prefix(2);
 			}
 			auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), n, base);
-			if (ec != std::errc() || end != digits.data() + digits.size() || digits.empty() || n > 0xffffffffULL)
-				return fail(value, "'" + field->name() + "' must be a non-negative integer, got '" + text + "'");
+			if (ec != std::errc() || end != digits.data() + digits.size() || digits.empty() ||
+			    n > 0xffffffffULL)
+				return fail(value, "'" + field->name() + "' must be a non-negative integer, got '" +
+				                       text + "'");
 			auto checked = validate(value, field, std::to_string(n));
 			if (!checked)
 				return checked.error();
@@ -255,9 +261,11 @@ private:
 					});
 					names += (i > 1 ? ", " : "") + n;
 				}
-				return fail(value, "'" + field->name() + "' must be one of " + names + ", got '" + text + "'");
+				return fail(value,
+				            "'" + field->name() + "' must be one of " + names + ", got '" + text + "'");
 			}
-			add ? refl->AddEnumValue(&msg, field, ev->number()) : refl->SetEnumValue(&msg, field, ev->number());
+			add ? refl->AddEnumValue(&msg, field, ev->number())
+			    : refl->SetEnumValue(&msg, field, ev->number());
 			return {};
 		}
 		default:
@@ -282,7 +290,8 @@ Status check_whole(const config::Policy &p, const std::string &source)
 	if (p.capture().refresh_min_seconds() > p.capture().refresh_max_seconds())
 		return plain_error(source + ": capture.refresh_min_seconds exceeds capture.refresh_max_seconds");
 	if (p.enforce().cgroups().empty())
-		return plain_error(source + ": enforce.cgroups is empty, so nothing would be enforced (use \"/\" for the whole host)");
+		return plain_error(
+		    source + ": enforce.cgroups is empty, so nothing would be enforced (use \"/\" for the whole host)");
 	if (p.capture().ports().empty())
 		return plain_error(source + ": capture.ports is empty, so no connection would be captured");
 	return {};
@@ -302,8 +311,8 @@ Result<config::Policy> load_policy_text(const std::string &yaml, const std::stri
 			return st.error();
 		root = YAML::Load(yaml);
 	} catch (const YAML::Exception &e) {
-		return plain_error(source + ":" + std::to_string(e.mark.line + 1) + ":" + std::to_string(e.mark.column + 1) +
-				   ": " + e.msg);
+		return plain_error(source + ":" + std::to_string(e.mark.line + 1) + ":" +
+		                   std::to_string(e.mark.column + 1) + ": " + e.msg);
 	}
 	Loader loader(source);
 	Status st = loader.apply(root, policy);
@@ -367,7 +376,8 @@ void emit_message(YAML::Emitter &out, const Message &msg)
 				    << (index < 0 ? refl->GetString(msg, f) : refl->GetRepeatedString(msg, f, index));
 				break;
 			case FieldDescriptor::CPPTYPE_ENUM: {
-				std::string n = (index < 0 ? refl->GetEnum(msg, f) : refl->GetRepeatedEnum(msg, f, index))->name();
+				std::string n =
+				    (index < 0 ? refl->GetEnum(msg, f) : refl->GetRepeatedEnum(msg, f, index))->name();
 				std::transform(n.begin(), n.end(), n.begin(), [](unsigned char c) {
 					return c == '_' ? '-' : static_cast<char>(std::tolower(c));
 				});
@@ -375,7 +385,8 @@ void emit_message(YAML::Emitter &out, const Message &msg)
 				break;
 			}
 			case FieldDescriptor::CPPTYPE_MESSAGE:
-				emit_message(out, index < 0 ? refl->GetMessage(msg, f) : refl->GetRepeatedMessage(msg, f, index));
+				emit_message(out, index < 0 ? refl->GetMessage(msg, f)
+				                            : refl->GetRepeatedMessage(msg, f, index));
 				break;
 			default:
 				out << YAML::Null;

@@ -37,7 +37,8 @@ Result<nlohmann::json> control_request(const std::string &socket_path, const nlo
 	std::string response;
 	auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
 	for (;;) {
-		auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+		auto left =
+		    std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
 		if (left.count() <= 0)
 			return plain_error("cordond did not answer within 10 s");
 		pollfd p{fd.get(), POLLIN, 0};

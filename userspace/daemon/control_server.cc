@@ -38,7 +38,7 @@ public:
 	void arm()
 	{
 		io_uring_prep_multishot_accept(loop().prepare(*this, kAccept), fd_.get(), nullptr, nullptr,
-					       SOCK_NONBLOCK | SOCK_CLOEXEC);
+		                               SOCK_NONBLOCK | SOCK_CLOEXEC);
 	}
 	void on_completion(uint8_t op, int res, uint32_t flags) override
 	{
@@ -66,13 +66,9 @@ class ControlSession : public IoHandler {
 public:
 	ControlSession(ControlServer &server, UniqueFd fd, ControlPeer peer)
 	    : server_(server), fd_(std::move(fd)), peer_(peer), started_(Clock::now())
-	{
-	}
+	{}
 
-	void receive()
-	{
-		io_uring_prep_recv(loop().prepare(*this, kRecv), fd_.get(), chunk_.data(), chunk_.size(), 0);
-	}
+	void receive() { io_uring_prep_recv(loop().prepare(*this, kRecv), fd_.get(), chunk_.data(), chunk_.size(), 0); }
 
 	void on_completion(uint8_t op, int res, uint32_t) override
 	{
@@ -120,7 +116,7 @@ private:
 	void send_rest()
 	{
 		io_uring_prep_send(loop().prepare(*this, kSend), fd_.get(), response_.data() + sent_,
-				   response_.size() - sent_, MSG_NOSIGNAL);
+		                   response_.size() - sent_, MSG_NOSIGNAL);
 	}
 	void finish()
 	{
@@ -142,8 +138,7 @@ private:
 
 ControlServer::ControlServer(EventLoop &loop, std::string path, ControlHandler handler)
     : loop_(loop), path_(std::move(path)), handler_(std::move(handler))
-{
-}
+{}
 
 ControlServer::~ControlServer()
 {
@@ -179,7 +174,8 @@ Status ControlServer::start()
 		return system_error("chmod " + path_);
 	if (::listen(fd.get(), 128) != 0)
 		return system_error("listen on " + path_);
-	auto &listener = static_cast<ControlListener &>(loop_.add(std::make_unique<ControlListener>(*this, std::move(fd))));
+	auto &listener =
+	    static_cast<ControlListener &>(loop_.add(std::make_unique<ControlListener>(*this, std::move(fd))));
 	listener.arm();
 	return {};
 }
@@ -197,7 +193,8 @@ void ControlServer::on_accepted(int raw_fd)
 		log::warning("control: too many sessions, refusing one");
 		return;
 	}
-	auto session = std::make_unique<ControlSession>(*this, std::move(fd), ControlPeer{cred.pid, cred.uid, cred.gid});
+	auto session =
+	    std::make_unique<ControlSession>(*this, std::move(fd), ControlPeer{cred.pid, cred.uid, cred.gid});
 	ControlSession *raw = session.get();
 	sessions_.insert(raw);
 	loop_.add(std::move(session));

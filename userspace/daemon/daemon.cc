@@ -1,6 +1,5 @@
 #include "daemon/daemon.h"
 
-#include <nlohmann/json.hpp>
 #include <signal.h>
 #include <sys/resource.h>
 #include <sys/signalfd.h>
@@ -13,6 +12,7 @@
 #include <cstring>
 #include <fstream>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <set>
 
 #include "bpf/kernel_programs.h"
@@ -40,7 +40,9 @@ enum Op : uint8_t { kSignalRead = 1, kTimer, kCancel };
 // Reads stop/refresh signals through a signalfd on the loop.
 class SignalHandler : public IoHandler {
 public:
-	SignalHandler(UniqueFd fd, std::function<void(int)> on_signal) : fd_(std::move(fd)), on_signal_(std::move(on_signal)) {}
+	SignalHandler(UniqueFd fd, std::function<void(int)> on_signal)
+	    : fd_(std::move(fd)), on_signal_(std::move(on_signal))
+	{}
 	void arm() { io_uring_prep_read(loop().prepare(*this, kSignalRead), fd_.get(), &info_, sizeof(info_), 0); }
 	void on_completion(uint8_t op, int res, uint32_t) override
 	{
@@ -125,7 +127,7 @@ bool is_ancestor_or_self(const std::string &ancestor, const std::string &path)
 	if (ancestor == "/")
 		return true;
 	return path == ancestor || (path.size() > ancestor.size() && path.compare(0, ancestor.size(), ancestor) == 0 &&
-				    path[ancestor.size()] == '/');
+	                            path[ancestor.size()] == '/');
 }
 
 // Where cordond itself lives in the cgroup tree. Its own cgroup is exempt from enforcement, so
@@ -133,7 +135,7 @@ bool is_ancestor_or_self(const std::string &ancestor, const std::string &path)
 class OwnCgroup {
 public:
 	static Result<std::unique_ptr<OwnCgroup>> place(const CgroupHierarchy &h, const std::string &requested,
-							const config::Enforce &enforce)
+	                                                const config::Enforce &enforce)
 	{
 		auto current = h.own_path();
 		if (!current)
@@ -152,7 +154,8 @@ public:
 			return norm.error();
 		for (const auto &e : enforce.cgroups())
 			if (is_ancestor_or_self(*norm, e))
-				return plain_error("cordond's cgroup " + *norm + " would contain the enforced cgroup " + e);
+				return plain_error("cordond's cgroup " + *norm + " would contain the enforced cgroup " +
+				                   e);
 		std::string dir = h.absolute(*norm);
 		bool created = false;
 		if (::mkdir(dir.c_str(), 0755) == 0)
@@ -185,11 +188,11 @@ public:
 	const std::string &path() const { return path_; }
 
 private:
-	OwnCgroup(std::string path, std::string dir, bool created, std::string previous = "", std::string previous_dir = "")
+	OwnCgroup(std::string path, std::string dir, bool created, std::string previous = "",
+	          std::string previous_dir = "")
 	    : path_(std::move(path)), dir_(std::move(dir)), created_(created), previous_(std::move(previous)),
 	      previous_dir_(std::move(previous_dir))
-	{
-	}
+	{}
 	std::string path_, dir_;
 	bool created_;
 	std::string previous_, previous_dir_;
@@ -224,31 +227,36 @@ struct Runtime {
 		j["pid"] = ::getpid();
 		j["policy"] = options.policy_source;
 		j["programs"] = {{"attached", kernel.program_names()},
-				 {"adopted", kernel.adopted()},
-				 {"pin_dir", p.daemon().pin_dir()},
-				 {"cgroup_root", cgroups.mount_point()}};
+		                 {"adopted", kernel.adopted()},
+		                 {"pin_dir", p.daemon().pin_dir()},
+		                 {"cgroup_root", cgroups.mount_point()}};
 		json listeners = json::array();
 		for (const auto &l : relay->listening())
 			listeners.push_back(l.to_string());
 		j["listeners"] = listeners;
-		j["enforce"] = {{"cgroups", std::vector<std::string>(p.enforce().cgroups().begin(), p.enforce().cgroups().end())},
-				{"exempt", std::vector<std::string>(p.enforce().exempt_cgroups().begin(),
-								    p.enforce().exempt_cgroups().end())},
-				{"own_cgroup", own.path()}};
+		j["enforce"] = {
+		    {"cgroups", std::vector<std::string>(p.enforce().cgroups().begin(), p.enforce().cgroups().end())},
+		    {"exempt", std::vector<std::string>(p.enforce().exempt_cgroups().begin(),
+		                                        p.enforce().exempt_cgroups().end())},
+		    {"own_cgroup", own.path()}};
 		json hosts = json::array();
 		for (const auto &n : resolver->snapshot())
-			hosts.push_back({{"name", n.name}, {"addresses", n.addresses}, {"error", n.error},
-					 {"next_refresh_s", n.next_refresh_in_s}});
+			hosts.push_back({{"name", n.name},
+			                 {"addresses", n.addresses},
+			                 {"error", n.error},
+			                 {"next_refresh_s", n.next_refresh_in_s}});
 		json targets = json::array();
 		if (auto t = kernel.list_targets())
 			for (const auto &[cidr, source] : *t)
 				targets.push_back({{"cidr", cidr.to_string()},
-						   {"source", source == CORDON_TARGET_CIDR ? "cidr" : "resolved"}});
-		j["capture"] = {{"ports", std::vector<uint32_t>(p.capture().ports().begin(), p.capture().ports().end())},
-				{"quic_ports", std::vector<uint32_t>(p.capture().quic_ports().begin(), p.capture().quic_ports().end())},
-				{"patterns", std::vector<std::string>(p.capture().hosts().begin(), p.capture().hosts().end())},
-				{"hosts", hosts},
-				{"targets", targets}};
+				                   {"source", source == CORDON_TARGET_CIDR ? "cidr" : "resolved"}});
+		j["capture"] = {
+		    {"ports", std::vector<uint32_t>(p.capture().ports().begin(), p.capture().ports().end())},
+		    {"quic_ports",
+		     std::vector<uint32_t>(p.capture().quic_ports().begin(), p.capture().quic_ports().end())},
+		    {"patterns", std::vector<std::string>(p.capture().hosts().begin(), p.capture().hosts().end())},
+		    {"hosts", hosts},
+		    {"targets", targets}};
 		json counters = json::object();
 		if (auto c = kernel.counters())
 			for (int i = 0; i < CORDON_CTR__COUNT; i++)
@@ -257,26 +265,31 @@ struct Runtime {
 		if (auto n = kernel.origin_entries())
 			j["origin_entries"] = *n;
 		const RelayStats &s = relay->stats();
-		j["relay"] = {{"active", relay->active()},	  {"accepted", s.accepted},
-			      {"closed", s.closed},		  {"lookup_missed", s.lookup_missed},
-			      {"over_limit", s.over_limit},	  {"upstream_failed", s.upstream_failed},
-			      {"buffers_in_use", pool->in_use()}, {"buffers", pool->count()}};
-		j["journal"] = {{"written", journal.written()}, {"dropped", journal.dropped()}, {"fell_back", journal.fell_back()}};
+		j["relay"] = {{"active", relay->active()},
+		              {"accepted", s.accepted},
+		              {"closed", s.closed},
+		              {"lookup_missed", s.lookup_missed},
+		              {"over_limit", s.over_limit},
+		              {"upstream_failed", s.upstream_failed},
+		              {"buffers_in_use", pool->in_use()},
+		              {"buffers", pool->count()}};
+		j["journal"] = {
+		    {"written", journal.written()}, {"dropped", journal.dropped()}, {"fell_back", journal.fell_back()}};
 		json conns = json::array();
 		for (const auto &c : relay->connections())
 			conns.push_back({{"id", c.id},
-					 {"pid", c.pid},
-					 {"uid", c.uid},
-					 {"gid", c.gid},
-					 {"comm", c.comm},
-					 {"cgroup", c.cgroup},
-					 {"client", c.client},
-					 {"destination", c.destination},
-					 {"upstream_local", c.upstream_local},
-					 {"state", c.state},
-					 {"bytes_up", c.bytes_up},
-					 {"bytes_down", c.bytes_down},
-					 {"age_ms", c.age_ms}});
+			                 {"pid", c.pid},
+			                 {"uid", c.uid},
+			                 {"gid", c.gid},
+			                 {"comm", c.comm},
+			                 {"cgroup", c.cgroup},
+			                 {"client", c.client},
+			                 {"destination", c.destination},
+			                 {"upstream_local", c.upstream_local},
+			                 {"state", c.state},
+			                 {"bytes_up", c.bytes_up},
+			                 {"bytes_down", c.bytes_down},
+			                 {"age_ms", c.age_ms}});
 		j["connections"] = conns;
 		return j;
 	}
@@ -365,8 +378,9 @@ Status run_daemon(const DaemonOptions &options)
 	Journal journal;
 	{
 		JournalEntry e;
-		e.message = std::string(kp.adopted() ? "adopted pinned" : "attached") + " BPF programs at cgroup2 root " +
-			    hierarchy->mount_point() + " (pins in " + ks.pin_dir + ")";
+		e.message = std::string(kp.adopted() ? "adopted pinned" : "attached") +
+		            " BPF programs at cgroup2 root " + hierarchy->mount_point() + " (pins in " + ks.pin_dir +
+		            ")";
 		e.add("CORDON_EVENT", "bpf_attach")
 		    .add("CORDON_PIN_DIR", ks.pin_dir)
 		    .add("CORDON_CGROUP_ROOT", hierarchy->mount_point())
@@ -416,8 +430,8 @@ Status run_daemon(const DaemonOptions &options)
 		const uint32_t fit = lim.rlim_cur > 256 ? static_cast<uint32_t>((lim.rlim_cur - 256) / 2) : 1;
 		if (rs.max_connections > fit) {
 			log::warning("daemon.max_connections " + std::to_string(rs.max_connections) + " needs " +
-				     std::to_string(2 * rs.max_connections + 256) + " open files but the limit is " +
-				     std::to_string(lim.rlim_cur) + ": using " + std::to_string(fit));
+			             std::to_string(2 * rs.max_connections + 256) + " open files but the limit is " +
+			             std::to_string(lim.rlim_cur) + ": using " + std::to_string(fit));
 			rs.max_connections = fit;
 		}
 	}
@@ -440,9 +454,9 @@ Status run_daemon(const DaemonOptions &options)
 	runtime.resolver = &resolver;
 	runtime.pool = pool->get();
 	ControlServer control(**loop, p.daemon().control_socket(),
-			      [&runtime](const std::string &line, const ControlPeer &peer) {
-				      return runtime.handle_control(line, peer);
-			      });
+	                      [&runtime](const std::string &line, const ControlPeer &peer) {
+		                      return runtime.handle_control(line, peer);
+	                      });
 	if (Status st = control.start(); !st)
 		return st;
 
@@ -472,7 +486,7 @@ Status run_daemon(const DaemonOptions &options)
 	for (const auto &l : relay.listening())
 		listening += (listening.empty() ? "" : ", ") + l.to_string();
 	log::info("cordond " + std::string(kCordonVersion) + " ready: listening on " + listening + ", control " +
-		  control.path());
+	          control.path());
 	sd_notify(0, "READY=1");
 
 	Status result = ev.run();
@@ -482,12 +496,13 @@ Status run_daemon(const DaemonOptions &options)
 		Status st = kp.detach();
 		JournalEntry e;
 		e.message = st ? "fail-open stop: BPF programs detached, traffic flows unseen until cordond returns"
-			       : "fail-open stop: detaching BPF programs failed: " + st.error().message();
+		               : "fail-open stop: detaching BPF programs failed: " + st.error().message();
 		e.add("CORDON_EVENT", "bpf_detach").add("CORDON_PIN_DIR", ks.pin_dir);
 		journal.send(std::move(e));
 	} else {
 		JournalEntry e;
-		e.message = "cordond stopped; BPF programs stay attached, captured connections are refused until it returns";
+		e.message =
+		    "cordond stopped; BPF programs stay attached, captured connections are refused until it returns";
 		e.add("CORDON_EVENT", "daemon_stop").add("CORDON_PIN_DIR", ks.pin_dir);
 		journal.send(std::move(e));
 	}

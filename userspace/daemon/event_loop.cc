@@ -46,8 +46,8 @@ Result<std::unique_ptr<BufferPool>> BufferPool::create(io_uring *ring, uint16_t 
 		return system_error("register provided buffer ring", -rc);
 	const int mask = io_uring_buf_ring_mask(count);
 	for (uint32_t i = 0; i < count; i++)
-		io_uring_buf_ring_add(pool->br_, pool->data(static_cast<uint16_t>(i)), size, static_cast<uint16_t>(i), mask,
-				      static_cast<int>(i));
+		io_uring_buf_ring_add(pool->br_, pool->data(static_cast<uint16_t>(i)), size, static_cast<uint16_t>(i),
+		                      mask, static_cast<int>(i));
 	io_uring_buf_ring_advance(pool->br_, static_cast<int>(count));
 	return pool;
 }
@@ -77,7 +77,7 @@ Result<std::unique_ptr<EventLoop>> EventLoop::create(uint32_t entries)
 	// One thread submits and reaps, so completion work can wait until that thread asks for it
 	// (no interrupts into the loop while it runs): SINGLE_ISSUER + DEFER_TASKRUN, Linux 6.1+.
 	params.flags = IORING_SETUP_CQSIZE | IORING_SETUP_SUBMIT_ALL | IORING_SETUP_COOP_TASKRUN |
-		       IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN;
+	               IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN;
 	params.cq_entries = entries * 8;
 	int rc = io_uring_queue_init_params(entries, &loop->ring_, &params);
 	if (rc == -EINVAL) {
@@ -164,7 +164,7 @@ void EventLoop::dispatch(const io_uring_cqe *cqe)
 	if (slot >= slots_.size() || !slots_[slot] || slots_[slot]->generation_ != generation) {
 		// Cannot happen while handlers are only reaped with nothing in flight; say so loudly.
 		log::error("io_uring completion for a retired handler (slot " + std::to_string(slot) + ", op " +
-			   std::to_string(op) + ")");
+		           std::to_string(op) + ")");
 		return;
 	}
 	IoHandler &h = *slots_[slot];

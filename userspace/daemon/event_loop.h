@@ -49,7 +49,8 @@ private:
 // data arrives. Idle connections therefore hold no buffer at all.
 class BufferPool {
 public:
-	static Result<std::unique_ptr<BufferPool>> create(io_uring *ring, uint16_t group, uint32_t count, uint32_t size);
+	static Result<std::unique_ptr<BufferPool>> create(io_uring *ring, uint16_t group, uint32_t count,
+	                                                  uint32_t size);
 	~BufferPool();
 	BufferPool(const BufferPool &) = delete;
 	BufferPool &operator=(const BufferPool &) = delete;

@@ -78,8 +78,10 @@ void Journal::run()
 		if (uint64_t d = dropped_.load(); d != reported_drops) {
 			JournalEntry note;
 			note.priority = 4;
-			note.message = "journal queue full: " + std::to_string(d - reported_drops) + " audit entries dropped";
-			note.add("CORDON_EVENT", "journal_overflow").add("CORDON_DROPPED", std::to_string(d - reported_drops));
+			note.message =
+			    "journal queue full: " + std::to_string(d - reported_drops) + " audit entries dropped";
+			note.add("CORDON_EVENT", "journal_overflow")
+			    .add("CORDON_DROPPED", std::to_string(d - reported_drops));
 			write_one(note);
 			reported_drops = d;
 		}
@@ -110,8 +112,10 @@ void Journal::write_one(const JournalEntry &entry)
 		for (char c : value)
 			line += (c == '\n') ? std::string("\\n") : std::string(1, c);
 	}
-	log::write(entry.priority <= 3 ? log::Level::error : entry.priority == 4 ? log::Level::warning : log::Level::info,
-		   line);
+	log::write(entry.priority <= 3   ? log::Level::error
+	           : entry.priority == 4 ? log::Level::warning
+	                                 : log::Level::info,
+	           line);
 }
 
 } // namespace cordon

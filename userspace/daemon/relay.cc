@@ -98,8 +98,7 @@ class Listener : public IoHandler {
 public:
 	Listener(RelayServer &server, UniqueFd fd, SocketAddress address)
 	    : server_(server), fd_(std::move(fd)), address_(address)
-	{
-	}
+	{}
 
 	void arm()
 	{
@@ -289,9 +288,9 @@ private:
 			return;
 		if (res < 0) {
 			server_.stats_.upstream_failed++;
-			const char *result = res == -ECANCELED ? "upstream_timeout"
-					     : res == -ECONNREFUSED ? "upstream_refused"
-								    : "upstream_unreachable";
+			const char *result = res == -ECANCELED      ? "upstream_timeout"
+			                     : res == -ECONNREFUSED ? "upstream_refused"
+			                                            : "upstream_unreachable";
 			return fail(result, res == -ECANCELED ? ETIMEDOUT : -res, true);
 		}
 		if (auto local = local_address(upstream_.get()))
@@ -317,13 +316,14 @@ private:
 		if (!f.send_armed && f.count > 0 && connected_) {
 			Chunk &c = f.chunks[f.head];
 			io_uring_sqe *sqe = loop().prepare(*this, static_cast<uint8_t>(kSend + index));
-			io_uring_prep_send(sqe, f.to->get(), server_.pool_.data(c.bid) + c.off, c.len - c.off, MSG_NOSIGNAL);
+			io_uring_prep_send(sqe, f.to->get(), server_.pool_.data(c.bid) + c.off, c.len - c.off,
+			                   MSG_NOSIGNAL);
 			f.send_armed = true;
 		}
 		// Half-close: once everything read before EOF is written, pass the EOF on.
 		if (f.eof && f.count == 0 && !f.send_armed && !f.shutdown_armed && !f.shut && connected_) {
-			io_uring_prep_shutdown(loop().prepare(*this, static_cast<uint8_t>(kShutdown + index)), f.to->get(),
-					       SHUT_WR);
+			io_uring_prep_shutdown(loop().prepare(*this, static_cast<uint8_t>(kShutdown + index)),
+			                       f.to->get(), SHUT_WR);
 			f.shutdown_armed = true;
 		}
 	}
@@ -430,7 +430,7 @@ private:
 	{
 		JournalEntry e;
 		e.message = "open " + id_ + ": " + comm_of(origin_) + "[" + std::to_string(origin_.tgid) + "] uid " +
-			    std::to_string(origin_.uid) + " cgroup " + cgroup_ + " -> " + destination_.to_string();
+		            std::to_string(origin_.uid) + " cgroup " + cgroup_ + " -> " + destination_.to_string();
 		e.add("CORDON_EVENT", "connection_open");
 		add_identity(e);
 		server_.journal_.send(std::move(e));
@@ -444,7 +444,7 @@ private:
 		char duration[32];
 		std::snprintf(duration, sizeof(duration), "%.1f ms", static_cast<double>(us) / 1000.0);
 		e.message = "close " + id_ + ": " + result_ + ", " + human_bytes(flows_[kUp].bytes) + " up, " +
-			    human_bytes(flows_[kDown].bytes) + " down, " + duration;
+		            human_bytes(flows_[kDown].bytes) + " down, " + duration;
 		if (error_)
 			e.message += " (" + std::string(std::strerror(error_)) + ")";
 		e.add("CORDON_EVENT", "connection_close");
@@ -480,7 +480,7 @@ private:
 // ---------------------------------------------------------------------------------------------
 
 RelayServer::RelayServer(EventLoop &loop, BufferPool &pool, KernelPrograms &kernel, Journal &journal,
-			 CgroupPathCache &cgroups, RelaySettings settings)
+                         CgroupPathCache &cgroups, RelaySettings settings)
     : loop_(loop), pool_(pool), kernel_(kernel), journal_(journal), cgroups_(cgroups), settings_(std::move(settings))
 {
 	uint32_t random = 0;
@@ -493,7 +493,10 @@ RelayServer::RelayServer(EventLoop &loop, BufferPool &pool, KernelPrograms &kern
 
 RelayServer::~RelayServer() = default;
 
-std::string RelayServer::next_id() { return instance_ + "-" + std::to_string(++sequence_); }
+std::string RelayServer::next_id()
+{
+	return instance_ + "-" + std::to_string(++sequence_);
+}
 
 Status RelayServer::start()
 {
@@ -515,7 +518,7 @@ Status RelayServer::start()
 		if (::bind(fd.get(), reinterpret_cast<sockaddr *>(&ss), len) != 0) {
 			if (addr.family() == AF_INET6 && (errno == EADDRNOTAVAIL || errno == EAFNOSUPPORT)) {
 				log::warning("no IPv6 loopback (" + std::string(std::strerror(errno)) +
-					     "): IPv6 connections to targets will be refused");
+				             "): IPv6 connections to targets will be refused");
 				continue;
 			}
 			return system_error("bind listener " + addr.to_string());
@@ -546,7 +549,7 @@ void RelayServer::on_accepted(int raw_fd, const SocketAddress &local)
 		auto now = Clock::now();
 		if (now - last_limit_log_ > std::chrono::seconds(10)) {
 			log::warning("connection limit (" + std::to_string(settings_.max_connections) +
-				     ") reached: refusing new connections");
+			             ") reached: refusing new connections");
 			last_limit_log_ = now;
 		}
 		return refuse();
@@ -574,7 +577,8 @@ void RelayServer::on_accepted(int raw_fd, const SocketAddress &local)
 			log::error(st.error().message());
 		auto now = Clock::now();
 		if (now - last_miss_log_ > std::chrono::seconds(10)) {
-			log::warning("connection from " + peer->to_string() + " has no origin (not redirected by cordon): refused");
+			log::warning("connection from " + peer->to_string() +
+			             " has no origin (not redirected by cordon): refused");
 			last_miss_log_ = now;
 		}
 		return refuse();
@@ -587,7 +591,10 @@ void RelayServer::on_accepted(int raw_fd, const SocketAddress &local)
 	raw->start();
 }
 
-void RelayServer::starve(RelayConnection *conn, int flow) { starved_.emplace_back(conn, flow); }
+void RelayServer::starve(RelayConnection *conn, int flow)
+{
+	starved_.emplace_back(conn, flow);
+}
 
 void RelayServer::resume_starved()
 {

@@ -41,17 +41,17 @@ struct ConnectionInfo {
 };
 
 struct RelayStats {
-	uint64_t accepted = 0;       // connections with an origin
-	uint64_t lookup_missed = 0;  // accepted, but nothing redirected them: refused
-	uint64_t over_limit = 0;     // refused at max_connections
+	uint64_t accepted = 0;      // connections with an origin
+	uint64_t lookup_missed = 0; // accepted, but nothing redirected them: refused
+	uint64_t over_limit = 0;    // refused at max_connections
 	uint64_t upstream_failed = 0;
 	uint64_t closed = 0;
 };
 
 class RelayServer {
 public:
-	RelayServer(EventLoop &loop, BufferPool &pool, KernelPrograms &kernel, Journal &journal, CgroupPathCache &cgroups,
-		    RelaySettings settings);
+	RelayServer(EventLoop &loop, BufferPool &pool, KernelPrograms &kernel, Journal &journal,
+	            CgroupPathCache &cgroups, RelaySettings settings);
 	~RelayServer();
 
 	// Binds and listens on every listen address; the first failure is returned. An IPv6

@@ -206,7 +206,8 @@ std::vector<NameStatus> TargetResolver::snapshot() const
 		for (const auto &ip : state.addresses)
 			s.addresses.push_back(ip.to_string());
 		s.error = state.error;
-		s.next_refresh_in_s = std::chrono::duration_cast<std::chrono::seconds>(state.next_refresh - now).count();
+		s.next_refresh_in_s =
+		    std::chrono::duration_cast<std::chrono::seconds>(state.next_refresh - now).count();
 		out.push_back(std::move(s));
 	}
 	return out;
