@@ -20,10 +20,18 @@ INCLUDES := -I$(BUILD) -I$(BUILD)/gen -Iinclude -Iuserspace -Ibpf
 CXXFLAGS_BASE := -std=c++20 -Wall -Wextra -Werror -g $(INCLUDES) -MMD -MP
 CXXFLAGS ?= -O2
 SAN_FLAGS := -O1 -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
-LIBS := -lbpf -lelf -lz -luring -lsystemd -lboost_program_options -lyaml-cpp -lprotobuf -lresolv -lpthread
+LIBS := -lbpf -lelf -luring -lsystemd -lboost_program_options -lyaml-cpp -lprotobuf -lssl -lcrypto -lnghttp2 -lz \
+	-lresolv -lpthread
 TEST_LIBS := -lgtest -lgmock -lpthread
 
 PROTOS := $(wildcard proto/cordon/*.proto)
+# Cursor's publicly known message shapes: compiled into a descriptor set that cordond and cordonctl
+# load at run time to decode any message to JSON (names where known, numbers where not).
+CURSOR_PROTOS := $(shell find proto/cursor -name '*.proto' 2>/dev/null | sort)
+FUZZ_SRCS := $(wildcard tests/fuzz/*.cc)
+FUZZ_TARGETS := $(patsubst tests/fuzz/%.cc,$(BUILD)/fuzz/%,$(FUZZ_SRCS))
+FUZZ_SECONDS ?= 30
+STANDIN_MODULES := tests/standin/node_modules/.package-lock.json
 PROTO_CC := $(patsubst proto/%.proto,$(BUILD)/gen/%.pb.cc,$(PROTOS))
 PROTO_H := $(PROTO_CC:.cc=.h)
 GEN_HEADERS := $(BUILD)/cordon.skel.h $(PROTO_H)
@@ -36,11 +44,13 @@ UNIT_SRCS := $(wildcard tests/unit/*.cc)
 UNIT_OBJS := $(patsubst %.cc,$(BUILD)/obj/%.o,$(UNIT_SRCS))
 SAN_UNIT_OBJS := $(patsubst %.cc,$(BUILD)/san/%.o,$(UNIT_SRCS))
 BENCH_SRCS := $(wildcard bench/*.cc)
+MICROBENCH_SRCS := $(wildcard bench/micro/*.cc)
 
-.PHONY: all deps test unit unit-san integration demo bench fmt fmt-check install uninstall clean
+.PHONY: all deps test unit unit-san integration demo bench fmt fmt-check install uninstall clean fuzz fuzz-regress standin
 .DELETE_ON_ERROR:
+.SECONDEXPANSION:
 
-all: $(BUILD)/cordond $(BUILD)/cordonctl $(BUILD)/cordon.bpf.o
+all: $(BUILD)/cordond $(BUILD)/cordonctl $(BUILD)/cordon.bpf.o $(if $(CURSOR_PROTOS),$(BUILD)/cursor.desc)
 
 deps:
 	./scripts/install-deps.sh
@@ -60,6 +70,16 @@ $(BUILD)/cordon.skel.h: $(BUILD)/cordon.bpf.o
 $(BUILD)/gen/%.pb.cc $(BUILD)/gen/%.pb.h: proto/%.proto
 	@mkdir -p $(BUILD)/gen
 	$(PROTOC) -Iproto --cpp_out=$(BUILD)/gen $<
+
+$(BUILD)/cursor.desc: $(CURSOR_PROTOS)
+	@mkdir -p $(@D)
+	$(PROTOC) -Iproto --include_imports --descriptor_set_out=$@ $(patsubst proto/%,%,$(CURSOR_PROTOS))
+
+# The Cursor stand-in's npm packages, pinned by tests/standin/package-lock.json.
+$(STANDIN_MODULES): tests/standin/package.json tests/standin/package-lock.json
+	cd tests/standin && npm ci --no-audit --no-fund --loglevel=error
+
+standin: $(STANDIN_MODULES)
 
 $(BUILD)/gen/default_policy.cc: userspace/config/default_policy.yaml
 	@mkdir -p $(@D)
@@ -101,8 +121,32 @@ $(BUILD)/unit-tests: $(UNIT_OBJS) $(BUILD)/libcordon.a
 $(BUILD)/unit-tests-san: $(SAN_UNIT_OBJS) $(BUILD)/libcordon-san.a
 	$(CXX) -fsanitize=address,undefined $^ -o $@ $(TEST_LIBS) $(LIBS) -lgtest_main
 
+# Google Benchmark micro-benchmarks of library code (leaf minting, parsers, ...).
+$(BUILD)/cordon-microbench: $(patsubst %.cc,$(BUILD)/obj/%.o,$(MICROBENCH_SRCS)) $(BUILD)/libcordon.a
+	$(CXX) $^ -o $@ -lbenchmark_main -lbenchmark $(LIBS)
+
 $(BUILD)/cordon-bench: $(patsubst %.cc,$(BUILD)/obj/%.o,$(BENCH_SRCS))
 	$(CXX) $^ -o $@
+
+# --- fuzz targets: tests/fuzz/NAME.cc with the sources it needs in FUZZ_DEPS_NAME ---
+include $(wildcard tests/fuzz/*.mk)
+FUZZ_FLAGS := -g -O1 -std=c++20 -fsanitize=fuzzer,address,undefined $(INCLUDES)
+
+$(BUILD)/fuzz/%: tests/fuzz/%.cc $$(FUZZ_DEPS_$$*) | $(GEN_HEADERS)
+	@mkdir -p $(@D)
+	clang++ $(FUZZ_FLAGS) $< $(FUZZ_DEPS_$*) -o $@ $(FUZZ_LIBS_$*)
+
+# Every target for FUZZ_SECONDS, from its seed corpus; new findings land in build/fuzz/NAME.corpus.
+fuzz: $(FUZZ_TARGETS)
+	@for t in $(FUZZ_TARGETS); do n=$$(basename $$t); mkdir -p $(BUILD)/fuzz/$$n.corpus; \
+	  echo "fuzz: $$n for $(FUZZ_SECONDS) s"; \
+	  $$t -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 $(BUILD)/fuzz/$$n.corpus tests/fuzz/corpus/$$n || exit 1; done
+
+# Replays the seed corpora (and regression inputs) once: quick, part of make test.
+fuzz-regress: $(FUZZ_TARGETS)
+	@for t in $(FUZZ_TARGETS); do n=$$(basename $$t); \
+	  $$t -runs=0 tests/fuzz/corpus/$$n > $(BUILD)/fuzz/$$n.regress.log 2>&1 || { cat $(BUILD)/fuzz/$$n.regress.log; exit 1; }; \
+	  echo "fuzz-regress: $$n ok ($$(ls tests/fuzz/corpus/$$n | wc -l) inputs)"; done
 
 # --- tests ---
 test:

@@ -8,12 +8,16 @@ packages=(
   make g++ pkg-config clang llvm bpftool libbpf-dev libelf-dev zlib1g-dev
   liburing-dev libboost-program-options-dev libsystemd-dev nlohmann-json3-dev
   libyaml-cpp-dev libprotobuf-dev protobuf-compiler clang-format
+  # TLS interception, HTTP/2, HTTP/1.1 (Boost.Beast is header-only, in libboost-dev)
+  libssl-dev libnghttp2-dev libboost-dev
+  # fuzz targets (clang's libFuzzer and sanitizer runtimes)
+  libclang-rt-14-dev
   # unit tests and benchmarks
   libgtest-dev libgmock-dev libbenchmark-dev
   # integration tests and demo: real journald, real clients, namespaces, certificates
   systemd curl python3 python3-pytest iproute2 util-linux procps openssl ca-certificates
-  # side-by-side relay benchmarks
-  socat haproxy
+  # side-by-side benchmarks: plain relays, TLS-terminating and TLS-intercepting proxies, h2load
+  socat haproxy nginx-light mitmproxy nghttp2-client
 )
 
 missing=()

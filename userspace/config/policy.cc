@@ -98,6 +98,9 @@ const std::map<std::string, Validator> &validators()
 		     return v;
 	     }},
 	    {"cordon.config.Daemon.pin_dir", check_absolute_path},
+	    {"cordon.config.Daemon.state_dir", check_absolute_path},
+	    {"cordon.config.Tls.leaf_validity_hours", [](const std::string &v) { return check_range(v, 1, 24 * 30); }},
+	    {"cordon.config.Tls.leaf_cache_size", [](const std::string &v) { return check_range(v, 16, 1000000); }},
 	    {"cordon.config.Daemon.control_socket", check_absolute_path},
 	    {"cordon.config.Daemon.connect_timeout_ms",
 	     [](const std::string &v) { return check_range(v, 100, 600000); }},
