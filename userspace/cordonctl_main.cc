@@ -9,6 +9,7 @@
 
 #include "bpf/kernel_programs.h"
 #include "config/policy.h"
+#include "ctl/ca_command.h"
 #include "ctl/control_client.h"
 #include "daemon/daemon.h"
 
@@ -20,19 +21,47 @@ namespace {
 
 constexpr int kExitNotRunning = 3;
 
-const char *kUsage = R"(usage: cordonctl [--socket PATH] [--pin-dir DIR] COMMAND [--json]
+const char *kUsage = R"(usage: cordonctl [--socket PATH] [--pin-dir DIR] [--state-dir DIR] COMMAND [--json]
 
 commands:
   status     what cordond is doing: programs, listeners, counters, live connections
   detach     detach and unpin cordon's BPF programs (root only); traffic then flows unseen
   version    print the version
+  ca init | show | install | uninstall | issue HOST
+             the host CA in DIR/ca and the host trust stores (root only; `cordonctl ca` for more)
 )";
 
+// Strings from jobs (process names, cgroup names, SNI) must not drive root's terminal: control
+// characters, including the C1 range that UTF-8 encodes as C2 80..9F, are shown escaped.
+std::string printable(const std::string &s)
+{
+	std::string out;
+	for (size_t i = 0; i < s.size(); i++) {
+		const unsigned char c = static_cast<unsigned char>(s[i]);
+		const bool c1 = c == 0xc2 && i + 1 < s.size() && static_cast<unsigned char>(s[i + 1]) >= 0x80 &&
+		                static_cast<unsigned char>(s[i + 1]) <= 0x9f;
+		if (c < 0x20 || c == 0x7f || c1) {
+			char buf[8];
+			std::snprintf(buf, sizeof(buf), "\\x%02x", c1 ? static_cast<unsigned char>(s[++i]) : c);
+			out += buf;
+		} else {
+			out.push_back(static_cast<char>(c));
+		}
+	}
+	return out;
+}
+
+std::string printable(const json &v)
+{
+	return printable(v.is_string() ? v.get<std::string>() : v.dump());
+}
+
 std::string join(const json &array, const char *sep = ", ")
+
 {
 	std::string out;
 	for (const auto &v : array)
-		out += (out.empty() ? "" : sep) + (v.is_string() ? v.get<std::string>() : v.dump());
+		out += (out.empty() ? "" : sep) + printable(v);
 	return out;
 }
 
@@ -77,11 +106,10 @@ void print_status(const json &s)
 	          << std::setw(11) << "UP" << std::setw(11) << "DOWN"
 	          << "STATE\n";
 	for (const auto &c : conns)
-		std::cout << "  " << std::left << std::setw(20) << c["id"].get<std::string>() << std::setw(8)
-		          << c["pid"] << std::setw(7) << c["uid"] << std::setw(16) << c["comm"].get<std::string>()
-		          << std::setw(28) << c["cgroup"].get<std::string>() << std::setw(24)
-		          << c["destination"].get<std::string>() << std::setw(11) << c["bytes_up"] << std::setw(11)
-		          << c["bytes_down"] << c["state"].get<std::string>() << "\n";
+		std::cout << "  " << std::left << std::setw(20) << printable(c["id"]) << std::setw(8) << c["pid"]
+		          << std::setw(7) << c["uid"] << std::setw(16) << printable(c["comm"]) << std::setw(28)
+		          << printable(c["cgroup"]) << std::setw(24) << printable(c["destination"]) << std::setw(11)
+		          << c["bytes_up"] << std::setw(11) << c["bytes_down"] << printable(c["state"]) << "\n";
 }
 
 // cordond is not answering: say what the kernel side is doing without it.
@@ -128,13 +156,19 @@ int main(int argc, char **argv)
 		("json", "machine-readable output")
 		("socket", po::value<std::string>()->default_value(defaults.daemon().control_socket()), "control socket")
 		("pin-dir", po::value<std::string>()->default_value(defaults.daemon().pin_dir()), "bpffs pin directory")
+		("state-dir", po::value<std::string>()->default_value(defaults.daemon().state_dir()), "state directory (the CA)")
 		("command", po::value<std::string>(), "command");
+	po::options_description hidden;
+	hidden.add_options()
+		("args", po::value<std::vector<std::string>>()->default_value({}, ""), "the command's arguments");
 	// clang-format on
+	po::options_description all;
+	all.add(opts).add(hidden);
 	po::positional_options_description positional;
-	positional.add("command", 1);
+	positional.add("command", 1).add("args", -1);
 	po::variables_map vm;
 	try {
-		po::store(po::command_line_parser(argc, argv).options(opts).positional(positional).run(), vm);
+		po::store(po::command_line_parser(argc, argv).options(all).positional(positional).run(), vm);
 		po::notify(vm);
 	} catch (const po::error &e) {
 		std::cerr << "cordonctl: " << e.what() << "\n" << kUsage;
@@ -148,6 +182,14 @@ int main(int argc, char **argv)
 	const std::string socket = vm["socket"].as<std::string>();
 	const std::string pin_dir = vm["pin-dir"].as<std::string>();
 	const bool as_json = vm.count("json") > 0;
+	const auto args = vm["args"].as<std::vector<std::string>>();
+
+	if (command == "ca")
+		return run_ca_command(args, vm["state-dir"].as<std::string>(), std::cout, std::cerr);
+	if (!args.empty()) {
+		std::cerr << "cordonctl: unexpected argument '" << args[0] << "'\n" << kUsage;
+		return 2;
+	}
 
 	if (command == "version") {
 		std::cout << "cordonctl " << kCordonVersion << "\n";
