@@ -153,7 +153,7 @@ test:
 	./scripts/install-deps.sh
 	$(MAKE) fmt-check
 	$(MAKE) all $(BUILD)/unit-tests $(BUILD)/unit-tests-san
-	$(MAKE) unit unit-san integration
+	$(MAKE) unit unit-san fuzz-regress integration
 
 unit: $(BUILD)/unit-tests
 	$(BUILD)/unit-tests
@@ -161,12 +161,12 @@ unit: $(BUILD)/unit-tests
 unit-san: $(BUILD)/unit-tests-san
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 $(BUILD)/unit-tests-san
 
-integration: all
+integration: all standin
 	$(PYTHON) -m pytest -v -p no:cacheprovider tests/integration
 
 demo:
 	./scripts/install-deps.sh
-	$(MAKE) all
+	$(MAKE) all standin
 	./scripts/demo.sh
 
 bench:

@@ -28,6 +28,7 @@ const volatile __u32 listen_ip6[4] = {};
 const volatile __u32 listen_port_be = 0;
 const volatile __u32 upstream_mark = 0;
 const volatile __u64 host_netns_cookie = 0;
+const volatile __u64 cordond_cgroup_id = 0;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
@@ -66,6 +67,14 @@ struct {
 	__type(key, struct cordon_tuple);
 	__type(value, struct cordon_origin);
 } origins SEC(".maps");
+
+/* Tags cordond's listening sockets (written from userspace with the socket fd as key). */
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct cordon_listener_tag);
+} listener_tags SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -140,8 +149,12 @@ static __always_inline struct cordon_decision decide(struct bpf_sock_addr *ctx, 
 	facts.scope = current_scope();
 	facts.sk_mark = ctx->sk->mark;
 	facts.same_netns = bpf_get_netns_cookie(ctx) == host_netns_cookie;
+	facts.in_cordond_cgroup = cordond_cgroup_id != 0 && bpf_get_current_cgroup_id() == cordond_cgroup_id;
 	d = cordon_decide_connect(&facts, upstream_mark);
-	count(d.counter);
+	/* A redirect is counted by the caller once it really happens (the listener check may
+	 * still refuse it). */
+	if (d.verdict != CORDON_VERDICT_REDIRECT)
+		count(d.counter);
 	return d;
 }
 
@@ -175,6 +188,35 @@ static __always_inline int remember_origin(struct bpf_sock_addr *ctx, const __u8
 	return 1;
 }
 
+/* Is the socket listening on our redirect address really cordond's? A port above 1024 can be
+ * taken by anyone while cordond is down; such a listener must never receive a job's traffic. */
+static __always_inline int cordond_listening(struct bpf_sock_addr *ctx, int v6)
+{
+	struct bpf_sock_tuple tuple = {};
+	struct bpf_sock *sk;
+	struct cordon_listener_tag *tag;
+	int ours = 0;
+
+	if (v6) {
+		tuple.ipv6.daddr[0] = listen_ip6[0];
+		tuple.ipv6.daddr[1] = listen_ip6[1];
+		tuple.ipv6.daddr[2] = listen_ip6[2];
+		tuple.ipv6.daddr[3] = listen_ip6[3];
+		tuple.ipv6.dport = (__u16)listen_port_be;
+		sk = bpf_sk_lookup_tcp(ctx, &tuple, sizeof(tuple.ipv6), BPF_F_CURRENT_NETNS, 0);
+	} else {
+		tuple.ipv4.daddr = listen_ip4;
+		tuple.ipv4.dport = (__u16)listen_port_be;
+		sk = bpf_sk_lookup_tcp(ctx, &tuple, sizeof(tuple.ipv4), BPF_F_CURRENT_NETNS, 0);
+	}
+	if (!sk)
+		return 0;
+	tag = bpf_sk_storage_get(&listener_tags, sk, 0, 0);
+	ours = tag && tag->magic == CORDON_LISTENER_MAGIC;
+	bpf_sk_release(sk);
+	return ours;
+}
+
 SEC("cgroup/connect4")
 int cordon_connect4(struct bpf_sock_addr *ctx)
 {
@@ -188,8 +230,13 @@ int cordon_connect4(struct bpf_sock_addr *ctx)
 		return 1;
 	if (d.verdict == CORDON_VERDICT_REFUSE)
 		return 0;
+	if (!cordond_listening(ctx, 0)) {
+		count(CORDON_CTR_REFUSED_NO_LISTENER);
+		return 0;
+	}
 	if (!remember_origin(ctx, addr, port, AF_INET))
 		return 0;
+	count(CORDON_CTR_REDIRECTED);
 	ctx->user_ip4 = listen_ip4;
 	ctx->user_port = listen_port_be;
 	return 1;
@@ -213,8 +260,14 @@ int cordon_connect6(struct bpf_sock_addr *ctx)
 		return 1;
 	if (d.verdict == CORDON_VERDICT_REFUSE)
 		return 0;
+	/* A v4-mapped destination goes to the IPv4 listener. */
+	if (!cordond_listening(ctx, !cordon_addr_is_v4_mapped(addr))) {
+		count(CORDON_CTR_REFUSED_NO_LISTENER);
+		return 0;
+	}
 	if (!remember_origin(ctx, addr, port, AF_INET6))
 		return 0;
+	count(CORDON_CTR_REDIRECTED);
 	if (cordon_addr_is_v4_mapped(addr)) {
 		/* A dual-stack socket talking IPv4: send it to the IPv4 listener, v4-mapped. */
 		ctx->user_ip6[0] = 0;

@@ -19,13 +19,14 @@
 
 /* What a connect()/sendmsg() hook knows when it has to decide. */
 struct cordon_connect_facts {
-	__u32 port_flags; /* capture_ports[destination port] */
-	__u32 scope;      /* enum cordon_scope of the deepest listed ancestor cgroup */
-	__u32 sk_mark;    /* SO_MARK of the calling socket */
-	__u32 sock_type;  /* SOCK_STREAM or SOCK_DGRAM */
-	__u8 is_target;   /* destination is in the targets trie */
-	__u8 same_netns;  /* the socket lives in cordond's network namespace */
-	__u8 reserved[2];
+	__u32 port_flags;       /* capture_ports[destination port] */
+	__u32 scope;            /* enum cordon_scope of the deepest listed ancestor cgroup */
+	__u32 sk_mark;          /* SO_MARK of the calling socket */
+	__u32 sock_type;        /* SOCK_STREAM or SOCK_DGRAM */
+	__u8 is_target;         /* destination is in the targets trie */
+	__u8 same_netns;        /* the socket lives in cordond's network namespace */
+	__u8 in_cordond_cgroup; /* the caller is cordond itself (its own cgroup) */
+	__u8 reserved;
 };
 
 enum cordon_verdict {
@@ -62,9 +63,11 @@ CORDON_INLINE struct cordon_decision cordon_decide_connect(const struct cordon_c
 
 	if (!cordon_port_relevant(f->port_flags, f->sock_type) || !f->is_target)
 		return d;
-	/* cordond's own upstream sockets. The mark is trusted only in cordond's namespace: setting
-	 * SO_MARK there needs CAP_NET_ADMIN over it, which only root on the host holds. */
-	if ((f->same_netns && upstream_mark != 0 && f->sk_mark == upstream_mark) || f->scope == CORDON_SCOPE_EXEMPT) {
+	/* cordond's own upstream sockets: marked, in cordond's namespace, from cordond's cgroup. The
+	 * mark alone is not enough: since Linux 5.17 CAP_NET_RAW may set SO_MARK, and container
+	 * runtimes hand that out. Explicitly exempt cgroups pass too. */
+	if ((f->same_netns && f->in_cordond_cgroup && upstream_mark != 0 && f->sk_mark == upstream_mark) ||
+	    f->scope == CORDON_SCOPE_EXEMPT) {
 		d.counter = CORDON_CTR_EXEMPT;
 		return d;
 	}

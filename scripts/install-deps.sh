@@ -29,6 +29,9 @@ done
 # Node.js (real Node clients and the Cursor stand-in): the runner image may ship its own build;
 # only fall back to Debian's when no node is on PATH at all.
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
+# npm installs the stand-in's pinned packages (tests/standin/package-lock.json); Debian's nodejs
+# does not bring it.
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0

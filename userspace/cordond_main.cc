@@ -45,6 +45,8 @@ std::string overrides_yaml(const po::variables_map &vm)
 		out << YAML::Key << "pin_dir" << YAML::Value << vm["pin-dir"].as<std::string>();
 	if (vm.count("control-socket"))
 		out << YAML::Key << "control_socket" << YAML::Value << vm["control-socket"].as<std::string>();
+	if (vm.count("state-dir"))
+		out << YAML::Key << "state_dir" << YAML::Value << vm["state-dir"].as<std::string>();
 	out << YAML::EndMap << YAML::EndMap;
 	return out.c_str();
 }
@@ -68,6 +70,7 @@ int main(int argc, char **argv)
 		("cgroup", po::value<std::string>()->default_value(""), "cgroup cordond moves itself into (default: where started, or /cordond when that is enforced)")
 		("pin-dir", po::value<std::string>(), "bpffs directory for pinned programs and maps (daemon.pin_dir)")
 		("control-socket", po::value<std::string>(), "control socket path (daemon.control_socket)")
+		("state-dir", po::value<std::string>(), "root-only state: the host CA (daemon.state_dir)")
 		("log-level", po::value<std::string>()->default_value("info"), "debug, info, warning or error");
 	// clang-format on
 	po::variables_map vm;

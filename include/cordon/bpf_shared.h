@@ -18,15 +18,16 @@
 
 /* Indices of the per-CPU `counters` map. */
 enum cordon_counter {
-	CORDON_CTR_REDIRECTED = 0,     /* TCP connect to a capture target, rewritten to cordond */
-	CORDON_CTR_EXEMPT = 1,         /* target destination, but cordond's own socket (mark/cgroup) */
-	CORDON_CTR_UNENFORCED = 2,     /* target destination from a cgroup outside the enforced scope */
-	CORDON_CTR_REFUSED_QUIC = 3,   /* UDP to a target on a refused port (QUIC) */
-	CORDON_CTR_REFUSED_NETNS = 4,  /* target destination from another network namespace */
-	CORDON_CTR_ORIGIN_LOST = 5,    /* a redirect whose origin could not be stored/published */
-	CORDON_CTR_PEER_REWRITTEN = 6, /* getpeername answered with the original destination */
-	CORDON_CTR_LOOKUP_MISSED = 7,  /* written by cordond: accepted connection with no origin */
-	CORDON_CTR__COUNT = 8,
+	CORDON_CTR_REDIRECTED = 0,          /* TCP connect to a capture target, rewritten to cordond */
+	CORDON_CTR_EXEMPT = 1,              /* target destination, but cordond's own socket (mark/cgroup) */
+	CORDON_CTR_UNENFORCED = 2,          /* target destination from a cgroup outside the enforced scope */
+	CORDON_CTR_REFUSED_QUIC = 3,        /* UDP to a target on a refused port (QUIC) */
+	CORDON_CTR_REFUSED_NETNS = 4,       /* target destination from another network namespace */
+	CORDON_CTR_ORIGIN_LOST = 5,         /* a redirect whose origin could not be stored/published */
+	CORDON_CTR_PEER_REWRITTEN = 6,      /* getpeername answered with the original destination */
+	CORDON_CTR_LOOKUP_MISSED = 7,       /* written by cordond: accepted connection with no origin */
+	CORDON_CTR_REFUSED_NO_LISTENER = 8, /* redirect refused: cordond's own listener is not there */
+	CORDON_CTR__COUNT = 9,
 };
 
 /* Values of the `cgroup_scope` map (cgroup id -> scope). The deepest listed ancestor decides. */
@@ -49,16 +50,25 @@ struct cordon_target_key {
 	__u8 addr[16];
 };
 
-/* Why an address is a capture target. */
+/* Why an address is a capture target: a bit set, so a configured CIDR and a resolved name that
+ * share one key keep it until neither wants it. */
 enum cordon_target_source {
 	CORDON_TARGET_RESOLVED = 1, /* a configured host name resolved to it */
 	CORDON_TARGET_CIDR = 2,     /* a configured CIDR */
 };
 
 struct cordon_target_value {
-	__u32 source;
+	__u32 sources; /* enum cordon_target_source bits */
 	__u32 reserved;
 };
+
+/* Socket storage cordond puts on its own listening sockets. connect4/6 redirect only to a
+ * listener carrying it: another process that grabbed the port (say while cordond restarts)
+ * gets nothing, the job's connect() is refused instead. */
+struct cordon_listener_tag {
+	__u64 magic; /* CORDON_LISTENER_MAGIC */
+};
+#define CORDON_LISTENER_MAGIC 0x636f72646f6e4c53ULL /* "cordonLS" */
 
 /* A TCP connection as cordond sees it after accept(): the client's address and port, and the
  * listener address the client was redirected to. Addresses v4-mapped, ports in host order. */

@@ -172,7 +172,8 @@ _port = [15600 + (os.getpid() % 500) * 4]
 
 
 class Cordond:
-    def __init__(self, cgroups, tmp, targets, ports=(80,), quic_ports=(443,), extra_yaml="", args=()):
+    def __init__(self, cgroups, tmp, targets, ports=(80,), quic_ports=(443,), extra_yaml="", args=(), tls_yaml=None,
+                 hosts=(), exempt=()):
         _port[0] += 1
         self.cgroups = cgroups
         self.listen_port = _port[0]
@@ -180,18 +181,26 @@ class Cordond:
         self.socket = str(tmp / "control.sock")
         self.log_path = tmp / "cordond.log"
         self.policy = tmp / "policy.yaml"
+        self.state_dir = tmp / "state"
+        # Relay tests speak plaintext on captured ports: pass it through after a short wait for a
+        # ClientHello. TLS tests give their own `tls:` section.
+        if tls_yaml is None:
+            tls_yaml = "tls:\n  missing_sni: passthrough\n  hello_timeout_ms: 200\n"
         self.policy.write_text(
+            tls_yaml +
             "capture:\n"
-            "  hosts: []\n"
+            f"  hosts: {json.dumps(list(hosts))}\n"
             f"  cidrs: {json.dumps(list(targets))}\n"
             f"  ports: {json.dumps(list(ports))}\n"
             f"  quic_ports: {json.dumps(list(quic_ports))}\n"
             "enforce:\n"
             f"  cgroups: [\"{cgroups.path('job')}\"]\n"
+            f"  exempt_cgroups: {json.dumps([cgroups.path(e) for e in exempt])}\n"
             "daemon:\n"
             f"  listen_port: {self.listen_port}\n"
             f"  pin_dir: {self.pin_dir}\n"
-            f"  control_socket: {self.socket}\n" + extra_yaml)
+            f"  control_socket: {self.socket}\n"
+            f"  state_dir: {self.state_dir}\n" + extra_yaml)
         self.args = list(args)
         self.proc = None
 

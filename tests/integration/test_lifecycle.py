@@ -17,10 +17,10 @@ def test_stopped_cordond_fails_closed(cgroups, cordond, upstream, journal):
     assert d.stop() == 0
     assert journal.wait_for(d.pid, CORDON_EVENT="daemon_stop")
 
-    # The programs stay attached: a captured connection meets a closed port and is refused.
+    # The programs stay attached: with no cordond listener there, a captured connect() is refused.
     before = len(server.peers)
     res = cgroups.client("job", "connect-only", "127.77.30.1", 80)
-    assert res == {"connected": False, "errno": "ECONNREFUSED"}
+    assert res == {"connected": False, "errno": "EPERM"}
     assert len(server.peers) == before, "a connection reached the target while cordond was down"
     # Nothing else on the host is affected.
     assert cgroups.client("job", "peer", "127.77.30.2", 80)["reply"] == "ping\n"
@@ -44,16 +44,17 @@ def test_kill_9_keeps_failing_closed_and_a_restart_adopts_the_pins(cgroups, cord
     assert cgroups.client("job", "churn", "127.77.31.1", 80, 3) == {"ok": 3}
     d.proc.send_signal(signal.SIGKILL)
     d.proc.wait()
-    assert cgroups.client("job", "connect-only", "127.77.31.1", 80) == {"connected": False, "errno": "ECONNREFUSED"}
+    assert cgroups.client("job", "connect-only", "127.77.31.1", 80) == {"connected": False, "errno": "EPERM"}
 
     d2 = cordond(["127.77.31.1/32"])
     st = d2.status()
     assert st["programs"]["adopted"] is True
     assert len(st["programs"]["attached"]) == 7
-    # Counters live in the pinned maps and carry over: 3 relayed, 1 redirected into the gap.
-    assert st["counters"]["redirected"] == 4
+    # Counters live in the pinned maps and carry over: 3 relayed, 1 refused during the gap.
+    assert st["counters"]["redirected"] == 3
+    assert st["counters"]["refused_no_listener"] == 1
     assert cgroups.client("job", "churn", "127.77.31.1", 80, 2) == {"ok": 2}
-    assert d2.status()["counters"]["redirected"] == 6
+    assert d2.status()["counters"]["redirected"] == 5
     entries = journal.wait_for(d2.pid, CORDON_EVENT="bpf_attach")
     assert entries and entries[0]["CORDON_ADOPTED"] == "1"
     # The killed cordond's cgroup still exists (it could not clean up); the fixture removes it.
@@ -120,7 +121,8 @@ def test_host_names_are_resolved_and_followed(cgroups, cordond, upstream, journa
     assert any(e.get("CORDON_ADDED") == "127.77.33.2" and e.get("CORDON_HOST") == "api2.cursor.sh" for e in updates)
 
 
-def test_a_second_cordond_on_the_same_pins_is_refused(cgroups, cordond, tmp_path):
+def test_a_second_cordond_on_the_same_pins_is_refused(cgroups, cordond, upstream, tmp_path):
+    upstream("127.77.34.1", 80)
     d = cordond(["127.77.34.1/32"])
     other_socket = tmp_path / "other.sock"
     r = subprocess.run([str(CORDOND), "--config", str(d.policy), "--control-socket", str(other_socket),
@@ -129,7 +131,7 @@ def test_a_second_cordond_on_the_same_pins_is_refused(cgroups, cordond, tmp_path
     assert f"another cordond is running on {d.pin_dir}" in r.stderr
     # The first one is undisturbed.
     assert d.status()["programs"]["adopted"] is False
-    assert cgroups.client("job", "connect-only", "127.77.34.1", 80)["errno"] in ("ECONNRESET", "EPIPE")
+    assert cgroups.client("job", "churn", "127.77.34.1", 80, 1) == {"ok": 1}
     assert d.status()["counters"]["redirected"] == 1
 
 
@@ -233,3 +235,68 @@ def test_ipv6_host_in_another_network_namespace(cgroups, cordond, journal, tmp_p
     finally:
         subprocess.run(["ip", "link", "del", host_if], capture_output=True)
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+def test_a_hijacked_listener_port_gets_nothing(cgroups, cordond, upstream):
+    """While cordond is down, anyone may bind its (unprivileged) port: the programs must refuse
+    rather than hand a job's connection to that listener."""
+    import socket as sk
+    server = upstream("127.77.37.1", 80)
+    d = cordond(["127.77.37.1/32"])
+    assert cgroups.client("job", "peer", "127.77.37.1", 80)["reply"] == "ping\n"
+    d.stop()
+    hijacker = cgroups.spawn("other", ["/usr/bin/python3", "-c",
+                                       "import socket,sys,time\n"
+                                       f"s=socket.socket();s.bind(('127.0.0.1',{d.listen_port}));s.listen(8)\n"
+                                       "s.settimeout(3)\nprint('listening',flush=True)\n"
+                                       "try:\n c,_=s.accept();print('GOT A CONNECTION',flush=True)\n"
+                                       "except socket.timeout:\n print('nothing',flush=True)\n"],
+                             user=65534, stdout=subprocess.PIPE, text=True)
+    assert hijacker.stdout.readline().strip() == "listening"
+    res = cgroups.client("job", "connect-only", "127.77.37.1", 80)
+    assert res == {"connected": False, "errno": "EPERM"}
+    assert hijacker.stdout.readline().strip() == "nothing"
+    hijacker.wait(timeout=10)
+    assert len(server.peers) == 1
+
+
+def test_control_sessions_per_user_are_capped_and_root_keeps_its_own(cgroups, cordond):
+    import socket as sk
+    d = cordond(["127.77.38.1/32"])
+    holder = cgroups.spawn("other", ["/usr/bin/python3", "-c",
+                                     "import socket,sys\n"
+                                     "socks=[]\n"
+                                     "for i in range(20):\n"
+                                     "  s=socket.socket(socket.AF_UNIX);s.connect(sys.argv[1]);socks.append(s)\n"
+                                     "s=socks[-1];s.settimeout(5);print(s.recv(200).decode().strip(),flush=True)\n"
+                                     "sys.stdin.read()\n", d.socket],
+                           user=65534, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        answer = json.loads(holder.stdout.readline())
+        assert answer["ok"] is False and "busy" in answer["error"]
+        assert d.status()["ok"] is True  # root is not locked out
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=10)
+
+
+def test_a_job_named_with_invalid_utf8_cannot_crash_status(cgroups, cordond, upstream):
+    upstream("127.77.39.1", 80)
+    d = cordond(["127.77.39.1/32"])
+    holder = cgroups.spawn("job", ["/usr/bin/python3", "-c",
+                                   "import ctypes,socket,sys\n"
+                                   "ctypes.CDLL(None).prctl(15, b'\\xff\\xfe\\x1b[2J', 0, 0, 0)\n"
+                                   "s=socket.socket();s.connect(('127.77.39.1',80));s.sendall(b'x');s.recv(1)\n"
+                                   "print('holding',flush=True);sys.stdin.read()\n"],
+                           user=65534, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        st = d.status()
+        assert st["ok"] is True and len(st["connections"]) == 1
+        assert "\ufffd" in st["connections"][0]["comm"]
+        text = d.ctl("status").stdout
+        assert "\x1b" not in text  # no terminal escapes reach the operator
+        assert d.proc.poll() is None
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=10)

@@ -49,9 +49,19 @@ TEST(Decide, CordondUpstreamSocketIsExemptByMark)
 {
 	auto f = tcp_to_target();
 	f.sk_mark = kMark;
+	f.in_cordond_cgroup = 1;
 	auto d = cordon_decide_connect(&f, kMark);
 	EXPECT_EQ(d.verdict, CORDON_VERDICT_PASS);
 	EXPECT_EQ(d.counter, CORDON_CTR_EXEMPT);
+}
+
+TEST(Decide, TheMarkAloneFromAJobIsNotExempt)
+{
+	// CAP_NET_RAW suffices for SO_MARK since Linux 5.17, and containers often keep it.
+	auto f = tcp_to_target();
+	f.sk_mark = kMark;
+	f.in_cordond_cgroup = 0;
+	EXPECT_EQ(cordon_decide_connect(&f, kMark).verdict, CORDON_VERDICT_REDIRECT);
 }
 
 TEST(Decide, MarkFromAnotherNetnsIsNotTrusted)
@@ -59,6 +69,7 @@ TEST(Decide, MarkFromAnotherNetnsIsNotTrusted)
 	// Root inside a container's own user+net namespace can set SO_MARK there.
 	auto f = tcp_to_target();
 	f.sk_mark = kMark;
+	f.in_cordond_cgroup = 1;
 	f.same_netns = 0;
 	auto d = cordon_decide_connect(&f, kMark);
 	EXPECT_EQ(d.verdict, CORDON_VERDICT_REFUSE);

@@ -134,3 +134,21 @@ TEST(Policy, EffectivePolicyPrintsAsLoadableYaml)
 	ASSERT_TRUE(again) << again.error().message() << "\n" << yaml;
 	EXPECT_EQ(again->SerializeAsString(), p.SerializeAsString());
 }
+
+TEST(Policy, ASecondYamlDocumentIsRefusedNotIgnored)
+{
+	std::string e = error_of("capture:\n  ports: [443]\n---\nenforce:\n  cgroups: [\"/x\"]\n");
+	EXPECT_NE(e.find("2 YAML documents"), std::string::npos) << e;
+}
+
+TEST(Policy, APathBothEnforcedAndExemptIsRefused)
+{
+	std::string e = error_of("enforce:\n  cgroups: [\"/\"]\n  exempt_cgroups: [\"/\"]\n");
+	EXPECT_NE(e.find("both enforced and exempt"), std::string::npos) << e;
+	EXPECT_EQ(error_of("enforce:\n  cgroups: [\"/\"]\n  exempt_cgroups: [\"/ok\"]\n"), "");
+}
+
+TEST(Policy, RetainIsBounded)
+{
+	EXPECT_NE(error_of("capture:\n  retain_seconds: 0\n").find("out of range"), std::string::npos);
+}

@@ -9,6 +9,7 @@
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/vfs.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cstdlib>
@@ -44,7 +45,8 @@ std::vector<std::pair<std::string, bpf_program *>> programs(cordon_bpf *skel)
 
 const char *const kLinkNames[] = {"connect4",     "connect6",     "sendmsg4", "sendmsg6",
                                   "getpeername4", "getpeername6", "sockops"};
-const char *const kMapNames[] = {"targets", "capture_ports", "cgroup_scope", "origin_store", "origins", "counters"};
+const char *const kMapNames[] = {"targets", "capture_ports", "cgroup_scope", "origin_store",
+                                 "origins", "counters",      "listener_tags"};
 
 std::string link_pin(const std::string &dir, const std::string &name)
 {
@@ -116,6 +118,8 @@ const char *counter_name(int counter)
 		return "peer_rewritten";
 	case CORDON_CTR_LOOKUP_MISSED:
 		return "lookup_missed";
+	case CORDON_CTR_REFUSED_NO_LISTENER:
+		return "refused_no_listener";
 	default:
 		return "unknown";
 	}
@@ -164,6 +168,7 @@ Result<std::unique_ptr<KernelPrograms>> KernelPrograms::attach(const KernelSetti
 	ro->listen_port_be = htons(s.listen_port);
 	ro->upstream_mark = s.upstream_mark;
 	ro->host_netns_cookie = s.netns_cookie;
+	ro->cordond_cgroup_id = s.cgroup_id;
 
 	// Adopt the maps the previous cordond pinned, when every one of them still fits: the
 	// origins of connections in flight, the targets and the counters carry over.
@@ -306,18 +311,40 @@ cordon_target_key target_key(const Cidr &cidr)
 
 Status KernelPrograms::add_target(const Cidr &cidr, uint32_t source)
 {
+	const int fd = bpf_map__fd(skel_->maps.targets);
 	cordon_target_key key = target_key(cidr);
-	cordon_target_value value{source, 0};
-	if (bpf_map_update_elem(bpf_map__fd(skel_->maps.targets), &key, &value, BPF_ANY) != 0)
+	cordon_target_value value{};
+	if (bpf_map_lookup_elem(fd, &key, &value) != 0)
+		value = cordon_target_value{};
+	value.sources |= source;
+	if (bpf_map_update_elem(fd, &key, &value, BPF_ANY) != 0)
 		return system_error("add capture target " + cidr.to_string());
 	return {};
 }
 
-Status KernelPrograms::remove_target(const Cidr &cidr)
+Status KernelPrograms::remove_target(const Cidr &cidr, uint32_t source)
 {
+	const int fd = bpf_map__fd(skel_->maps.targets);
 	cordon_target_key key = target_key(cidr);
-	if (bpf_map_delete_elem(bpf_map__fd(skel_->maps.targets), &key) != 0 && errno != ENOENT)
+	cordon_target_value value{};
+	if (bpf_map_lookup_elem(fd, &key, &value) != 0)
+		return {};
+	value.sources &= ~source;
+	if (value.sources != 0) {
+		if (bpf_map_update_elem(fd, &key, &value, BPF_EXIST) != 0)
+			return system_error("update capture target " + cidr.to_string());
+		return {};
+	}
+	if (bpf_map_delete_elem(fd, &key) != 0 && errno != ENOENT)
 		return system_error("remove capture target " + cidr.to_string());
+	return {};
+}
+
+Status KernelPrograms::tag_listener(int fd)
+{
+	cordon_listener_tag tag{CORDON_LISTENER_MAGIC};
+	if (bpf_map_update_elem(bpf_map__fd(skel_->maps.listener_tags), &fd, &tag, BPF_ANY) != 0)
+		return system_error("tag listener socket");
 	return {};
 }
 
@@ -333,7 +360,7 @@ Result<std::vector<std::pair<Cidr, uint32_t>>> KernelPrograms::list_targets() co
 			Cidr c;
 			std::memcpy(c.base.bytes.data(), next.addr, 16);
 			c.prefix_len = next.prefixlen;
-			out.emplace_back(c, value.source);
+			out.emplace_back(c, value.sources);
 		}
 		key = next;
 		prev = &key;
@@ -390,6 +417,29 @@ Result<Counters> read_counters(int fd)
 Result<size_t> KernelPrograms::origin_entries() const
 {
 	return count_entries(bpf_map__fd(skel_->maps.origins), sizeof(cordon_tuple));
+}
+
+Result<size_t> KernelPrograms::sweep_origins(std::chrono::seconds max_age)
+{
+	timespec ts{};
+	::clock_gettime(CLOCK_BOOTTIME, &ts);
+	const uint64_t now = static_cast<uint64_t>(ts.tv_sec) * 1000000000ULL + static_cast<uint64_t>(ts.tv_nsec);
+	const uint64_t limit = static_cast<uint64_t>(max_age.count()) * 1000000000ULL;
+	const int fd = bpf_map__fd(skel_->maps.origins);
+	std::vector<cordon_tuple> old;
+	cordon_tuple key{}, next{};
+	cordon_tuple *prev = nullptr;
+	while (bpf_map_get_next_key(fd, prev, &next) == 0) {
+		cordon_origin origin{};
+		if (bpf_map_lookup_elem(fd, &next, &origin) == 0 && now > origin.connect_boot_ns &&
+		    now - origin.connect_boot_ns > limit)
+			old.push_back(next);
+		key = next;
+		prev = &key;
+	}
+	for (const auto &tuple : old)
+		bpf_map_delete_elem(fd, &tuple);
+	return old.size();
 }
 
 Result<Counters> KernelPrograms::counters() const

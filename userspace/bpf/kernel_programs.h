@@ -7,6 +7,7 @@
 #pragma once
 
 #include <array>
+#include <chrono>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -30,6 +31,7 @@ struct KernelSettings {
 	uint16_t listen_port = 0;
 	uint32_t upstream_mark = 0;
 	uint64_t netns_cookie = 0; // cordond's network namespace
+	uint64_t cgroup_id = 0;    // cordond's own cgroup: with the mark, it exempts upstream sockets
 	std::string pin_dir;
 	std::string cgroup_mount; // cgroup2 root the programs attach to
 };
@@ -50,13 +52,20 @@ public:
 	Status set_ports(const std::map<uint16_t, uint32_t> &flags);
 	// Replace the whole scope table: cgroup id -> enum cordon_scope.
 	Status set_scopes(const std::map<uint64_t, uint32_t> &scopes);
+	// Targets carry a set of sources (enum cordon_target_source bits): a key stays while any
+	// source still wants it, so a resolved name can never remove a configured CIDR.
 	Status add_target(const Cidr &cidr, uint32_t source);
-	Status remove_target(const Cidr &cidr);
+	Status remove_target(const Cidr &cidr, uint32_t source);
+	// Marks one of cordond's listening sockets: the programs redirect only to tagged listeners.
+	Status tag_listener(int fd);
 	Result<std::vector<std::pair<Cidr, uint32_t>>> list_targets() const;
 
 	// The origin published for an accepted connection, removed from the map as it is read.
 	Result<std::optional<cordon_origin>> take_origin(const cordon_tuple &tuple);
 	Result<size_t> origin_entries() const;
+	// Deletes origins published longer ago than `max_age` that nobody accepted (the handshake's
+	// last ACK was lost and the client never sent): they would otherwise stay forever.
+	Result<size_t> sweep_origins(std::chrono::seconds max_age);
 	Result<Counters> counters() const;
 	Status add_to_counter(cordon_counter counter, uint64_t amount);
 

@@ -72,6 +72,8 @@ const std::map<std::string, Validator> &validators()
 	    {"cordon.config.Capture.quic_ports", check_port},
 	    {"cordon.config.Capture.refresh_min_seconds",
 	     [](const std::string &v) { return check_range(v, 1, 86400); }},
+	    {"cordon.config.Capture.retain_seconds",
+	     [](const std::string &v) { return check_range(v, 1, 30 * 86400); }},
 	    {"cordon.config.Capture.refresh_max_seconds",
 	     [](const std::string &v) { return check_range(v, 1, 86400); }},
 	    {"cordon.config.Enforce.cgroups", [](const std::string &v) { return normalize_cgroup_path(v); }},
@@ -101,6 +103,11 @@ const std::map<std::string, Validator> &validators()
 	    {"cordon.config.Daemon.state_dir", check_absolute_path},
 	    {"cordon.config.Tls.leaf_validity_hours", [](const std::string &v) { return check_range(v, 1, 24 * 30); }},
 	    {"cordon.config.Tls.leaf_cache_size", [](const std::string &v) { return check_range(v, 16, 1000000); }},
+	    {"cordon.config.Tls.hello_timeout_ms", [](const std::string &v) { return check_range(v, 10, 600000); }},
+	    {"cordon.config.Tls.handshake_timeout_ms",
+	     [](const std::string &v) { return check_range(v, 100, 600000); }},
+	    {"cordon.config.Tls.max_message_bytes",
+	     [](const std::string &v) { return check_range(v, 1024, 1024u * 1024 * 1024); }},
 	    {"cordon.config.Daemon.control_socket", check_absolute_path},
 	    {"cordon.config.Daemon.connect_timeout_ms",
 	     [](const std::string &v) { return check_range(v, 100, 600000); }},
@@ -288,6 +295,17 @@ private:
 	}
 };
 
+// A second YAML document ("---") would be ignored by YAML::Load: refuse it instead, so nothing in
+// the file is silently dropped.
+YAML::Node load_single_document(const std::string &yaml, const std::string &source)
+{
+	std::vector<YAML::Node> docs = YAML::LoadAll(yaml);
+	if (docs.size() > 1)
+		throw YAML::ParserException(docs[1].Mark(), source + " holds " + std::to_string(docs.size()) +
+		                                                " YAML documents; a policy is one document");
+	return docs.empty() ? YAML::Node() : docs.front();
+}
+
 Status check_whole(const config::Policy &p, const std::string &source)
 {
 	if (p.capture().refresh_min_seconds() > p.capture().refresh_max_seconds())
@@ -297,6 +315,13 @@ Status check_whole(const config::Policy &p, const std::string &source)
 		    source + ": enforce.cgroups is empty, so nothing would be enforced (use \"/\" for the whole host)");
 	if (p.capture().ports().empty())
 		return plain_error(source + ": capture.ports is empty, so no connection would be captured");
+	for (const auto &exempt : p.enforce().exempt_cgroups())
+		for (const auto &enforced : p.enforce().cgroups())
+			if (exempt == enforced)
+				return plain_error(
+				    source + ": " + exempt +
+				    " is both enforced and exempt; list it in one of enforce.cgroups and "
+				    "enforce.exempt_cgroups");
 	return {};
 }
 
@@ -312,7 +337,7 @@ Result<config::Policy> load_policy_text(const std::string &yaml, const std::stri
 		Status st = defaults.apply(YAML::Load(kDefaultPolicyYaml), policy);
 		if (!st)
 			return st.error();
-		root = YAML::Load(yaml);
+		root = load_single_document(yaml, source);
 	} catch (const YAML::Exception &e) {
 		return plain_error(source + ":" + std::to_string(e.mark.line + 1) + ":" +
 		                   std::to_string(e.mark.column + 1) + ": " + e.msg);
@@ -344,7 +369,7 @@ Status apply_policy_yaml(config::Policy &policy, const std::string &yaml, const 
 	config::Policy candidate = policy;
 	YAML::Node root;
 	try {
-		root = YAML::Load(yaml);
+		root = load_single_document(yaml, source);
 	} catch (const YAML::Exception &e) {
 		return plain_error(source + ": " + e.msg);
 	}

@@ -15,9 +15,14 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-enum Op : uint8_t { kAccept = 1, kRecv, kSend, kCancel };
+enum Op : uint8_t { kAccept = 1, kRecv, kSend, kCancel, kRetry };
 
 constexpr size_t kMaxRequest = 64 * 1024;
+// Open sessions per non-root uid, and in all for non-root users; root always has room of its own,
+// so no local user can lock the administrator out.
+constexpr size_t kSessionsPerUid = 8;
+constexpr size_t kSessionsNonRoot = 256;
+constexpr size_t kSessionsRoot = 32;
 constexpr auto kSessionTimeout = std::chrono::seconds(10);
 
 Result<sockaddr_un> unix_address(const std::string &path)
@@ -42,12 +47,25 @@ public:
 	}
 	void on_completion(uint8_t op, int res, uint32_t flags) override
 	{
+		if (op == kRetry) {
+			if (!finished())
+				arm();
+			return;
+		}
 		if (op != kAccept)
 			return;
-		if (res >= 0)
+		if (res >= 0) {
 			server_.on_accepted(res);
-		else if (res != -ECANCELED)
+		} else if (res != -ECANCELED) {
+			// EMFILE and friends: back off instead of spinning on the same error.
 			log::warning(std::string("control accept: ") + std::strerror(-res));
+			if (!(flags & IORING_CQE_F_MORE) && !finished()) {
+				retry_.tv_sec = 0;
+				retry_.tv_nsec = 100 * 1000 * 1000;
+				io_uring_prep_timeout(loop().prepare(*this, kRetry), &retry_, 0, 0);
+			}
+			return;
+		}
 		if (!(flags & IORING_CQE_F_MORE) && !finished() && res != -ECANCELED)
 			arm();
 	}
@@ -60,6 +78,7 @@ public:
 private:
 	ControlServer &server_;
 	UniqueFd fd_;
+	__kernel_timespec retry_{};
 };
 
 class ControlSession : public IoHandler {
@@ -85,7 +104,15 @@ public:
 				return receive();
 			}
 			request_.resize(newline);
-			return respond(server_.handler_(request_, peer_));
+			std::string response;
+			try {
+				response = server_.handler_(request_, peer_);
+			} catch (const std::exception &e) {
+				// A bug in one command must not take the daemon (and every job's traffic) down.
+				log::error(std::string("control: command failed: ") + e.what());
+				response = R"({"ok":false,"error":"internal error"})";
+			}
+			return respond(std::move(response));
 		}
 		if (op == kSend) {
 			if (res <= 0)
@@ -98,7 +125,7 @@ public:
 	}
 
 	void on_stop() override { finish(); }
-	void on_retire() override { server_.sessions_.erase(this); }
+	void on_retire() override { server_.forget(this, peer_.uid); }
 
 	void check_timeout(Clock::time_point now)
 	{
@@ -183,22 +210,42 @@ Status ControlServer::start()
 void ControlServer::on_accepted(int raw_fd)
 {
 	UniqueFd fd(raw_fd);
+	if (loop_.stopping())
+		return; // a session started now would outlive the shutdown
 	ucred cred{};
 	socklen_t len = sizeof(cred);
 	if (::getsockopt(fd.get(), SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) {
 		log::warning(std::string("control: SO_PEERCRED: ") + std::strerror(errno));
 		return;
 	}
-	if (sessions_.size() >= 256) {
-		log::warning("control: too many sessions, refusing one");
+	const bool root = cred.uid == 0;
+	auto count_of = [this](uid_t uid) {
+		auto it = per_uid_.find(uid);
+		return it == per_uid_.end() ? size_t{0} : it->second;
+	};
+	const size_t mine = count_of(cred.uid);
+	const size_t non_root = sessions_.size() - count_of(0);
+	if (root ? mine >= kSessionsRoot : (mine >= kSessionsPerUid || non_root >= kSessionsNonRoot)) {
+		// Say so instead of closing silently, which cordonctl would read as "not running".
+		static const char busy[] = R"({"ok":false,"error":"busy: too many open control sessions"})"
+		                           "\n";
+		(void)!::send(fd.get(), busy, sizeof(busy) - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
 		return;
 	}
 	auto session =
 	    std::make_unique<ControlSession>(*this, std::move(fd), ControlPeer{cred.pid, cred.uid, cred.gid});
 	ControlSession *raw = session.get();
 	sessions_.insert(raw);
+	per_uid_[cred.uid]++;
 	loop_.add(std::move(session));
 	raw->receive();
+}
+
+void ControlServer::forget(ControlSession *session, uid_t uid)
+{
+	sessions_.erase(session);
+	if (auto it = per_uid_.find(uid); it != per_uid_.end() && --it->second == 0)
+		per_uid_.erase(it);
 }
 
 void ControlServer::tick(Clock::time_point now)

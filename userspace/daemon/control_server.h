@@ -9,6 +9,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <unordered_map>
 #include <unordered_set>
 
 #include "common/result.h"
@@ -41,11 +42,13 @@ private:
 	friend class ControlSession;
 	friend class ControlListener;
 	void on_accepted(int fd);
+	void forget(ControlSession *session, uid_t uid);
 
 	EventLoop &loop_;
 	std::string path_;
 	ControlHandler handler_;
 	std::unordered_set<ControlSession *> sessions_;
+	std::unordered_map<uid_t, size_t> per_uid_;
 	bool bound_ = false;
 };
 

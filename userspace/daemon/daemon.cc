@@ -24,6 +24,9 @@
 #include "daemon/journal.h"
 #include "daemon/relay.h"
 #include "daemon/resolver.h"
+#include "proxy/tls_endpoint.h"
+#include "tls/certificate_authority.h"
+#include "tls/leaf_cache.h"
 
 #ifndef SO_NETNS_COOKIE
 #define SO_NETNS_COOKIE 71
@@ -214,6 +217,8 @@ struct Runtime {
 	OwnCgroup &own;
 	KernelPrograms &kernel;
 	Journal &journal;
+	const tls::CertificateAuthority &ca;
+	tls::LeafCache &leaves;
 	RelayServer *relay = nullptr;
 	TargetResolver *resolver = nullptr;
 	BufferPool *pool = nullptr;
@@ -248,8 +253,12 @@ struct Runtime {
 		json targets = json::array();
 		if (auto t = kernel.list_targets())
 			for (const auto &[cidr, source] : *t)
-				targets.push_back({{"cidr", cidr.to_string()},
-				                   {"source", source == CORDON_TARGET_CIDR ? "cidr" : "resolved"}});
+				targets.push_back(
+				    {{"cidr", cidr.to_string()},
+				     {"source", (source & CORDON_TARGET_CIDR) && (source & CORDON_TARGET_RESOLVED)
+				                    ? "cidr+resolved"
+				                : (source & CORDON_TARGET_CIDR) ? "cidr"
+				                                                : "resolved"}});
 		j["capture"] = {
 		    {"ports", std::vector<uint32_t>(p.capture().ports().begin(), p.capture().ports().end())},
 		    {"quic_ports",
@@ -275,6 +284,17 @@ struct Runtime {
 		              {"buffers", pool->count()}};
 		j["journal"] = {
 		    {"written", journal.written()}, {"dropped", journal.dropped()}, {"fell_back", journal.fell_back()}};
+		j["tls"] = {
+		    {"ca_fingerprint", ca.fingerprint_sha256()},
+		    {"ca_certificate", ca.cert_path()},
+		    {"leaves_cached", leaves.size()},
+		    {"leaves_minted", leaves.minted()},
+		    {"intercepted", s.intercepted},
+		    {"passed_through", s.passed_through},
+		    {"refused", s.refused},
+		    {"requests", s.requests},
+		    {"missing_sni", p.tls().missing_sni() == config::PASSTHROUGH ? "passthrough" : "refuse"},
+		    {"non_target_sni", p.tls().non_target_sni() == config::PASSTHROUGH ? "passthrough" : "refuse"}};
 		json conns = json::array();
 		for (const auto &c : relay->connections())
 			conns.push_back({{"id", c.id},
@@ -287,6 +307,10 @@ struct Runtime {
 			                 {"destination", c.destination},
 			                 {"upstream_local", c.upstream_local},
 			                 {"state", c.state},
+			                 {"mode", c.mode},
+			                 {"sni", c.sni},
+			                 {"alpn", c.alpn},
+			                 {"requests", c.requests},
 			                 {"bytes_up", c.bytes_up},
 			                 {"bytes_down", c.bytes_down},
 			                 {"age_ms", c.age_ms}});
@@ -304,7 +328,8 @@ struct Runtime {
 		if (command == "status") {
 			if (peer.uid != 0)
 				return json{{"ok", false}, {"error", "permission denied: status is for root"}}.dump();
-			return status().dump();
+			// comm and cgroup paths come from jobs and need not be UTF-8: replace, never throw.
+			return status().dump(-1, ' ', false, json::error_handler_t::replace);
 		}
 		return json{{"ok", false}, {"error", "unknown command '" + command + "'"}}.dump();
 	}
@@ -368,6 +393,7 @@ Status run_daemon(const DaemonOptions &options)
 	ks.listen_port = static_cast<uint16_t>(p.daemon().listen_port());
 	ks.upstream_mark = p.daemon().upstream_mark();
 	ks.netns_cookie = *cookie;
+	ks.cgroup_id = *own_id;
 	ks.pin_dir = p.daemon().pin_dir();
 	ks.cgroup_mount = hierarchy->mount_point();
 	auto kernel = KernelPrograms::attach(ks);
@@ -399,17 +425,35 @@ Status run_daemon(const DaemonOptions &options)
 	auto existing = kp.list_targets();
 	if (!existing)
 		return existing.error();
-	for (const auto &[cidr, source] : *existing) {
-		if (source == CORDON_TARGET_CIDR && !cidrs.count(cidr.to_string())) {
-			if (Status st = kp.remove_target(cidr); !st)
+	for (const auto &[cidr, sources] : *existing) {
+		if ((sources & CORDON_TARGET_CIDR) && !cidrs.count(cidr.to_string()))
+			if (Status st = kp.remove_target(cidr, CORDON_TARGET_CIDR); !st)
 				return st;
-		} else if (source == CORDON_TARGET_RESOLVED) {
+		if (sources & CORDON_TARGET_RESOLVED)
 			inherited.push_back(cidr.base);
-		}
 	}
 	for (const auto &text : cidrs)
 		if (Status st = kp.add_target(*Cidr::parse(text), CORDON_TARGET_CIDR); !st)
 			return st;
+
+	// The host CA, created on first start; leaves for intercepted names come from it.
+	auto ca = tls::CertificateAuthority::load_or_create(p.daemon().state_dir());
+	if (!ca)
+		return plain_error("host CA in " + p.daemon().state_dir() + ": " + ca.error().message());
+	if (ca->created()) {
+		JournalEntry e;
+		e.message = "created the host CA " + ca->cert_path() + " (" + ca->fingerprint_sha256() +
+		            "); install it with `cordonctl ca install`";
+		e.add("CORDON_EVENT", "ca_created").add("CORDON_CA_FINGERPRINT", ca->fingerprint_sha256());
+		journal.send(std::move(e));
+	}
+	tls::LeafCache leaves(*ca, p.tls().leaf_cache_size(), std::chrono::hours(p.tls().leaf_validity_hours()));
+	auto server_ctx = proxy::make_server_context();
+	if (!server_ctx)
+		return server_ctx.error();
+	auto client_ctx = proxy::make_client_context(p.tls().upstream_ca_file());
+	if (!client_ctx)
+		return client_ctx.error();
 
 	auto loop = EventLoop::create(4096);
 	if (!loop)
@@ -425,6 +469,20 @@ Status run_daemon(const DaemonOptions &options)
 	rs.connect_timeout = std::chrono::milliseconds(p.daemon().connect_timeout_ms());
 	rs.idle_timeout = std::chrono::seconds(p.daemon().idle_timeout_seconds());
 	rs.max_connections = p.daemon().max_connections();
+	for (const auto &h : p.capture().hosts())
+		rs.tls.intercept_hosts.push_back(*HostPattern::parse(h));
+	auto sni_action = [](config::SniPolicy policy) {
+		return policy == config::PASSTHROUGH ? SniAction::Passthrough : SniAction::Refuse;
+	};
+	rs.tls.missing_sni = sni_action(p.tls().missing_sni());
+	rs.tls.non_target_sni = sni_action(p.tls().non_target_sni());
+	rs.tls.hello_timeout = std::chrono::milliseconds(p.tls().hello_timeout_ms());
+	rs.tls.handshake_timeout = std::chrono::milliseconds(p.tls().handshake_timeout_ms());
+	rs.tls.server_ctx = server_ctx->get();
+	rs.tls.client_ctx = client_ctx->get();
+	rs.tls.leaves = &leaves;
+	rs.tls.limits.max_message = p.tls().max_message_bytes();
+	rs.tls.limits.max_unary_body = p.tls().max_message_bytes();
 	// Each relayed connection holds two descriptors; refuse cleanly before accept() hits EMFILE.
 	if (rlimit lim{}; ::getrlimit(RLIMIT_NOFILE, &lim) == 0 && lim.rlim_cur != RLIM_INFINITY) {
 		const uint32_t fit = lim.rlim_cur > 256 ? static_cast<uint32_t>((lim.rlim_cur - 256) / 2) : 1;
@@ -449,7 +507,7 @@ Status run_daemon(const DaemonOptions &options)
 	TargetResolver resolver(kp, journal, resolver_settings);
 	resolver.inherit(inherited);
 
-	Runtime runtime{options, *hierarchy, **own, kp, journal};
+	Runtime runtime{options, *hierarchy, **own, kp, journal, *ca, leaves};
 	runtime.relay = &relay;
 	runtime.resolver = &resolver;
 	runtime.pool = pool->get();
@@ -473,10 +531,42 @@ Status run_daemon(const DaemonOptions &options)
 		ev.stop();
 	})));
 	sig.arm();
+	// Enforced cgroups are matched by id, and a restarted service gets a new cgroup (and id) under
+	// the same path: follow the paths.
+	std::map<uint64_t, uint32_t> current_scopes = scopes;
+	auto refresh_scopes = [&] {
+		std::map<uint64_t, uint32_t> fresh;
+		for (const auto &path : p.enforce().cgroups())
+			if (auto id = hierarchy->id_of(path))
+				fresh[*id] = CORDON_SCOPE_ENFORCE;
+		for (const auto &path : p.enforce().exempt_cgroups())
+			if (auto id = hierarchy->id_of(path))
+				fresh[*id] = CORDON_SCOPE_EXEMPT;
+		fresh[*own_id] = CORDON_SCOPE_EXEMPT;
+		if (fresh == current_scopes)
+			return;
+		if (Status st = kp.set_scopes(fresh); !st)
+			return log::error(st.error().message());
+		JournalEntry e;
+		e.priority = 5;
+		e.message = "enforced cgroups changed on disk (created, removed or re-created): scope map updated";
+		e.add("CORDON_EVENT", "scope_update").add("CORDON_SCOPES", std::to_string(fresh.size()));
+		journal.send(std::move(e));
+		current_scopes = std::move(fresh);
+	};
+	uint64_t ticks = 0;
 	auto &ticker = static_cast<Ticker &>(ev.add(std::make_unique<Ticker>([&] {
 		auto now = Clock::now();
 		relay.tick(now);
 		control.tick(now);
+		ticks++;
+		if (ticks % 2 == 0)
+			refresh_scopes();
+		if (ticks % 60 == 0) {
+			auto swept = kp.sweep_origins(std::chrono::seconds(120));
+			if (swept && *swept > 0)
+				log::info("swept " + std::to_string(*swept) + " origin entries nobody accepted");
+		}
 	})));
 	ticker.arm();
 	ev.set_after_batch([&relay] { relay.resume_starved(); });

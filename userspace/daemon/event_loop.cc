@@ -97,10 +97,11 @@ Result<std::unique_ptr<EventLoop>> EventLoop::create(uint32_t entries)
 
 EventLoop::~EventLoop()
 {
-	// Handlers own fds and buffers; drop them before the ring goes.
-	slots_.clear();
+	// The ring goes first: once it is torn down the kernel holds no request that could still
+	// write into a handler's memory. Only then are the handlers (and their fds) freed.
 	if (ring_ready_)
 		io_uring_queue_exit(&ring_);
+	slots_.clear();
 }
 
 IoHandler &EventLoop::add(std::unique_ptr<IoHandler> handler)
@@ -119,16 +120,34 @@ IoHandler &EventLoop::add(std::unique_ptr<IoHandler> handler)
 	handler->generation_ = ++generations_[slot] & 0xffffff;
 	slots_[slot] = std::move(handler);
 	live_++;
+	// Added during shutdown: it must wind down like every other handler, or run() never returns.
+	if (stopping_)
+		slots_[slot]->on_stop();
 	return *slots_[slot];
+}
+
+void EventLoop::reserve(unsigned count)
+{
+	for (int attempt = 0; io_uring_sq_space_left(&ring_) < count; attempt++) {
+		int rc = io_uring_submit(&ring_);
+		if (rc >= 0)
+			continue;
+		// The kernel pushes back when completions overflow: flush them into the CQ and retry.
+		if ((rc == -EBUSY || rc == -EAGAIN || rc == -EINTR) && attempt < 1000) {
+			io_uring_get_events(&ring_);
+			continue;
+		}
+		// Nothing can be submitted at all: stopping is better than spinning; with the programs
+		// pinned, jobs are refused until cordond is back.
+		log::error(std::string("io_uring submit keeps failing: ") + std::strerror(-rc));
+		std::abort();
+	}
 }
 
 io_uring_sqe *EventLoop::prepare(IoHandler &handler, uint8_t op)
 {
+	reserve(1);
 	io_uring_sqe *sqe = io_uring_get_sqe(&ring_);
-	while (!sqe) {
-		io_uring_submit(&ring_);
-		sqe = io_uring_get_sqe(&ring_);
-	}
 	io_uring_sqe_set_data64(sqe, pack(handler.slot_, handler.generation_, op));
 	handler.inflight_++;
 	return sqe;
@@ -208,6 +227,8 @@ Status EventLoop::run()
 			seen++;
 		}
 		io_uring_cq_advance(&ring_, seen);
+		// Reap first: retired handlers give their buffers back, which after_batch may hand on.
+		reap_finished();
 		if (after_batch_)
 			after_batch_();
 		reap_finished();

@@ -89,6 +89,9 @@ public:
 
 	// Takes ownership; the handler lives until it finished and has nothing in flight.
 	IoHandler &add(std::unique_ptr<IoHandler> handler);
+	// Makes room for `count` SQEs, so a linked pair (connect + timeout) is never split by a
+	// submit in between.
+	void reserve(unsigned count);
 	// An SQE tagged for `handler` and `op`, counted in flight. Never null: flushes a full SQ.
 	io_uring_sqe *prepare(IoHandler &handler, uint8_t op);
 	// Cancels every request on `fd` (counted like any other request, op = cancel_op).

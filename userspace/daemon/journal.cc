@@ -5,6 +5,8 @@
 #include <systemd/sd-journal.h>
 #include <unistd.h>
 
+#include <cstdio>
+
 #include "common/log.h"
 
 namespace cordon {
@@ -104,14 +106,30 @@ void Journal::write_one(const JournalEntry &entry)
 		written_++;
 		return;
 	}
-	// No journal socket (or journald refused): keep the record on stderr, one line.
+	// No journal socket (or journald refused): keep the record on stderr, one line. Values come
+	// from jobs (comm, cgroup names): escape them so none can forge a field or a line.
 	fell_back_++;
-	std::string line = "cordond: " + entry.message;
-	for (const auto &[name, value] : entry.fields) {
-		line += " " + name + "=";
-		for (char c : value)
-			line += (c == '\n') ? std::string("\\n") : std::string(1, c);
-	}
+	auto escaped = [](const std::string &value, bool quote_spaces) {
+		std::string out;
+		bool quote = false;
+		for (unsigned char c : value) {
+			if (c == '\\' || c == '"') {
+				out += '\\';
+				out += static_cast<char>(c);
+			} else if (c < 0x20 || c == 0x7f) {
+				char buf[8];
+				std::snprintf(buf, sizeof(buf), "\\x%02x", c);
+				out += buf;
+			} else {
+				quote |= c == ' ' || c == '=';
+				out += static_cast<char>(c);
+			}
+		}
+		return quote && quote_spaces ? "\"" + out + "\"" : out;
+	};
+	std::string line = "cordond: " + escaped(entry.message, false);
+	for (const auto &[name, value] : entry.fields)
+		line += " " + name + "=" + escaped(value, true);
 	log::write(entry.priority <= 3   ? log::Level::error
 	           : entry.priority == 4 ? log::Level::warning
 	                                 : log::Level::info,

@@ -13,6 +13,7 @@
 #include "common/cgroup.h"
 #include "common/log.h"
 #include "daemon/journal.h"
+#include "tls/client_hello.h"
 
 namespace cordon {
 namespace {
@@ -31,13 +32,36 @@ enum Op : uint8_t {
 	kSendDown,
 	kShutdown,
 	kShutdownDown,
+	kSendInitial,
 };
 
 constexpr int kUp = 0;   // client -> upstream
 constexpr int kDown = 1; // upstream -> client
 // Buffers one direction may hold before it stops reading: bounds memory per connection and
-// lets a slow reader push back on the writer through TCP flow control.
+// lets a slow reader push back on the writer through TCP flow control. Once the shared pool is
+// half used, every direction is held to one buffer, so no job can pin the pool with a few
+// stalled connections.
 constexpr uint8_t kMaxChunks = 4;
+// Under real pressure (three quarters used), a relay whose send has not moved for this long is
+// a stalled reader holding buffers others need: it is reset.
+constexpr auto kStallUnderPressure = std::chrono::seconds(5);
+
+// TLS alert record: fatal access_denied (49), in the record version every client accepts.
+// A refused TLS client then reports "alert access denied" instead of a bare reset.
+constexpr uint8_t kAccessDeniedAlert[] = {0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x31};
+
+Result<SocketAddress> peer_address(int fd)
+{
+	sockaddr_storage ss{};
+	socklen_t len = sizeof(ss);
+	if (::getpeername(fd, reinterpret_cast<sockaddr *>(&ss), &len) != 0)
+		return system_error("getpeername");
+	return SocketAddress::from_sockaddr(reinterpret_cast<sockaddr *>(&ss), len);
+}
+
+} // namespace
+
+namespace relay_detail {
 
 void reset_on_close(int fd)
 {
@@ -61,15 +85,10 @@ std::string human_bytes(uint64_t n)
 	if (n < 1024)
 		std::snprintf(buf, sizeof(buf), "%llu B", static_cast<unsigned long long>(n));
 	else if (n < 1024 * 1024)
-		std::snprintf(buf, sizeof(buf), "%.1f KiB", n / 1024.0);
+		std::snprintf(buf, sizeof(buf), "%.1f KiB", static_cast<double>(n) / 1024.0);
 	else
-		std::snprintf(buf, sizeof(buf), "%.1f MiB", n / (1024.0 * 1024.0));
+		std::snprintf(buf, sizeof(buf), "%.1f MiB", static_cast<double>(n) / (1024.0 * 1024.0));
 	return buf;
-}
-
-std::string comm_of(const cordon_origin &o)
-{
-	return std::string(o.comm, strnlen(o.comm, sizeof(o.comm)));
 }
 
 Result<SocketAddress> local_address(int fd)
@@ -81,16 +100,44 @@ Result<SocketAddress> local_address(int fd)
 	return SocketAddress::from_sockaddr(reinterpret_cast<sockaddr *>(&ss), len);
 }
 
-Result<SocketAddress> peer_address(int fd)
+} // namespace relay_detail
+
+using namespace relay_detail;
+
+const char *to_string(SniAction a)
 {
-	sockaddr_storage ss{};
-	socklen_t len = sizeof(ss);
-	if (::getpeername(fd, reinterpret_cast<sockaddr *>(&ss), &len) != 0)
-		return system_error("getpeername");
-	return SocketAddress::from_sockaddr(reinterpret_cast<sockaddr *>(&ss), len);
+	switch (a) {
+	case SniAction::Intercept:
+		return "intercept";
+	case SniAction::Passthrough:
+		return "passthrough";
+	case SniAction::Refuse:
+		return "refused";
+	}
+	return "refused";
 }
 
-} // namespace
+std::string ConnectionIdentity::comm() const
+{
+	return std::string(origin.comm, strnlen(origin.comm, sizeof(origin.comm)));
+}
+
+void ConnectionIdentity::add_to(JournalEntry &e) const
+{
+	e.add("CORDON_CONN", id)
+	    .add("CORDON_PID", std::to_string(origin.tgid))
+	    .add("CORDON_TID", std::to_string(origin.tid))
+	    .add("CORDON_UID", std::to_string(origin.uid))
+	    .add("CORDON_GID", std::to_string(origin.gid))
+	    .add("CORDON_COMM", comm())
+	    .add("CORDON_CGROUP", cgroup)
+	    .add("CORDON_CGROUP_ID", std::to_string(origin.cgroup_id))
+	    .add("CORDON_NETNS_COOKIE", std::to_string(origin.netns_cookie))
+	    .add("CORDON_CLIENT", client.to_string())
+	    .add("CORDON_DST", destination.to_string());
+	if (!sni.empty())
+		e.add("CORDON_SNI", sni);
+}
 
 // ---------------------------------------------------------------------------------------------
 // Listener: one multishot accept per listening socket.
@@ -143,48 +190,28 @@ private:
 };
 
 // ---------------------------------------------------------------------------------------------
-// One relayed connection. Torn down in exactly one place, on_retire(), which the loop calls
-// only once nothing this connection submitted is still in flight.
-class RelayConnection : public IoHandler {
+// A redirected connection before and without interception: reads the ClientHello, then relays
+// bytes unchanged (passthrough), refuses, or hands the sockets to an InterceptConnection.
+// Torn down in exactly one place, on_retire(), which the loop calls only once nothing this
+// connection submitted is still in flight.
+class RelayConnection : public TrackedConnection {
 public:
-	RelayConnection(RelayServer &server, UniqueFd client, SocketAddress client_addr, const cordon_origin &origin)
-	    : server_(server), client_(std::move(client)), client_addr_(client_addr), origin_(origin)
+	RelayConnection(RelayServer &server, UniqueFd client, ConnectionIdentity identity)
+	    : server_(server), client_(std::move(client)), id_(std::move(identity))
 	{
-		IpAddress dst;
-		std::memcpy(dst.bytes.data(), origin.dst_addr, 16);
-		destination_ = SocketAddress{dst, origin.dst_port};
-		started_ = Clock::now();
-		last_activity_ = started_;
+		last_activity_ = id_.started;
 		flows_[kUp].from = &client_;
 		flows_[kUp].to = &upstream_;
 		flows_[kDown].from = &upstream_;
 		flows_[kDown].to = &client_;
 	}
 
+	// Reads the ClientHello first: what it names decides what happens to the connection.
 	void start()
 	{
-		id_ = server_.next_id();
-		cgroup_ = server_.cgroups_.lookup(origin_.cgroup_id);
-		journal_open();
-		upstream_.reset(::socket(destination_.family(), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
-		if (!upstream_)
-			return fail("error", errno, true);
-		uint32_t mark = server_.settings_.upstream_mark;
-		if (::setsockopt(upstream_.get(), SOL_SOCKET, SO_MARK, &mark, sizeof(mark)) != 0)
-			return fail("error", errno, true);
-		set_nodelay(upstream_.get());
-		connect_len_ = destination_.to_sockaddr(connect_addr_);
-		io_uring_sqe *sqe = loop().prepare(*this, kConnect);
-		io_uring_prep_connect(sqe, upstream_.get(), reinterpret_cast<sockaddr *>(&connect_addr_), connect_len_);
-		sqe->flags |= IOSQE_IO_LINK;
-		auto ms = server_.settings_.connect_timeout.count();
-		connect_timeout_.tv_sec = ms / 1000;
-		connect_timeout_.tv_nsec = (ms % 1000) * 1000000;
-		io_uring_prep_link_timeout(loop().prepare(*this, kConnectTimeout), &connect_timeout_, 0);
-		state_ = "connecting";
-		// Read what the client already sent while the upstream handshake runs, so the first
-		// bytes leave as soon as it completes.
-		pump(kUp);
+		state_ = "hello";
+		hello_deadline_ = Clock::now() + server_.settings_.tls.hello_timeout;
+		arm_hello_recv();
 	}
 
 	void on_completion(uint8_t op, int res, uint32_t flags) override
@@ -195,11 +222,16 @@ public:
 		case kConnectTimeout:
 			return; // -ETIME: fired (the connect completes with -ECANCELED); -ECANCELED: connected in time
 		case kRecv:
+			if (peeking_)
+				return on_hello(res, flags);
+			return on_received(kUp, res, flags);
 		case kRecvDown:
-			return on_received(op - kRecv, res, flags);
+			return on_received(kDown, res, flags);
 		case kSend:
 		case kSendDown:
 			return on_sent(op - kSend, res);
+		case kSendInitial:
+			return on_initial_sent(res);
 		case kShutdown:
 		case kShutdownDown:
 			return on_shut(op - kShutdown, res);
@@ -226,42 +258,65 @@ public:
 		}
 		client_.reset();
 		upstream_.reset();
-		journal_close();
+		if (!handed_over_)
+			journal_close();
 		server_.forget(this);
 	}
 
-	void check_idle(Clock::time_point now)
+	void check_timeouts(Clock::time_point now) override
 	{
+		if (finished())
+			return;
+		if (peeking_ && now >= hello_deadline_) {
+			// Nothing TLS-like arrived in time (a server-speaks-first protocol, or a stalled
+			// client): the missing-SNI policy decides.
+			hello_timed_out_ = true;
+			peeking_ = false;
+			return decide(server_.settings_.tls.missing_sni,
+			              "no ClientHello within " +
+			                  std::to_string(server_.settings_.tls.hello_timeout.count()) + " ms");
+		}
 		auto idle = server_.settings_.idle_timeout;
-		if (idle.count() > 0 && !finished() && now - last_activity_ > idle)
-			fail("idle_timeout", 0, true);
+		if (idle.count() > 0 && now - last_activity_ > idle)
+			return fail("idle_timeout", 0, true);
+		if (server_.pool_.in_use() * 4 >= server_.pool_.count() * 3)
+			for (const Flow &f : flows_)
+				if (f.count > 0 && now - f.last_progress > kStallUnderPressure) {
+					log::warning("relay " + id_.id + ": send stalled for " +
+					             std::to_string(kStallUnderPressure.count()) +
+					             " s while relay buffers run out: reset");
+					return fail("stalled", 0, true);
+				}
 	}
 
-	// A receive ran out of buffers earlier; buffers are free again.
-	void resume(int flow)
+	void resume(int flow) override
 	{
 		if (finished() || !flows_[flow].starved)
 			return;
 		flows_[flow].starved = false;
+		if (peeking_ && flow == kUp)
+			return arm_hello_recv();
 		pump(flow);
 	}
 
-	ConnectionInfo info(Clock::time_point now) const
+	ConnectionInfo info(Clock::time_point now) const override
 	{
 		ConnectionInfo i;
-		i.id = id_;
-		i.pid = origin_.tgid;
-		i.uid = origin_.uid;
-		i.gid = origin_.gid;
-		i.comm = comm_of(origin_);
-		i.cgroup = cgroup_;
-		i.client = client_addr_.to_string();
-		i.destination = destination_.to_string();
+		i.id = id_.id;
+		i.pid = id_.origin.tgid;
+		i.uid = id_.origin.uid;
+		i.gid = id_.origin.gid;
+		i.comm = id_.comm();
+		i.cgroup = id_.cgroup;
+		i.client = id_.client.to_string();
+		i.destination = id_.destination.to_string();
 		i.upstream_local = upstream_local_;
 		i.state = state_;
+		i.mode = mode_;
+		i.sni = id_.sni;
 		i.bytes_up = flows_[kUp].bytes;
 		i.bytes_down = flows_[kDown].bytes;
-		i.age_ms = std::chrono::duration_cast<std::chrono::milliseconds>(now - started_).count();
+		i.age_ms = std::chrono::duration_cast<std::chrono::milliseconds>(now - id_.started).count();
 		return i;
 	}
 
@@ -280,7 +335,126 @@ private:
 		bool recv_armed = false, send_armed = false, shutdown_armed = false;
 		bool eof = false, shut = false, starved = false;
 		uint64_t bytes = 0;
+		Clock::time_point last_progress{}; // the last time this direction's send moved
 	};
+
+	uint8_t chunk_limit() const { return server_.pool_.in_use() * 2 >= server_.pool_.count() ? 1 : kMaxChunks; }
+
+	// --- the ClientHello ------------------------------------------------------------------
+
+	void arm_hello_recv()
+	{
+		io_uring_sqe *sqe = loop().prepare(*this, kRecv);
+		io_uring_prep_recv(sqe, client_.get(), nullptr, server_.pool_.buffer_size(), 0);
+		sqe->flags |= IOSQE_BUFFER_SELECT;
+		sqe->buf_group = server_.pool_.group();
+		flows_[kUp].recv_armed = true;
+	}
+
+	void on_hello(int res, uint32_t flags)
+	{
+		flows_[kUp].recv_armed = false;
+		const bool has_buffer = flags & IORING_CQE_F_BUFFER;
+		const uint16_t bid = static_cast<uint16_t>(flags >> IORING_CQE_BUFFER_SHIFT);
+		if (has_buffer) {
+			server_.pool_.taken();
+			if (res > 0)
+				hello_.append(reinterpret_cast<const char *>(server_.pool_.data(bid)),
+				              static_cast<size_t>(res));
+			server_.pool_.recycle(bid);
+		}
+		if (finished() || !peeking_)
+			return;
+		if (res == -ENOBUFS) {
+			flows_[kUp].starved = true;
+			return server_.starve(this, kUp);
+		}
+		if (res <= 0)
+			return fail(res == 0 ? "client_closed" : "client_reset", res == 0 ? 0 : -res, res < 0);
+		last_activity_ = Clock::now();
+		flows_[kUp].bytes += static_cast<uint64_t>(res);
+		auto parsed = tls::parse_client_hello(
+		    std::span<const uint8_t>(reinterpret_cast<const uint8_t *>(hello_.data()), hello_.size()));
+		switch (parsed.status) {
+		case tls::HelloStatus::NeedMore:
+			return arm_hello_recv();
+		case tls::HelloStatus::Complete:
+			peeking_ = false;
+			id_.sni = parsed.hello.sni;
+			alpn_ = parsed.hello.alpn;
+			if (parsed.hello.sni.empty())
+				return decide(server_.settings_.tls.missing_sni, "ClientHello without SNI");
+			if (any_matches(server_.settings_.tls.intercept_hosts, parsed.hello.sni))
+				return decide(SniAction::Intercept, "");
+			// Encrypted ClientHello: the outer name is a public front, the real one is hidden.
+			// Passing it through could carry a Cursor connection unseen: never.
+			if (parsed.hello.has_ech)
+				return decide(SniAction::Refuse,
+				              "encrypted ClientHello (ECH) behind SNI " + parsed.hello.sni);
+			return decide(server_.settings_.tls.non_target_sni,
+			              "SNI " + parsed.hello.sni + " is not a capture host");
+
+		case tls::HelloStatus::NotTls:
+			peeking_ = false;
+			return decide(server_.settings_.tls.missing_sni, "not TLS: " + parsed.error);
+		case tls::HelloStatus::Malformed:
+		case tls::HelloStatus::TooLarge:
+			// Broken TLS is never relayed: it cannot be inspected, and it has no honest use.
+			peeking_ = false;
+			return decide(SniAction::Refuse, std::string("bad ClientHello: ") + parsed.error);
+		}
+	}
+
+	void decide(SniAction action, const std::string &reason)
+	{
+		mode_ = to_string(action);
+		reason_ = reason;
+		journal_open();
+		switch (action) {
+		case SniAction::Intercept:
+			server_.stats_.intercepted++;
+			handed_over_ = true;
+			server_.start_intercept(id_, std::move(client_), std::move(hello_), alpn_);
+			mark_finished(); // nothing in flight: the hello recv just completed
+			return;
+		case SniAction::Passthrough:
+			server_.stats_.passed_through++;
+			initial_ = std::move(hello_);
+			return connect_upstream();
+		case SniAction::Refuse:
+			server_.stats_.refused++;
+			if (!hello_.empty() && static_cast<uint8_t>(hello_[0]) == 0x16)
+				(void)!::send(client_.get(), kAccessDeniedAlert, sizeof(kAccessDeniedAlert),
+				              MSG_NOSIGNAL | MSG_DONTWAIT);
+			return fail("refused", 0, false);
+		}
+	}
+
+	// --- passthrough -------------------------------------------------------------------
+
+	void connect_upstream()
+	{
+		state_ = "connecting";
+		upstream_.reset(::socket(id_.destination.family(), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+		if (!upstream_)
+			return fail("error", errno, true);
+		uint32_t mark = server_.settings_.upstream_mark;
+		if (::setsockopt(upstream_.get(), SOL_SOCKET, SO_MARK, &mark, sizeof(mark)) != 0)
+			return fail("error", errno, true);
+		set_nodelay(upstream_.get());
+		connect_len_ = id_.destination.to_sockaddr(connect_addr_);
+		loop().reserve(2); // the connect and its linked timeout go in together
+		io_uring_sqe *sqe = loop().prepare(*this, kConnect);
+		io_uring_prep_connect(sqe, upstream_.get(), reinterpret_cast<sockaddr *>(&connect_addr_), connect_len_);
+		sqe->flags |= IOSQE_IO_LINK;
+		auto ms = server_.settings_.connect_timeout.count();
+		connect_timeout_.tv_sec = ms / 1000;
+		connect_timeout_.tv_nsec = (ms % 1000) * 1000000;
+		io_uring_prep_link_timeout(loop().prepare(*this, kConnectTimeout), &connect_timeout_, 0);
+		// Read what the client sends next while the upstream handshake runs, so the first
+		// bytes leave as soon as it completes.
+		pump(kUp);
+	}
 
 	void on_connected(int res)
 	{
@@ -306,14 +480,26 @@ private:
 		Flow &f = flows_[index];
 		if (finished())
 			return;
-		if (!f.recv_armed && !f.eof && !f.starved && f.count < kMaxChunks) {
+		if (!f.recv_armed && !f.eof && !f.starved && f.count < chunk_limit()) {
 			io_uring_sqe *sqe = loop().prepare(*this, static_cast<uint8_t>(kRecv + index));
 			io_uring_prep_recv(sqe, f.from->get(), nullptr, server_.pool_.buffer_size(), 0);
 			sqe->flags |= IOSQE_BUFFER_SELECT;
 			sqe->buf_group = server_.pool_.group();
 			f.recv_armed = true;
 		}
-		if (!f.send_armed && f.count > 0 && connected_) {
+		if (!connected_)
+			return;
+		// The bytes read while peeking (the ClientHello) go first, exactly as received.
+		if (index == kUp && initial_sent_ < initial_.size()) {
+			if (!initial_armed_) {
+				io_uring_prep_send(loop().prepare(*this, kSendInitial), upstream_.get(),
+				                   initial_.data() + initial_sent_, initial_.size() - initial_sent_,
+				                   MSG_NOSIGNAL);
+				initial_armed_ = true;
+			}
+			return;
+		}
+		if (!f.send_armed && f.count > 0) {
 			Chunk &c = f.chunks[f.head];
 			io_uring_sqe *sqe = loop().prepare(*this, static_cast<uint8_t>(kSend + index));
 			io_uring_prep_send(sqe, f.to->get(), server_.pool_.data(c.bid) + c.off, c.len - c.off,
@@ -321,11 +507,22 @@ private:
 			f.send_armed = true;
 		}
 		// Half-close: once everything read before EOF is written, pass the EOF on.
-		if (f.eof && f.count == 0 && !f.send_armed && !f.shutdown_armed && !f.shut && connected_) {
+		if (f.eof && f.count == 0 && !f.send_armed && !f.shutdown_armed && !f.shut) {
 			io_uring_prep_shutdown(loop().prepare(*this, static_cast<uint8_t>(kShutdown + index)),
 			                       f.to->get(), SHUT_WR);
 			f.shutdown_armed = true;
 		}
+	}
+
+	void on_initial_sent(int res)
+	{
+		initial_armed_ = false;
+		if (finished())
+			return;
+		if (res <= 0)
+			return fail("upstream_reset", res == 0 ? EPIPE : -res, true);
+		initial_sent_ += static_cast<size_t>(res);
+		pump(kUp);
 	}
 
 	void on_received(int index, int res, uint32_t flags)
@@ -354,6 +551,8 @@ private:
 		}
 		uint8_t tail = (f.head + f.count) % kMaxChunks;
 		f.chunks[tail] = Chunk{bid, static_cast<uint32_t>(res), 0};
+		if (f.count == 0)
+			f.last_progress = Clock::now(); // the clock for a stalled send starts now
 		f.count++;
 		f.bytes += static_cast<uint64_t>(res);
 		last_activity_ = Clock::now();
@@ -370,6 +569,7 @@ private:
 			return fail(index == kUp ? "upstream_reset" : "client_reset", res == 0 ? EPIPE : -res, true);
 		Chunk &c = f.chunks[f.head];
 		c.off += static_cast<uint32_t>(res);
+		f.last_progress = Clock::now();
 		if (c.off == c.len) {
 			server_.pool_.recycle(c.bid);
 			f.head = (f.head + 1) % kMaxChunks;
@@ -398,6 +598,11 @@ private:
 	{
 		if (finished())
 			return;
+		if (!opened_) {
+			// Ended before a decision (closed during the hello): still journal who it was.
+			mode_ = "none";
+			journal_open();
+		}
 		result_ = result;
 		error_ = error;
 		abortive_ = abortive;
@@ -411,49 +616,44 @@ private:
 		mark_finished();
 	}
 
-	void add_identity(JournalEntry &e) const
-	{
-		e.add("CORDON_CONN", id_)
-		    .add("CORDON_PID", std::to_string(origin_.tgid))
-		    .add("CORDON_TID", std::to_string(origin_.tid))
-		    .add("CORDON_UID", std::to_string(origin_.uid))
-		    .add("CORDON_GID", std::to_string(origin_.gid))
-		    .add("CORDON_COMM", comm_of(origin_))
-		    .add("CORDON_CGROUP", cgroup_)
-		    .add("CORDON_CGROUP_ID", std::to_string(origin_.cgroup_id))
-		    .add("CORDON_NETNS_COOKIE", std::to_string(origin_.netns_cookie))
-		    .add("CORDON_CLIENT", client_addr_.to_string())
-		    .add("CORDON_DST", destination_.to_string());
-	}
-
 	void journal_open()
 	{
+		opened_ = true;
 		JournalEntry e;
-		e.message = "open " + id_ + ": " + comm_of(origin_) + "[" + std::to_string(origin_.tgid) + "] uid " +
-		            std::to_string(origin_.uid) + " cgroup " + cgroup_ + " -> " + destination_.to_string();
-		e.add("CORDON_EVENT", "connection_open");
-		add_identity(e);
+		e.message = "open " + id_.id + ": " + id_.comm() + "[" + std::to_string(id_.origin.tgid) + "] uid " +
+		            std::to_string(id_.origin.uid) + " cgroup " + id_.cgroup + " -> " +
+		            id_.destination.to_string() + (id_.sni.empty() ? "" : " (" + id_.sni + ")") + ": " + mode_ +
+		            (reason_.empty() ? "" : " (" + reason_ + ")");
+		e.priority = mode_ == "refused" ? 4 : 6;
+		e.add("CORDON_EVENT", "connection_open").add("CORDON_MODE", mode_);
+		id_.add_to(e);
+		if (!reason_.empty())
+			e.add("CORDON_REASON", reason_);
 		server_.journal_.send(std::move(e));
 	}
 
 	void journal_close()
 	{
-		auto us = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - started_).count();
+		auto us = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - id_.started).count();
 		JournalEntry e;
 		e.priority = (result_ == "ok" || result_ == "shutdown") ? 6 : 4;
 		char duration[32];
 		std::snprintf(duration, sizeof(duration), "%.1f ms", static_cast<double>(us) / 1000.0);
-		e.message = "close " + id_ + ": " + result_ + ", " + human_bytes(flows_[kUp].bytes) + " up, " +
+		e.message = "close " + id_.id + ": " + result_ + ", " + human_bytes(flows_[kUp].bytes) + " up, " +
 		            human_bytes(flows_[kDown].bytes) + " down, " + duration;
 		if (error_)
 			e.message += " (" + std::string(std::strerror(error_)) + ")";
-		e.add("CORDON_EVENT", "connection_close");
-		add_identity(e);
+		else if (result_ == "refused")
+			e.message += " (" + reason_ + ")";
+		e.add("CORDON_EVENT", "connection_close").add("CORDON_MODE", mode_);
+		id_.add_to(e);
 		e.add("CORDON_UPSTREAM_LOCAL", upstream_local_)
 		    .add("CORDON_BYTES_UP", std::to_string(flows_[kUp].bytes))
 		    .add("CORDON_BYTES_DOWN", std::to_string(flows_[kDown].bytes))
 		    .add("CORDON_DURATION_US", std::to_string(us))
 		    .add("CORDON_RESULT", result_);
+		if (!reason_.empty())
+			e.add("CORDON_REASON", reason_);
 		if (error_)
 			e.add("CORDON_ERRNO", std::to_string(error_)).add("CORDON_ERROR", std::strerror(error_));
 		server_.journal_.send(std::move(e));
@@ -462,19 +662,30 @@ private:
 
 	RelayServer &server_;
 	UniqueFd client_, upstream_;
-	SocketAddress client_addr_, destination_;
-	cordon_origin origin_;
-	std::string id_, cgroup_, upstream_local_;
+	ConnectionIdentity id_;
+	std::string upstream_local_;
 	std::string state_ = "accepted";
+	std::string mode_ = "none";
+	std::string reason_;
 	std::string result_ = "ok";
 	int error_ = 0;
 	bool abortive_ = false;
 	bool connected_ = false; // upstream handshake done: sending (and passing on EOF) may start
+	bool peeking_ = true;
+	bool hello_timed_out_ = false;
+	bool handed_over_ = false;
+	bool opened_ = false;
+	std::string hello_;
+	std::vector<std::string> alpn_;
+	Clock::time_point hello_deadline_;
+	std::string initial_; // passthrough: the bytes read while peeking
+	size_t initial_sent_ = 0;
+	bool initial_armed_ = false;
 	std::array<Flow, 2> flows_;
 	sockaddr_storage connect_addr_{};
 	socklen_t connect_len_ = 0;
 	__kernel_timespec connect_timeout_{};
-	Clock::time_point started_, last_activity_;
+	Clock::time_point last_activity_;
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -525,6 +736,8 @@ Status RelayServer::start()
 		}
 		if (::listen(fd.get(), 4096) != 0)
 			return system_error("listen on " + addr.to_string());
+		if (Status st = kernel_.tag_listener(fd.get()); !st)
+			return st;
 		auto &listener =
 		    static_cast<Listener &>(loop_.add(std::make_unique<Listener>(*this, std::move(fd), addr)));
 		listener.arm();
@@ -584,29 +797,43 @@ void RelayServer::on_accepted(int raw_fd, const SocketAddress &local)
 		return refuse();
 	}
 	stats_.accepted++;
-	auto conn = std::make_unique<RelayConnection>(*this, std::move(fd), *peer, **origin);
+	ConnectionIdentity id;
+	id.id = next_id();
+	id.origin = **origin;
+	id.client = *peer;
+	IpAddress dst;
+	std::memcpy(dst.bytes.data(), id.origin.dst_addr, 16);
+	id.destination = SocketAddress{dst, id.origin.dst_port};
+	id.cgroup = cgroups_.lookup(id.origin.cgroup_id);
+	id.started = Clock::now();
+	auto conn = std::make_unique<RelayConnection>(*this, std::move(fd), std::move(id));
 	RelayConnection *raw = conn.get();
 	live_.insert(raw);
 	loop_.add(std::move(conn));
 	raw->start();
 }
 
-void RelayServer::starve(RelayConnection *conn, int flow)
+void RelayServer::starve(TrackedConnection *conn, int flow)
 {
 	starved_.emplace_back(conn, flow);
 }
 
 void RelayServer::resume_starved()
 {
-	while (!starved_.empty() && pool_.in_use() < pool_.count()) {
+	// As many as there are free buffers: waking every starved flow for one free buffer would
+	// only make all but one of them starve again.
+	size_t free = pool_.count() - pool_.in_use();
+	while (!starved_.empty() && free > 0) {
 		auto [conn, flow] = starved_.front();
 		starved_.pop_front();
-		if (live_.count(conn))
+		if (live_.count(conn)) {
 			conn->resume(flow);
+			free--;
+		}
 	}
 }
 
-void RelayServer::forget(RelayConnection *conn)
+void RelayServer::forget(TrackedConnection *conn)
 {
 	live_.erase(conn);
 	std::erase_if(starved_, [conn](const auto &entry) { return entry.first == conn; });
@@ -614,18 +841,16 @@ void RelayServer::forget(RelayConnection *conn)
 
 void RelayServer::tick(Clock::time_point now)
 {
-	if (settings_.idle_timeout.count() == 0)
-		return;
-	std::vector<RelayConnection *> all(live_.begin(), live_.end());
-	for (RelayConnection *c : all)
-		c->check_idle(now);
+	std::vector<TrackedConnection *> all(live_.begin(), live_.end());
+	for (TrackedConnection *c : all)
+		c->check_timeouts(now);
 }
 
 std::vector<ConnectionInfo> RelayServer::connections() const
 {
 	std::vector<ConnectionInfo> out;
 	auto now = Clock::now();
-	for (RelayConnection *c : live_)
+	for (TrackedConnection *c : live_)
 		out.push_back(c->info(now));
 	return out;
 }

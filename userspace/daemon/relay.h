@@ -1,6 +1,12 @@
 // The transparent relay: accepts redirected connections, learns from the kernel who made them
-// and where they were going, connects there, and moves bytes both ways unchanged.
+// and where they were going, reads the TLS ClientHello, and then either
+//  - intercepts (the SNI is a capture host): TLS terminated on both sides, HTTP and RPC
+//    messages visible to the message engine (InterceptConnection, daemon/intercept.cc);
+//  - passes through (any other SNI, by policy): bytes relayed unchanged, never decrypted;
+//  - refuses (no SNI, not TLS, or a non-target SNI, by policy): closed and journaled.
 #pragma once
+
+#include <openssl/ssl.h>
 
 #include <chrono>
 #include <cstdint>
@@ -11,17 +17,41 @@
 #include <vector>
 
 #include "common/address.h"
+#include "common/host_pattern.h"
 #include "common/result.h"
 #include "common/unique_fd.h"
 #include "cordon/bpf_shared.h"
 #include "daemon/event_loop.h"
+#include "proxy/exchange.h"
 
 namespace cordon {
 
 class KernelPrograms;
 class Journal;
+struct JournalEntry;
 class CgroupPathCache;
 class RelayConnection;
+class InterceptConnection;
+namespace tls {
+class LeafCache;
+}
+
+enum class SniAction { Intercept, Passthrough, Refuse };
+const char *to_string(SniAction a);
+
+struct TlsSettings {
+	std::vector<HostPattern> intercept_hosts; // capture.hosts
+	SniAction missing_sni = SniAction::Refuse;
+	SniAction non_target_sni = SniAction::Refuse;
+	std::chrono::milliseconds hello_timeout{5000};
+	std::chrono::milliseconds handshake_timeout{15000};
+	SSL_CTX *server_ctx = nullptr; // toward jobs
+	SSL_CTX *client_ctx = nullptr; // toward Cursor
+	tls::LeafCache *leaves = nullptr;
+	proxy::Limits limits;
+	// Extra observers for every intercepted exchange (watchers, later policy and recording).
+	std::vector<proxy::ExchangeObserver *> observers;
+};
 
 struct RelaySettings {
 	std::vector<SocketAddress> listen; // loopback, one per family
@@ -29,14 +59,15 @@ struct RelaySettings {
 	std::chrono::milliseconds connect_timeout{10000};
 	std::chrono::seconds idle_timeout{0}; // 0: never
 	uint32_t max_connections = 20000;
+	TlsSettings tls;
 };
 
 // What `cordonctl status` shows for one live connection.
 struct ConnectionInfo {
 	std::string id;
 	uint32_t pid = 0, uid = 0, gid = 0;
-	std::string comm, cgroup, client, destination, upstream_local, state;
-	uint64_t bytes_up = 0, bytes_down = 0;
+	std::string comm, cgroup, client, destination, upstream_local, state, mode, sni, alpn;
+	uint64_t bytes_up = 0, bytes_down = 0, requests = 0;
 	int64_t age_ms = 0;
 };
 
@@ -46,6 +77,30 @@ struct RelayStats {
 	uint64_t over_limit = 0;    // refused at max_connections
 	uint64_t upstream_failed = 0;
 	uint64_t closed = 0;
+	uint64_t intercepted = 0, passed_through = 0, refused = 0;
+	uint64_t requests = 0;
+};
+
+// Who made a connection and where it was going: the kernel's word, plus what cordon learned.
+struct ConnectionIdentity {
+	std::string id;
+	cordon_origin origin{};
+	SocketAddress client, destination;
+	std::string cgroup;
+	std::string sni;
+	std::chrono::steady_clock::time_point started;
+
+	std::string comm() const;
+	void add_to(JournalEntry &entry) const;
+};
+
+// A live connection as the server tracks it (status, idle timeouts, buffer starvation).
+class TrackedConnection : public IoHandler {
+public:
+	virtual ConnectionInfo info(std::chrono::steady_clock::time_point now) const = 0;
+	virtual void check_timeouts(std::chrono::steady_clock::time_point now) = 0;
+	// A receive ran out of provided buffers earlier; buffers are free again.
+	virtual void resume(int flow) = 0;
 };
 
 class RelayServer {
@@ -57,7 +112,7 @@ public:
 	// Binds and listens on every listen address; the first failure is returned. An IPv6
 	// listener that cannot bind (IPv6 disabled) is reported but not fatal.
 	Status start();
-	// Called once a second from the loop: idle timeouts.
+	// Called once a second from the loop: idle, hello and handshake timeouts.
 	void tick(std::chrono::steady_clock::time_point now);
 	// Called after every completion batch: resumes receives that ran out of buffers.
 	void resume_starved();
@@ -66,14 +121,19 @@ public:
 	const RelayStats &stats() const { return stats_; }
 	const std::vector<SocketAddress> &listening() const { return listening_; }
 	size_t active() const { return live_.size(); }
+	const RelaySettings &settings() const { return settings_; }
 
 private:
 	friend class RelayConnection;
+	friend class InterceptConnection;
 	friend class Listener;
 	void on_accepted(int fd, const SocketAddress &local);
-	void starve(RelayConnection *conn, int flow);
-	void forget(RelayConnection *conn);
+	void starve(TrackedConnection *conn, int flow);
+	void forget(TrackedConnection *conn);
 	std::string next_id();
+	// Takes over a connection whose ClientHello named a capture host.
+	void start_intercept(ConnectionIdentity identity, UniqueFd client, std::string hello_bytes,
+	                     std::vector<std::string> alpn);
 
 	EventLoop &loop_;
 	BufferPool &pool_;
@@ -83,11 +143,19 @@ private:
 	RelaySettings settings_;
 	RelayStats stats_;
 	std::vector<SocketAddress> listening_;
-	std::unordered_set<RelayConnection *> live_;
-	std::deque<std::pair<RelayConnection *, int>> starved_;
+	std::unordered_set<TrackedConnection *> live_;
+	std::deque<std::pair<TrackedConnection *, int>> starved_;
 	std::string instance_;
 	uint64_t sequence_ = 0;
 	std::chrono::steady_clock::time_point last_miss_log_{}, last_limit_log_{};
 };
+
+// Shared by the relay and the interceptor.
+namespace relay_detail {
+void reset_on_close(int fd);
+void set_nodelay(int fd);
+std::string human_bytes(uint64_t n);
+Result<SocketAddress> local_address(int fd);
+} // namespace relay_detail
 
 } // namespace cordon

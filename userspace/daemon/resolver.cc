@@ -159,7 +159,7 @@ void TargetResolver::expire(Clock::time_point now)
 		}
 	}
 	for (const auto &ip : gone) {
-		Status st = kernel_.remove_target(Cidr{ip, 128});
+		Status st = kernel_.remove_target(Cidr{ip, 128}, CORDON_TARGET_RESOLVED);
 		if (!st)
 			log::error(st.error().message());
 		JournalEntry e;

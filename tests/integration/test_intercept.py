@@ -1,0 +1,385 @@
+"""TLS interception end to end: real clients in an enforced cgroup, configured only the way a host
+install configures them (the OS trust store and NODE_EXTRA_CA_CERTS, here inside a private mount
+namespace), talking to the Cursor stand-in through cordond.
+
+The stand-in's certificates come from a test "public" CA that cordond (and only cordond) trusts
+for upstream verification; the jobs trust cordon's own CA.
+"""
+import base64
+import json
+import os
+import pathlib
+import shutil
+import socket
+import ssl
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+from conftest import NOBODY, ROOT
+from test_standin import CLIENT, CURSOR_HOSTS, MAKE_CERTS, Standin
+
+# This file's addresses: 127.77.60.0/24.
+STANDIN_IP = "127.77.60.1"   # the stand-in, for Cursor's names
+WRONG_IP = "127.77.60.2"     # a stand-in whose certificate names another host
+EXPIRED_IP = "127.77.60.3"   # a stand-in with an expired certificate
+OTHER_IP = "127.77.60.4"     # an unrelated HTTPS site on a captured address (domain fronting)
+CAPTURED = [f"{ip}/32" for ip in (STANDIN_IP, WRONG_IP, EXPIRED_IP, OTHER_IP)]
+INTERCEPT_HOSTS = ["*.cursor.sh", "api.cursor.com", "cursor.com", "*.cursor.com"]
+
+
+@pytest.fixture(scope="module")
+def work():
+    subprocess.run(["make", "--no-print-directory", "standin"], cwd=ROOT, check=True, capture_output=True)
+    d = pathlib.Path(tempfile.mkdtemp(prefix="cordon-intercept-"))
+    os.chmod(d, 0o755)
+    subprocess.run([str(MAKE_CERTS), str(d / "certs")], check=True, capture_output=True)
+    protos = sorted(str(p.relative_to(ROOT / "proto")) for p in (ROOT / "proto" / "cursor").rglob("*.proto"))
+    subprocess.run(["protoc", "-Iproto", "--include_imports", f"--descriptor_set_out={d / 'cursor.desc'}", *protos],
+                   cwd=ROOT, check=True)
+    # other.example: a site that is not Cursor, with a certificate from the same test CA.
+    certs = d / "certs"
+    subprocess.run(["openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj",
+                    "/CN=other.example", "-keyout", str(certs / "other.key"), "-out", str(certs / "other.csr")],
+                   check=True, capture_output=True)
+    (certs / "other.ext").write_text("subjectAltName=DNS:other.example\n")
+    subprocess.run(["openssl", "x509", "-req", "-in", str(certs / "other.csr"), "-CA", str(certs / "ca.pem"),
+                    "-CAkey", str(certs / "ca.key"), "-CAcreateserial", "-days", "2", "-extfile",
+                    str(certs / "other.ext"), "-out", str(certs / "other.pem")], check=True, capture_output=True)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def upstreams(work):
+    servers = {
+        "standin": Standin(work, STANDIN_IP),
+        "wrong": Standin(work, WRONG_IP, cert="wronghost"),
+        "expired": Standin(work, EXPIRED_IP, cert="expired"),
+    }
+    other = subprocess.Popen(["openssl", "s_server", "-quiet", "-accept", f"{OTHER_IP}:443", "-cert",
+                              str(work / "certs" / "other.pem"), "-key", str(work / "certs" / "other.key"), "-www"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection((OTHER_IP, 443), timeout=1).close()
+            break
+        except OSError:
+            assert time.monotonic() < deadline, "openssl s_server did not start"
+            time.sleep(0.05)
+    yield servers
+    for s in servers.values():
+        s.stop()
+    other.terminate()
+    other.wait(timeout=10)
+
+
+class Jobs:
+    """Runs clients as a CI job would: as nobody, in the enforced cgroup, seeing Cursor's names at
+    the stand-in and trusting cordon's CA through the OS store and NODE_EXTRA_CA_CERTS."""
+
+    def __init__(self, cgroups, d, work, tmp):
+        self.cgroups, self.d, self.work, self.tmp = cgroups, d, work, tmp
+        # The CA the job trusts: cordon's, as `cordonctl ca install` would install it.
+        self.cordon_ca = tmp / "cordon-ca.crt"
+        shutil.copy(d.state_dir / "ca" / "ca.crt", self.cordon_ca)
+        os.chmod(self.cordon_ca, 0o644)
+        self.bundle = tmp / "ca-certificates.crt"
+        self.bundle.write_bytes(pathlib.Path("/etc/ssl/certs/ca-certificates.crt").read_bytes() +
+                                self.cordon_ca.read_bytes())
+        os.chmod(self.bundle, 0o644)
+        self.map_hosts(STANDIN_IP)
+
+    def map_hosts(self, ip, extra=""):
+        self.hosts = self.tmp / "hosts"
+        self.hosts.write_text("127.0.0.1 localhost\n" + f"{ip} {' '.join(CURSOR_HOSTS)}\n" +
+                              f"{OTHER_IP} other.example\n" + extra)
+        os.chmod(self.hosts, 0o644)
+
+    def run(self, argv, check=True, timeout=60, user=NOBODY):
+        wrapped = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                   'mount --bind "$0" /etc/hosts && mount --bind "$1" /etc/ssl/certs/ca-certificates.crt && '
+                   'shift && exec "$@"', str(self.hosts), str(self.bundle)]
+        env_argv = ["env", f"NODE_EXTRA_CA_CERTS={self.cordon_ca}", "HOME=/tmp"]
+        if user is not None:
+            env_argv = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", "--"] + env_argv
+        # Responses may be binary (Connect envelopes): decode what is text, keep the rest visible.
+        p = self.cgroups.spawn("job", wrapped + env_argv + list(argv), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, encoding="utf-8", errors="replace")
+
+        out, err = p.communicate(timeout=timeout)
+        if check and p.returncode != 0:
+            raise AssertionError(f"{argv} exited {p.returncode}\nstdout: {out}\nstderr: {err}\n"
+                                 f"cordond: {self.d.log_text()[-3000:]}")
+        return subprocess.CompletedProcess(argv, p.returncode, out, err)
+
+    def client(self, *args, base_url="https://api2.cursor.sh", http="2", check=True):
+        r = self.run(["node", str(CLIENT), "--base-url", base_url, "--http", http, "--descriptors",
+                      str(self.work / "cursor.desc"), *map(str, args)], check=check)
+        return [json.loads(line) for line in r.stdout.splitlines() if line.strip()], r
+
+
+def tls_yaml(work, non_target="refuse", extra=""):
+    return ("tls:\n"
+            f"  upstream_ca_file: {work / 'certs' / 'ca.pem'}\n"
+            "  missing_sni: refuse\n"
+            f"  non_target_sni: {non_target}\n" + extra)
+
+
+@pytest.fixture
+def intercept(cgroups, cordond, upstreams, work, tmp_path):
+    def start(non_target="refuse", tls_extra=""):
+        d = cordond(CAPTURED, ports=(443,), hosts=INTERCEPT_HOSTS, tls_yaml=tls_yaml(work, non_target, tls_extra))
+        return d, Jobs(cgroups, d, work, tmp_path)
+    return start
+
+
+def entries(journal, d, event, count=1, **match):
+    found = journal.wait_for(d.pid, count=count, CORDON_EVENT=event, **match)
+    assert len(found) >= count, f"expected {count} {event} entries, got {len(found)}:\n{d.log_text()[-3000:]}"
+    return found
+
+
+def standin_requests(standin, path):
+    return standin.requests(path)
+
+
+# --- real clients ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("flag,http", [("--http2", "2"), ("--http1.1", "1.1")])
+def test_curl_through_cordond_with_the_os_trust_store(intercept, upstreams, journal, flag, http):
+    d, jobs = intercept()
+    before = len(upstreams["standin"].log())
+    r = jobs.run(["curl", "-sS", flag, "--max-time", "10", "https://api2.cursor.sh/"])
+    assert r.stdout.startswith("hello from the api2.cursor.sh stand-in")
+    req = entries(journal, d, "request")[0]
+    assert req["CORDON_HTTP"] == http and req["CORDON_STATUS"] == "200" and req["CORDON_RESULT"] == "ok"
+    assert req["CORDON_HOST"] == "api2.cursor.sh" and req["CORDON_COMM"] == "curl"
+    assert req["CORDON_UID"] == str(NOBODY) and req["CORDON_SNI"] == "api2.cursor.sh"
+    close = entries(journal, d, "connection_close")[0]
+    assert close["CORDON_MODE"] == "intercept" and close["CORDON_ALPN"] == ("h2" if http == "2" else "http/1.1")
+    # The stand-in talked to cordond's upstream socket.
+    seen = [e for e in upstreams["standin"].log()[before:] if e["event"] == "request"]
+    assert seen and seen[-1]["peer"] == close["CORDON_UPSTREAM_LOCAL"]
+
+
+def test_node_fetch_and_node_http2(intercept, journal):
+    d, jobs = intercept()
+    fetch = jobs.run(["node", "-e", "fetch('https://api2.cursor.sh/').then(r=>r.text()).then(t=>console.log(t))"])
+    assert fetch.stdout.startswith("hello from the api2.cursor.sh stand-in (HTTP/1.1")
+    h2 = jobs.run(["node", "-e",
+                   "const h=require('http2').connect('https://api2.cursor.sh');"
+                   "const r=h.request({':path':'/'});let b='';r.on('data',c=>b+=c);"
+                   "r.on('end',()=>{console.log(b);h.close()});r.end()"])
+    assert h2.stdout.startswith("hello from the api2.cursor.sh stand-in (HTTP/2.0")
+    reqs = entries(journal, d, "request", count=2)
+    assert sorted(e["CORDON_HTTP"] for e in reqs) == ["1.1", "2"]
+    assert all(e["CORDON_COMM"] == "node" for e in reqs)
+
+
+@pytest.mark.parametrize("http", ["2", "1.1"])
+@pytest.mark.parametrize("codec", ["proto", "json"])
+def test_connect_unary_reaches_cursor_byte_for_byte(intercept, upstreams, journal, http, codec):
+    d, jobs = intercept()
+    events, _ = jobs.client("unary", "--method", "aiserver.v1.AiService/AvailableModels", "--codec", codec, http=http)
+    sent = [e for e in events if e["event"] == "sent"]
+    assert [e for e in events if e["event"] == "response" and e.get("status") == 200], events
+
+    got = [e for e in upstreams["standin"].requests("/aiserver.v1.AiService/AvailableModels")[-1]
+           if e["event"] == "message" and e["direction"] == "received"]
+    assert [m["raw_base64"] for m in got] == [m["raw_base64"] for m in sent]
+    req = entries(journal, d, "request")[0]
+    assert req["CORDON_RPC"] == "aiserver.v1.AiService/AvailableModels"
+    assert req["CORDON_PROTO"] == "connect_unary" and req["CORDON_STATUS"] == "200"
+    assert req["CORDON_REQ_MESSAGES"] == "1" and req["CORDON_RESP_MESSAGES"] == "1"
+
+
+@pytest.mark.parametrize("http", ["2", "1.1"])
+def test_connect_server_streaming(intercept, journal, http):
+    d, jobs = intercept()
+    events, _ = jobs.client("server-stream", http=http)
+    recv = [e for e in events if e["event"] == "recv"]
+    assert len(recv) >= 3 and any(e["event"] == "end" for e in events)
+    req = entries(journal, d, "request")[0]
+    assert req["CORDON_PROTO"] in ("connect_stream", "sse") and int(req["CORDON_RESP_MESSAGES"]) >= len(recv)
+
+
+def test_bidi_chat_streams_through_message_by_message(intercept, upstreams, journal):
+    d, jobs = intercept()
+    events, _ = jobs.client("chat", "--prompt", "hello", "--prompt", "and more", "--prompt", "bye",
+                            "--pause-ms", "400")
+    recv = [e for e in events if e["event"] == "recv"]
+    closed = [e for e in events if e["event"] == "closed_send"]
+    assert recv and closed
+    # The first answer arrived while the client was still sending: nothing waited for the
+    # request body to end.
+    assert recv[0]["t_ms"] < closed[0]["t_ms"]
+    sent = [e["raw_base64"] for e in events if e["event"] == "sent"]
+    got = [e["raw_base64"] for e in upstreams["standin"].requests(
+        "/aiserver.v1.ChatService/StreamUnifiedChatWithTools")[-1]
+        if e["event"] == "message" and e["direction"] == "received" and "index" in e]
+    assert got == sent
+    req = entries(journal, d, "request")[0]
+    assert req["CORDON_PROTO"] == "connect_stream" and req["CORDON_REQ_MESSAGES"] == "3"
+
+
+def test_agent_run_carries_the_exec_message(intercept, journal):
+    d, jobs = intercept()
+    events, _ = jobs.client("run", "--prompt", "please rm -rf / now", base_url="https://agentn.api5.cursor.sh")
+    execs = [e for e in events if e["event"] == "recv" and "execServerMessage" in json.dumps(e)]
+    assert execs and "rm -rf /" in json.dumps(execs[0])
+    assert entries(journal, d, "request")[0]["CORDON_RPC"] == "agent.v1.AgentService/Run"
+
+
+def test_run_sse_fallback_over_http1(intercept, journal):
+    d, jobs = intercept()
+    events, _ = jobs.client("run-sse", "--prompt", "hello over SSE", http="1.1")
+    assert [e for e in events if e["event"] == "recv"]
+    protos = {e["CORDON_RPC"]: e["CORDON_PROTO"] for e in entries(journal, d, "request", count=2)}
+    assert protos.get("agent.v1.AgentService/RunSSE") == "sse"
+
+
+@pytest.mark.parametrize("http", ["2", "1.1"])
+def test_auth_exchange_and_rest(intercept, journal, http):
+    d, jobs = intercept()
+    events, _ = jobs.client("auth", "--key", "crsr_test_key", http=http)
+    assert any("accessToken" in json.dumps(e) for e in events)
+    events, _ = jobs.client("rest", "--path", "/v0/me", "--bearer", "crsr_test_key",
+                            base_url="https://api.cursor.com", http=http)
+    assert any(e.get("status") == 200 for e in events if e["event"] == "response")
+    reqs = entries(journal, d, "request", count=2)
+    assert {e["CORDON_HOST"] for e in reqs} == {"api2.cursor.sh", "api.cursor.com"}
+
+
+# --- what is not Cursor ---------------------------------------------------------------------------
+
+def test_non_target_sni_passes_through_undecrypted(intercept, journal, work):
+    d, jobs = intercept(non_target="passthrough")
+    # Trusting only the test CA proves the certificate came from other.example itself: cordond
+    # never decrypted the connection (its own leaves come from cordon's CA).
+    r = jobs.run(["curl", "-sS", "--max-time", "10", "--cacert", str(work / "certs" / "ca.pem"),
+                  "https://other.example/", "-o", "/dev/null", "-w", "%{http_code}"])
+    assert r.stdout == "200"
+    close = entries(journal, d, "connection_close")[0]
+    assert close["CORDON_MODE"] == "passthrough" and close["CORDON_SNI"] == "other.example"
+    assert journal.entries(d.pid, CORDON_EVENT="request") == []
+
+
+def test_non_target_sni_is_refused_by_default(intercept, journal, upstreams):
+    d, jobs = intercept()
+    # Domain fronting: a Cursor address, someone else's name.
+    r = jobs.run(["curl", "-sS", "--max-time", "10", "-k", "--resolve", f"evil.example:443:{STANDIN_IP}",
+                  "https://evil.example/"], check=False)
+    assert r.returncode == 35 and "access denied" in r.stderr
+    close = entries(journal, d, "connection_close")[0]
+    assert close["CORDON_MODE"] == "refused" and "evil.example is not a capture host" in close["CORDON_REASON"]
+
+
+def test_missing_sni_is_refused(intercept, journal):
+    d, jobs = intercept()
+    r = jobs.run(["curl", "-sS", "--max-time", "10", "-k", f"https://{STANDIN_IP}/"], check=False)
+    assert r.returncode != 0
+    close = entries(journal, d, "connection_close")[0]
+    assert close["CORDON_MODE"] == "refused" and close["CORDON_REASON"] == "ClientHello without SNI"
+
+
+# --- upstream verification --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("ip,why", [(WRONG_IP, "hostname mismatch"), (EXPIRED_IP, "certificate has expired")])
+@pytest.mark.parametrize("flag", ["--http2", "--http1.1"])
+def test_an_unverifiable_upstream_is_a_clear_error(intercept, journal, upstreams, ip, why, flag):
+    d, jobs = intercept()
+    jobs.map_hosts(ip)
+    r = jobs.run(["curl", "-sS", flag, "--max-time", "10", "https://api2.cursor.sh/", "-w", "\n%{http_code}"],
+                 check=False)
+    body, status = r.stdout.rsplit("\n", 1)
+    assert status == "503"
+    assert why in json.loads(body)["error"]["message"]
+    err = entries(journal, d, "upstream_tls_error")[0]
+    assert why in err["CORDON_ERROR"]
+    # Nothing was sent to the unverified peer.
+    served = upstreams["wrong" if ip == WRONG_IP else "expired"]
+    assert [e for e in served.log() if e["event"] == "request"] == []
+
+
+# --- bad input ---------------------------------------------------------------------------------------
+
+def raw_tls(d, jobs, alpn):
+    """A TLS connection from the test process into the job cgroup's view: connect as the job
+    would (the test process joins the job cgroup for one connect via a helper process)."""
+    ctx = ssl.create_default_context(cafile=str(jobs.cordon_ca))
+    ctx.set_alpn_protocols(alpn)
+    return ctx
+
+
+def run_py(jobs, code, check=True):
+    return jobs.run(["/usr/bin/python3", "-c", code], check=check)
+
+
+def test_a_broken_client_hello_is_refused_and_journaled(intercept, journal):
+    d, jobs = intercept()
+    r = run_py(jobs, "import socket\n"
+                     f"s=socket.create_connection(('{STANDIN_IP}',443),timeout=5)\n"
+                     "s.sendall(bytes([0x16,3,1,0,40,1,0,0,36])+b'\\xff'*36)\n"
+                     "print(repr(s.recv(100)))\n")
+    assert "\\x15" in r.stdout  # an alert, then the close
+    close = entries(journal, d, "connection_close")[0]
+    assert close["CORDON_MODE"] == "refused" and close["CORDON_REASON"].startswith("bad ClientHello")
+    assert d.status()["ok"]
+
+
+def test_an_invalid_http2_preface_closes_that_connection_only(intercept, journal):
+    d, jobs = intercept()
+    r = run_py(jobs, "import socket,ssl,os\n"
+                     "ctx=ssl.create_default_context(cafile=os.environ['NODE_EXTRA_CA_CERTS'])\n"
+                     "ctx.set_alpn_protocols(['h2'])\n"
+                     f"s=ctx.wrap_socket(socket.create_connection(('{STANDIN_IP}',443),timeout=5),"
+                     "server_hostname='api2.cursor.sh')\n"
+                     "print(s.selected_alpn_protocol())\n"
+                     "s.sendall(b'GET / HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n'*4)\n"
+                     "data=b''\n"
+                     "try:\n"
+                     "  while True:\n"
+                     "    c=s.recv(4096)\n"
+                     "    if not c: break\n"
+                     "    data+=c\n"
+                     "except (ConnectionError, ssl.SSLError): pass\n"
+                     "print('closed')\n")
+    assert r.stdout.split() == ["h2", "closed"]
+    close = entries(journal, d, "connection_close")[0]
+    assert close["CORDON_RESULT"] == "client_protocol_error"
+    # The daemon carries on.
+    assert jobs.run(["curl", "-sS", "--http2", "https://api2.cursor.sh/"]).stdout.startswith("hello")
+
+
+@pytest.mark.parametrize("flag", ["--http2", "--http1.1"])
+@pytest.mark.parametrize("case", ["oversize", "bomb", "truncated"])
+def test_bad_envelopes_end_that_request_with_a_clear_error(intercept, journal, tmp_path, flag, case):
+    import gzip
+    d, jobs = intercept(tls_extra="  max_message_bytes: 1048576\n")
+    if case == "oversize":
+        body = bytes([0, 0xff, 0xff, 0xff, 0xf0]) + b"x" * 100
+        why = "exceeds"
+    elif case == "bomb":
+        bomb = gzip.compress(b"\0" * (64 << 20))  # 64 MiB of zeros in ~64 KiB
+        body = bytes([1]) + len(bomb).to_bytes(4, "big") + bomb
+        why = "beyond"
+    else:
+        body = bytes([0, 0, 0, 0, 100]) + b"only part of it"
+        why = "inside a message"
+    payload = tmp_path / "body.bin"
+    payload.write_bytes(body)
+    os.chmod(payload, 0o644)
+    r = jobs.run(["curl", "-sS", flag, "--max-time", "15", "-X", "POST", "--data-binary", f"@{payload}",
+                  "-H", "content-type: application/connect+proto", "-H", "connect-content-encoding: gzip",
+                  "-H", "connect-protocol-version: 1",
+                  "https://api2.cursor.sh/agent.v1.AgentService/RunSSE", "-o", "-"],
+
+                 check=False)
+    assert why in r.stdout, (r.stdout, r.stderr)
+    req = entries(journal, d, "request")[0]
+    assert req["CORDON_RESULT"] == "bad_input" and why in req["CORDON_ERROR"]
+    assert d.status()["ok"]

@@ -1,0 +1,140 @@
+// The HTTP/1.1 bridge on its own: plaintext bytes in from "the job" and "Cursor", bytes out.
+#include <gtest/gtest.h>
+
+#include "proxy/http_bridge.h"
+
+using namespace cordon;
+using namespace cordon::proxy;
+
+namespace {
+
+std::span<const uint8_t> bytes(const std::string &s)
+{
+	return {reinterpret_cast<const uint8_t *>(s.data()), s.size()};
+}
+
+struct Recorder : ExchangeObserver {
+	std::vector<Message> messages;
+	std::vector<ExchangeSummary> done;
+	Verdict next = Verdict::forward();
+	Verdict on_message(const RequestInfo &, const Message &m) override
+	{
+		messages.push_back(m);
+		return next;
+	}
+	void on_complete(const RequestInfo &, const ExchangeSummary &s) override { done.push_back(s); }
+};
+
+struct H1 {
+	Recorder recorder;
+	std::unique_ptr<HttpBridge> bridge;
+	H1()
+	{
+		BridgeSettings s;
+		s.connection = "test";
+		s.default_host = "api2.cursor.sh";
+		s.observers.push_back(&recorder);
+		bridge = make_h1_bridge(std::move(s));
+	}
+	std::string to_upstream()
+	{
+		std::string out;
+		EXPECT_TRUE(bridge->produce_upstream_output(out, 1 << 20));
+		return out;
+	}
+	std::string to_client()
+	{
+		std::string out;
+		EXPECT_TRUE(bridge->produce_client_output(out, 1 << 20));
+		return out;
+	}
+};
+
+} // namespace
+
+TEST(H1Bridge, GetIsForwardedAndAnswered)
+{
+	H1 h;
+	ASSERT_TRUE(h.bridge->on_client_data(bytes("GET / HTTP/1.1\r\nHost: api2.cursor.sh\r\n\r\n")));
+	EXPECT_EQ(h.to_upstream(), "GET / HTTP/1.1\r\nHost: api2.cursor.sh\r\n\r\n");
+	ASSERT_TRUE(h.bridge->on_upstream_data(bytes("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")));
+	EXPECT_EQ(h.to_client(), "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello");
+	ASSERT_EQ(h.recorder.done.size(), 1u);
+	EXPECT_EQ(h.recorder.done[0].response.status, 200);
+}
+
+TEST(H1Bridge, EmptyUnaryPostIsForwarded)
+{
+	H1 h;
+	ASSERT_TRUE(h.bridge->on_client_data(
+	    bytes("POST /aiserver.v1.AiService/AvailableModels HTTP/1.1\r\nHost: api2.cursor.sh\r\n"
+	          "Content-Type: application/proto\r\nContent-Length: 0\r\n\r\n")));
+	std::string up = h.to_upstream();
+	EXPECT_NE(up.find("POST /aiserver.v1.AiService/AvailableModels HTTP/1.1\r\n"), std::string::npos) << up;
+	EXPECT_NE(up.find("Content-Length: 0\r\n"), std::string::npos) << up;
+	ASSERT_EQ(h.recorder.messages.size(), 1u); // one (empty) message
+	EXPECT_EQ(h.recorder.messages[0].payload, "");
+}
+
+TEST(H1Bridge, ReplacedUnaryBodyGetsANewContentLength)
+{
+	H1 h;
+	h.recorder.next = Verdict::replace("ABCDEFGHIJ");
+	ASSERT_TRUE(
+	    h.bridge->on_client_data(bytes("POST /aiserver.v1.ChatService/Get HTTP/1.1\r\nHost: api2.cursor.sh\r\n"
+	                                   "Content-Type: application/proto\r\nContent-Length: 3\r\n\r\nabc")));
+	std::string up = h.to_upstream();
+	EXPECT_NE(up.find("Content-Length: 10\r\n"), std::string::npos) << up;
+	EXPECT_EQ(up.substr(up.size() - 10), "ABCDEFGHIJ");
+}
+
+TEST(H1Bridge, SseResponseStreamsPieceByPiece)
+{
+	H1 h;
+	ASSERT_TRUE(
+	    h.bridge->on_client_data(bytes("POST /agent.v1.AgentService/RunSSE HTTP/1.1\r\nHost: api2.cursor.sh\r\n"
+	                                   "Content-Type: application/connect+proto\r\nContent-Length: 5\r\n\r\n" +
+	                                   std::string(5, '\0'))));
+
+	(void)h.to_upstream();
+	ASSERT_TRUE(h.bridge->on_upstream_data(
+	    bytes("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")));
+	std::string head = h.to_client();
+	EXPECT_NE(head.find("Transfer-Encoding: chunked"), std::string::npos) << head;
+	// One envelope, delivered before the stream ends.
+	std::string env = std::string("\0\0\0\0\x02", 5) + "hi";
+	ASSERT_TRUE(h.bridge->on_upstream_data(bytes("7\r\n" + env + "\r\n")));
+	std::string first = h.to_client();
+	EXPECT_NE(first.find(env), std::string::npos);
+	ASSERT_FALSE(h.recorder.messages.empty());
+	EXPECT_EQ(h.recorder.messages.back().payload, "hi");
+}
+
+TEST(H1Bridge, RefusalIsAProtocolCorrectAnswer)
+{
+	H1 h;
+	h.recorder.next = Verdict::refuse("permission_denied", "rule X");
+	ASSERT_TRUE(h.bridge->on_client_data(
+	    bytes("POST /aiserver.v1.AiService/AvailableModels HTTP/1.1\r\nHost: api2.cursor.sh\r\n"
+	          "Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}")));
+	std::string out = h.to_client();
+	EXPECT_NE(out.find("HTTP/1.1 403"), std::string::npos) << out;
+	EXPECT_NE(out.find("{\"code\":\"permission_denied\",\"message\":\"rule X\"}"), std::string::npos) << out;
+	EXPECT_EQ(h.to_upstream(), ""); // nothing reached Cursor
+}
+
+TEST(H1Bridge, ChunkedRequestWhoseEndArrivesLater)
+{
+	// Node's HTTP/1.1 client: headers first, the terminating chunk in a later write.
+	H1 h;
+	ASSERT_TRUE(h.bridge->on_client_data(
+	    bytes("POST /aiserver.v1.AiService/AvailableModels HTTP/1.1\r\nHost: api2.cursor.sh\r\n"
+	          "Content-Type: application/proto\r\nTransfer-Encoding: chunked\r\n\r\n")));
+	EXPECT_TRUE(h.bridge->wants_client_data());
+	EXPECT_EQ(h.to_upstream(), ""); // a unary body is held until complete
+	ASSERT_TRUE(h.bridge->on_client_data(bytes("3\r\nabc\r\n")));
+	ASSERT_TRUE(h.bridge->on_client_data(bytes("0\r\n\r\n")));
+	std::string up = h.to_upstream();
+	EXPECT_NE(up.find("Content-Length: 3\r\n\r\nabc"), std::string::npos) << up;
+	EXPECT_FALSE(h.bridge->wants_client_data()); // the next request waits for the response
+}

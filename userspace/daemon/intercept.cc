@@ -1,0 +1,624 @@
+// An intercepted connection: the job's TLS is terminated with a leaf for its SNI, Cursor's TLS
+// is verified in full, and HTTP/2 or HTTP/1.1 flows between them through the message engine.
+//
+// Order matters: cordond first completes the TLS handshake with Cursor, offering exactly the
+// protocols the job offered, and then answers the job's ClientHello with the protocol Cursor
+// chose, so both sides always speak the same HTTP version. If Cursor's certificate does not
+// verify, the job still gets a TLS session, but every request is answered with a clear error
+// that names the reason; nothing is ever sent to an unverified peer.
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include <algorithm>
+#include <cstring>
+#include <deque>
+
+#include "common/log.h"
+#include "daemon/journal.h"
+#include "daemon/relay.h"
+#include "proxy/http_bridge.h"
+#include "proxy/tls_endpoint.h"
+#include "tls/leaf_cache.h"
+
+namespace cordon {
+
+using namespace relay_detail;
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+enum Op : uint8_t {
+	kConnect = 1,
+	kConnectTimeout,
+	kRecvClient,
+	kRecvUpstream,
+	kSendClient,
+	kSendUpstream,
+	kCancel,
+};
+
+constexpr int kClient = 0;
+constexpr int kUpstream = 1;
+// Ciphertext waiting for a socket beyond this holds back the other side: the bridge produces
+// no more, the TLS layer reads no more, flow control does the rest.
+constexpr size_t kHighWater = 1 << 20;
+constexpr size_t kReadChunk = 256 * 1024;
+
+// Journals each HTTP exchange on an intercepted connection.
+class RequestJournal : public proxy::ExchangeObserver {
+public:
+	RequestJournal(Journal &journal, const ConnectionIdentity &id, RelayStats &stats)
+	    : journal_(journal), id_(id), stats_(stats)
+	{}
+
+	void on_complete(const proxy::RequestInfo &r, const proxy::ExchangeSummary &s) override
+	{
+		stats_.requests++;
+		JournalEntry e;
+		e.priority = s.result == "ok" ? 6 : 4;
+		const std::string what =
+		    r.rpc.empty() ? r.method + " " + r.path.substr(0, r.path.find('?')) : r.rpc.full();
+		e.message = "request " + id_.id + "#" + std::to_string(r.number) + ": " + r.host + " " + what + " -> " +
+		            std::to_string(s.response.status) + " " + s.result +
+		            (s.error.empty() ? "" : " (" + s.error + ")");
+		e.add("CORDON_EVENT", "request");
+		id_.add_to(e);
+		e.add("CORDON_REQUEST", std::to_string(r.number))
+		    .add("CORDON_HOST", r.host)
+		    .add("CORDON_METHOD", r.method)
+		    .add("CORDON_PATH", r.path.substr(0, r.path.find('?')))
+		    .add("CORDON_PROTO", rpc::to_string(s.response.status ? s.response.protocol : r.protocol))
+		    .add("CORDON_HTTP", r.http)
+		    .add("CORDON_STATUS", std::to_string(s.response.status))
+		    .add("CORDON_REQ_BYTES", std::to_string(s.request_bytes))
+		    .add("CORDON_RESP_BYTES", std::to_string(s.response_bytes))
+		    .add("CORDON_REQ_MESSAGES", std::to_string(s.request_messages))
+		    .add("CORDON_RESP_MESSAGES", std::to_string(s.response_messages))
+		    .add("CORDON_DURATION_US", std::to_string(s.duration.count()))
+		    .add("CORDON_TTFB_US", std::to_string(s.first_response_byte.count()))
+		    .add("CORDON_RESULT", s.result);
+		if (!r.rpc.empty())
+			e.add("CORDON_RPC", r.rpc.full());
+		if (!s.error.empty())
+			e.add("CORDON_ERROR", s.error);
+		journal_.send(std::move(e));
+	}
+
+private:
+	Journal &journal_;
+	const ConnectionIdentity &id_;
+	RelayStats &stats_;
+};
+
+} // namespace
+
+class InterceptConnection : public TrackedConnection {
+public:
+	InterceptConnection(RelayServer &server, ConnectionIdentity identity, UniqueFd client, std::string hello,
+	                    std::vector<std::string> alpn)
+	    : server_(server), id_(std::move(identity)), hello_(std::move(hello)), offered_(std::move(alpn)),
+	      request_journal_(server.journal_, id_, server.stats_)
+	{
+		client_ = std::move(client);
+		last_activity_ = Clock::now();
+		sides_[kClient].fd = &client_;
+		sides_[kUpstream].fd = &upstream_;
+	}
+
+	void start()
+	{
+		state_ = "connecting";
+		upstream_.reset(::socket(id_.destination.family(), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+		if (!upstream_)
+			return fail("error", errno, true);
+		uint32_t mark = server_.settings_.upstream_mark;
+		if (::setsockopt(upstream_.get(), SOL_SOCKET, SO_MARK, &mark, sizeof(mark)) != 0)
+			return fail("error", errno, true);
+		set_nodelay(upstream_.get());
+		connect_len_ = id_.destination.to_sockaddr(connect_addr_);
+		loop().reserve(2); // the connect and its linked timeout go in together
+		io_uring_sqe *sqe = loop().prepare(*this, kConnect);
+		io_uring_prep_connect(sqe, upstream_.get(), reinterpret_cast<sockaddr *>(&connect_addr_), connect_len_);
+		sqe->flags |= IOSQE_IO_LINK;
+		auto ms = server_.settings_.connect_timeout.count();
+		connect_timeout_.tv_sec = ms / 1000;
+		connect_timeout_.tv_nsec = (ms % 1000) * 1000000;
+		io_uring_prep_link_timeout(loop().prepare(*this, kConnectTimeout), &connect_timeout_, 0);
+	}
+
+	void on_completion(uint8_t op, int res, uint32_t flags) override
+	{
+		switch (op) {
+		case kConnect:
+			return on_connected(res);
+		case kConnectTimeout:
+		case kCancel:
+			return;
+		case kRecvClient:
+			return on_received(kClient, res, flags);
+		case kRecvUpstream:
+			return on_received(kUpstream, res, flags);
+		case kSendClient:
+			return on_sent(kClient, res);
+		case kSendUpstream:
+			return on_sent(kUpstream, res);
+		default:
+			log::error("intercept: unexpected completion op " + std::to_string(op));
+		}
+	}
+
+	void on_stop() override { fail("shutdown", 0, true); }
+
+	void on_retire() override
+	{
+		if (abortive_) {
+			reset_on_close(client_.get());
+			reset_on_close(upstream_.get());
+		}
+		client_.reset();
+		upstream_.reset();
+		journal_close();
+		server_.forget(this);
+	}
+
+	void check_timeouts(Clock::time_point now) override
+	{
+		if (finished())
+			return;
+		if (!bridge_ && now - id_.started > server_.settings_.tls.handshake_timeout)
+			return fail("handshake_timeout", ETIMEDOUT, true);
+		auto idle = server_.settings_.idle_timeout;
+		if (idle.count() > 0 && now - last_activity_ > idle)
+			fail("idle_timeout", 0, true);
+	}
+
+	void resume(int side) override
+	{
+		if (finished() || !sides_[side].starved)
+			return;
+		sides_[side].starved = false;
+		drive();
+	}
+
+	ConnectionInfo info(Clock::time_point now) const override
+	{
+		ConnectionInfo i;
+		i.id = id_.id;
+		i.pid = id_.origin.tgid;
+		i.uid = id_.origin.uid;
+		i.gid = id_.origin.gid;
+		i.comm = id_.comm();
+		i.cgroup = id_.cgroup;
+		i.client = id_.client.to_string();
+		i.destination = id_.destination.to_string();
+		i.upstream_local = upstream_local_;
+		i.state = state_;
+		i.mode = "intercept";
+		i.sni = id_.sni;
+		i.alpn = alpn_;
+		i.bytes_up = sides_[kUpstream].bytes_out;
+		i.bytes_down = sides_[kClient].bytes_out;
+		i.requests = bridge_ ? bridge_->exchanges() : 0;
+		i.age_ms = std::chrono::duration_cast<std::chrono::milliseconds>(now - id_.started).count();
+		return i;
+	}
+
+private:
+	struct Side {
+		UniqueFd *fd = nullptr;
+		bool recv_armed = false, send_armed = false;
+		bool eof = false, eof_delivered = false, starved = false;
+		std::deque<std::string> out; // ciphertext to send
+		size_t out_offset = 0, out_bytes = 0;
+		uint64_t bytes_in = 0, bytes_out = 0;
+	};
+
+	void on_connected(int res)
+	{
+		if (finished())
+			return;
+		if (res < 0) {
+			server_.stats_.upstream_failed++;
+			const char *result = res == -ECANCELED      ? "upstream_timeout"
+			                     : res == -ECONNREFUSED ? "upstream_refused"
+			                                            : "upstream_unreachable";
+			return fail(result, res == -ECANCELED ? ETIMEDOUT : -res, true);
+		}
+		if (auto local = local_address(upstream_.get()))
+			upstream_local_ = local->to_string();
+		// Offer Cursor exactly what the job offered (of what cordon speaks).
+		std::vector<std::string> alpn;
+		for (const auto &p : offered_)
+			if (p == "h2" || p == "http/1.1")
+				alpn.push_back(p);
+		if (alpn.empty())
+			alpn.push_back("http/1.1");
+		auto tls = proxy::TlsEndpoint::client(server_.settings_.tls.client_ctx, id_.sni, alpn);
+		if (!tls)
+			return fail("error", 0, true, tls.error().message());
+		upstream_tls_ = std::move(*tls);
+		state_ = "upstream_handshake";
+		drive();
+	}
+
+	void start_client_tls(const std::string &alpn_choice)
+	{
+		auto leaf = server_.settings_.tls.leaves->get(id_.sni);
+		if (!leaf)
+			return fail("error", 0, true,
+			            "mint a certificate for " + id_.sni + ": " + leaf.error().message());
+		leaf_ = *leaf;
+		auto tls = proxy::TlsEndpoint::server(server_.settings_.tls.server_ctx, leaf_->certificate.get(),
+		                                      leaf_->key.get(), alpn_choice);
+		if (!tls)
+			return fail("error", 0, true, tls.error().message());
+		client_tls_ = std::move(*tls);
+		// The ClientHello was read while deciding; it is the start of this handshake.
+		Status st = client_tls_->feed({reinterpret_cast<const uint8_t *>(hello_.data()), hello_.size()});
+		hello_.clear();
+		if (!st)
+			return fail("error", 0, true, st.error().message());
+		state_ = "client_handshake";
+	}
+
+	void start_bridge()
+	{
+		proxy::BridgeSettings bs;
+		bs.connection = id_.id;
+		bs.default_host = id_.sni;
+		bs.observers.push_back(&request_journal_);
+		for (auto *o : server_.settings_.tls.observers)
+			bs.observers.push_back(o);
+		bs.limits = server_.settings_.tls.limits;
+		bs.upstream_unavailable = upstream_error_;
+		const std::string chosen = client_tls_->alpn_selected();
+		if (chosen == "h2") {
+			Status st;
+			bridge_ = proxy::make_h2_bridge(std::move(bs), &st);
+			if (!bridge_)
+				return fail("error", 0, true, st.error().message());
+		} else {
+			bridge_ = proxy::make_h1_bridge(std::move(bs));
+		}
+		alpn_ = chosen.empty() ? "http/1.1" : chosen;
+		state_ = "proxying";
+	}
+
+	// Moves everything as far as it can go. Called after every completion.
+	void drive()
+	{
+		if (finished())
+			return;
+		if (upstream_tls_ && !upstream_tls_->established() && upstream_error_.empty() && !client_tls_) {
+			auto step = upstream_tls_->handshake();
+			flush(kUpstream, *upstream_tls_);
+			if (step == proxy::TlsEndpoint::Step::Done) {
+				tls_version_ = upstream_tls_->version();
+				std::string chosen = upstream_tls_->alpn_selected();
+				start_client_tls(chosen.empty() ? "http/1.1" : chosen);
+			} else if (step == proxy::TlsEndpoint::Step::Failed) {
+				upstream_failed(upstream_tls_->error());
+			}
+		}
+		if (finished())
+			return;
+		if (client_tls_ && !client_tls_->established()) {
+			auto step = client_tls_->handshake();
+			flush(kClient, *client_tls_);
+			if (step == proxy::TlsEndpoint::Step::Done)
+				start_bridge();
+			else if (step == proxy::TlsEndpoint::Step::Failed)
+				return fail("client_tls_failed", 0, true, client_tls_failure(client_tls_->error()));
+		}
+		if (finished())
+			return;
+		if (bridge_)
+			move_data();
+		if (finished())
+			return;
+		arm(kClient);
+		arm(kUpstream);
+		if (bridge_ && bridge_->done() && !closing_) {
+			closing_ = true;
+			client_tls_->close_notify();
+			flush(kClient, *client_tls_);
+			if (upstream_tls_ && upstream_tls_->established()) {
+				upstream_tls_->close_notify();
+				flush(kUpstream, *upstream_tls_);
+			}
+		}
+		if (closing_ && sides_[kClient].out.empty() && !sides_[kClient].send_armed)
+			fail(result_.empty() ? "ok" : result_.c_str(), 0, false);
+	}
+
+	void move_data()
+	{
+		const bool upstream_live = upstream_tls_ && upstream_tls_->established();
+		// Job -> bridge.
+		if (bridge_->wants_client_data() && sides_[kUpstream].out_bytes < kHighWater) {
+			std::string plain;
+			const bool open = client_tls_->read(plain, kReadChunk);
+			if (!plain.empty())
+				if (Status st = bridge_->on_client_data(
+				        {reinterpret_cast<const uint8_t *>(plain.data()), plain.size()});
+				    !st)
+					return fail("client_protocol_error", 0, true, st.error().message());
+			if ((!open || sides_[kClient].eof) && !sides_[kClient].eof_delivered && plain.empty()) {
+				if (client_tls_->failed())
+					return fail("client_reset", 0, true, client_tls_->error());
+				if (!open || sides_[kClient].eof) {
+					sides_[kClient].eof_delivered = true;
+					bridge_->on_client_eof();
+				}
+			}
+		}
+		// Cursor -> bridge.
+		if (upstream_live && bridge_->wants_upstream_data() && sides_[kClient].out_bytes < kHighWater) {
+			std::string plain;
+			const bool open = upstream_tls_->read(plain, kReadChunk);
+			if (!plain.empty())
+				if (Status st = bridge_->on_upstream_data(
+				        {reinterpret_cast<const uint8_t *>(plain.data()), plain.size()});
+				    !st)
+					return fail("upstream_protocol_error", 0, true, st.error().message());
+			if ((!open || sides_[kUpstream].eof) && !sides_[kUpstream].eof_delivered && plain.empty()) {
+				sides_[kUpstream].eof_delivered = true;
+				bridge_->on_upstream_eof();
+			}
+		}
+		// Bridge -> both, as far as the sockets keep up.
+		if (sides_[kClient].out_bytes < kHighWater) {
+			std::string plain;
+			if (Status st = bridge_->produce_client_output(plain, kHighWater - sides_[kClient].out_bytes);
+			    !st)
+				return fail("client_protocol_error", 0, true, st.error().message());
+			if (!plain.empty())
+				(void)client_tls_->write(
+				    {reinterpret_cast<const uint8_t *>(plain.data()), plain.size()});
+			flush(kClient, *client_tls_);
+		}
+		if (upstream_live && sides_[kUpstream].out_bytes < kHighWater) {
+			std::string plain;
+			if (Status st =
+			        bridge_->produce_upstream_output(plain, kHighWater - sides_[kUpstream].out_bytes);
+			    !st)
+				return fail("upstream_protocol_error", 0, true, st.error().message());
+			if (!plain.empty())
+				(void)upstream_tls_->write(
+				    {reinterpret_cast<const uint8_t *>(plain.data()), plain.size()});
+			flush(kUpstream, *upstream_tls_);
+		}
+	}
+
+	// Cursor's certificate did not verify (or its TLS failed): never talk to it, tell the job.
+	void upstream_failed(const std::string &why)
+	{
+		upstream_error_ = "cordon: " + why + " (" + id_.sni + " at " + id_.destination.to_string() + ")";
+		JournalEntry e;
+		e.priority = 3;
+		e.message = "upstream TLS failed for " + id_.id + ": " + why;
+		e.add("CORDON_EVENT", "upstream_tls_error");
+		id_.add_to(e);
+		e.add("CORDON_ERROR", why);
+		server_.journal_.send(std::move(e));
+		result_ = "upstream_tls_failed";
+		reason_ = why;
+		// Close the upstream socket now; the job gets its answer from cordon itself.
+		if (sides_[kUpstream].recv_armed || sides_[kUpstream].send_armed)
+			loop().cancel_fd(*this, upstream_.get(), kCancel);
+		upstream_gone_ = true;
+		bool h2 = std::find(offered_.begin(), offered_.end(), "h2") != offered_.end();
+		start_client_tls(h2 ? "h2" : "http/1.1");
+	}
+
+	std::string client_tls_failure(const std::string &openssl) const
+	{
+		if (openssl.find("unknown ca") != std::string::npos ||
+		    openssl.find("bad certificate") != std::string::npos ||
+		    openssl.find("certificate unknown") != std::string::npos)
+			return "the job rejected cordon's certificate (is the cordon CA installed? cordonctl ca "
+			       "install): " +
+			       openssl;
+		return openssl;
+	}
+
+	void flush(int side, proxy::TlsEndpoint &tls)
+	{
+		std::string cipher;
+		tls.take_ciphertext(cipher);
+		if (cipher.empty())
+			return;
+		Side &s = sides_[side];
+		s.out_bytes += cipher.size();
+		s.out.push_back(std::move(cipher));
+		send_next(side);
+	}
+
+	void send_next(int side)
+	{
+		Side &s = sides_[side];
+		if (s.send_armed || s.out.empty() || finished())
+			return;
+		if (side == kUpstream && upstream_gone_) {
+			s.out.clear();
+			s.out_bytes = 0;
+			return;
+		}
+		const std::string &front = s.out.front();
+		io_uring_prep_send(loop().prepare(*this, side == kClient ? kSendClient : kSendUpstream), s.fd->get(),
+		                   front.data() + s.out_offset, front.size() - s.out_offset, MSG_NOSIGNAL);
+		s.send_armed = true;
+	}
+
+	void on_sent(int side, int res)
+	{
+		Side &s = sides_[side];
+		s.send_armed = false;
+		if (finished())
+			return;
+		if (res <= 0) {
+			if (side == kUpstream && upstream_gone_)
+				return;
+			return fail(side == kClient ? "client_reset" : "upstream_reset", res == 0 ? EPIPE : -res, true);
+		}
+		s.out_offset += static_cast<size_t>(res);
+		s.out_bytes -= static_cast<size_t>(res);
+		s.bytes_out += static_cast<uint64_t>(res);
+		if (s.out_offset == s.out.front().size()) {
+			s.out.pop_front();
+			s.out_offset = 0;
+		}
+		last_activity_ = Clock::now();
+		send_next(side);
+		drive();
+	}
+
+	void arm(int side)
+	{
+		Side &s = sides_[side];
+		if (s.recv_armed || s.eof || s.starved || finished())
+			return;
+		if (side == kUpstream && (upstream_gone_ || !upstream_tls_))
+			return;
+		// Read only what the other side can take (the bridge tells when it is full).
+		const int other = side == kClient ? kUpstream : kClient;
+		if (sides_[other].out_bytes >= kHighWater)
+			return;
+		if (bridge_ && !(side == kClient ? bridge_->wants_client_data() : bridge_->wants_upstream_data()))
+			return;
+		io_uring_sqe *sqe = loop().prepare(*this, side == kClient ? kRecvClient : kRecvUpstream);
+		io_uring_prep_recv(sqe, s.fd->get(), nullptr, server_.pool_.buffer_size(), 0);
+		sqe->flags |= IOSQE_BUFFER_SELECT;
+		sqe->buf_group = server_.pool_.group();
+		s.recv_armed = true;
+	}
+
+	void on_received(int side, int res, uint32_t flags)
+	{
+		Side &s = sides_[side];
+		s.recv_armed = false;
+		const bool has_buffer = flags & IORING_CQE_F_BUFFER;
+		const uint16_t bid = static_cast<uint16_t>(flags >> IORING_CQE_BUFFER_SHIFT);
+		if (has_buffer)
+			server_.pool_.taken();
+		if (res > 0 && has_buffer && !finished()) {
+			// Into the TLS layer, and the buffer straight back to the kernel.
+			proxy::TlsEndpoint *tls = side == kClient ? client_tls_.get() : upstream_tls_.get();
+			Status st = tls ? tls->feed({server_.pool_.data(bid), static_cast<size_t>(res)})
+			                : plain_error("data before TLS");
+			server_.pool_.recycle(bid);
+			if (!st)
+				return fail("error", 0, true, st.error().message());
+			s.bytes_in += static_cast<uint64_t>(res);
+			last_activity_ = Clock::now();
+			return drive();
+		}
+		if (has_buffer)
+			server_.pool_.recycle(bid);
+		if (finished() || (side == kUpstream && upstream_gone_))
+			return;
+		if (res == -ENOBUFS) {
+			s.starved = true;
+			return server_.starve(this, side);
+		}
+		if (res == 0) {
+			s.eof = true;
+			if (!bridge_)
+				return fail(side == kClient ? "client_closed" : "upstream_closed", 0, false,
+				            side == kClient ? "the job closed during the TLS handshake"
+				                            : "upstream closed during the TLS handshake");
+			return drive();
+		}
+		fail(side == kClient ? "client_reset" : "upstream_reset", -res, true);
+	}
+
+	void fail(const char *result, int error, bool abortive, const std::string &reason = "")
+	{
+		if (finished())
+			return;
+		result_ = result;
+		error_ = error;
+		abortive_ = abortive;
+		if (!reason.empty())
+			reason_ = reason;
+		state_ = "closing";
+		if (inflight() > 0) {
+			if (client_)
+				loop().cancel_fd(*this, client_.get(), kCancel);
+			if (upstream_)
+				loop().cancel_fd(*this, upstream_.get(), kCancel);
+		}
+		mark_finished();
+	}
+
+	void journal_close()
+	{
+		auto us = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - id_.started).count();
+		JournalEntry e;
+		e.priority = (result_ == "ok" || result_ == "shutdown") ? 6 : 4;
+		char duration[32];
+		std::snprintf(duration, sizeof(duration), "%.1f ms", static_cast<double>(us) / 1000.0);
+		const uint64_t requests = bridge_ ? bridge_->exchanges() : 0;
+		e.message = "close " + id_.id + ": " + result_ + ", intercepted " + id_.sni + " (" + alpn_ + "), " +
+		            std::to_string(requests) + " requests, " + human_bytes(sides_[kUpstream].bytes_out) +
+		            " up, " + human_bytes(sides_[kClient].bytes_out) + " down, " + duration;
+		if (!reason_.empty())
+			e.message += " (" + reason_ + ")";
+		else if (error_)
+			e.message += " (" + std::string(std::strerror(error_)) + ")";
+		e.add("CORDON_EVENT", "connection_close").add("CORDON_MODE", "intercept");
+		id_.add_to(e);
+		e.add("CORDON_UPSTREAM_LOCAL", upstream_local_)
+		    .add("CORDON_BYTES_UP", std::to_string(sides_[kUpstream].bytes_out))
+		    .add("CORDON_BYTES_DOWN", std::to_string(sides_[kClient].bytes_out))
+		    .add("CORDON_DURATION_US", std::to_string(us))
+		    .add("CORDON_REQUESTS", std::to_string(requests))
+		    .add("CORDON_ALPN", alpn_)
+		    .add("CORDON_RESULT", result_);
+		if (!tls_version_.empty())
+			e.add("CORDON_TLS_UPSTREAM", tls_version_);
+		if (!reason_.empty())
+			e.add("CORDON_REASON", reason_);
+		if (error_)
+			e.add("CORDON_ERRNO", std::to_string(error_)).add("CORDON_ERROR", std::strerror(error_));
+		server_.journal_.send(std::move(e));
+		server_.stats_.closed++;
+	}
+
+	RelayServer &server_;
+	ConnectionIdentity id_;
+	std::string hello_;
+	std::vector<std::string> offered_;
+	RequestJournal request_journal_;
+	UniqueFd client_, upstream_;
+	Side sides_[2];
+	std::unique_ptr<proxy::TlsEndpoint> client_tls_, upstream_tls_;
+	std::shared_ptr<const tls::Leaf> leaf_;
+	std::unique_ptr<proxy::HttpBridge> bridge_;
+	std::string upstream_local_, alpn_, tls_version_;
+	std::string upstream_error_; // set when Cursor's TLS failed: requests are answered locally
+	bool upstream_gone_ = false;
+	bool closing_ = false;
+	std::string state_ = "accepted";
+	std::string result_, reason_;
+	int error_ = 0;
+	bool abortive_ = false;
+	sockaddr_storage connect_addr_{};
+	socklen_t connect_len_ = 0;
+	__kernel_timespec connect_timeout_{};
+	Clock::time_point last_activity_;
+};
+
+void RelayServer::start_intercept(ConnectionIdentity identity, UniqueFd client, std::string hello_bytes,
+                                  std::vector<std::string> alpn)
+{
+	auto conn = std::make_unique<InterceptConnection>(*this, std::move(identity), std::move(client),
+	                                                  std::move(hello_bytes), std::move(alpn));
+	InterceptConnection *raw = conn.get();
+	live_.insert(raw);
+	loop_.add(std::move(conn));
+	raw->start();
+}
+
+} // namespace cordon

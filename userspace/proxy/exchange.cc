@@ -1,0 +1,217 @@
+#include "proxy/exchange.h"
+
+#include <algorithm>
+
+namespace cordon::proxy {
+
+const char *to_string(Direction d)
+{
+	return d == Direction::Request ? "request" : "response";
+}
+
+std::string header_value(const Headers &headers, std::string_view name)
+{
+	for (const auto &h : headers)
+		if (h.name == name)
+			return h.value;
+	return "";
+}
+
+bool has_header(const Headers &headers, std::string_view name)
+{
+	return std::any_of(headers.begin(), headers.end(), [&](const Header &h) { return h.name == name; });
+}
+
+void remove_header(Headers &headers, std::string_view name)
+{
+	std::erase_if(headers, [&](const Header &h) { return h.name == name; });
+}
+
+void set_header(Headers &headers, std::string_view name, std::string value)
+{
+	for (auto &h : headers)
+		if (h.name == name) {
+			h.value = std::move(value);
+			return;
+		}
+	headers.push_back(Header{std::string(name), std::move(value)});
+}
+
+Refusal render_refusal(rpc::Protocol protocol, std::string_view code, std::string_view message, bool headers_sent)
+{
+	Refusal r;
+	switch (protocol) {
+	case rpc::Protocol::ConnectStream:
+	case rpc::Protocol::Sse:
+		// Cursor's SSE fallback carries Connect envelopes too: the same end-of-stream error.
+		r.status = 200;
+		if (!headers_sent)
+			r.headers.push_back({"content-type", protocol == rpc::Protocol::Sse
+			                                         ? "text/event-stream"
+			                                         : "application/connect+proto"});
+		r.body = rpc::connect_end_stream_error(code, message);
+		return r;
+	case rpc::Protocol::Grpc:
+		r.status = 200;
+		if (!headers_sent)
+			r.headers.push_back({"content-type", "application/grpc"});
+		r.trailers.push_back({"grpc-status", std::to_string(rpc::grpc_status_code(code))});
+		r.trailers.push_back({"grpc-message", rpc::grpc_percent_encode(message)});
+		return r;
+	case rpc::Protocol::GrpcWeb:
+		r.status = 200;
+		if (!headers_sent)
+			r.headers.push_back({"content-type", "application/grpc-web+proto"});
+		r.body = rpc::grpc_web_trailer_frame(rpc::grpc_status_code(code), message);
+		return r;
+	case rpc::Protocol::ConnectUnary:
+		r.status = rpc::connect_http_status(code);
+		r.headers.push_back({"content-type", "application/json"});
+		r.body = rpc::connect_unary_error_body(code, message);
+		return r;
+	case rpc::Protocol::Rest:
+	case rpc::Protocol::Other:
+		r.status = rpc::connect_http_status(code);
+		r.headers.push_back({"content-type", "application/json"});
+		r.body = "{\"error\":" + rpc::connect_unary_error_body(code, message) + "}";
+		return r;
+	}
+	return r;
+}
+
+BodyPipe::BodyPipe(Direction direction, const RequestInfo &request, rpc::Protocol protocol, std::string unary_encoding,
+                   std::string stream_encoding, std::vector<ExchangeObserver *> observers, Limits limits)
+    : direction_(direction), request_(request), protocol_(protocol), unary_encoding_(std::move(unary_encoding)),
+      stream_encoding_(std::move(stream_encoding)), observers_(std::move(observers)), limits_(limits),
+      decoder_(limits.max_message)
+{
+	enveloped_ = rpc::is_enveloped(protocol);
+	// Connect unary and JSON REST bodies are one message each. Other bodies stream through
+	// untouched (no observer sees them as messages).
+	unary_ = protocol == rpc::Protocol::ConnectUnary || protocol == rpc::Protocol::Rest;
+}
+
+Verdict BodyPipe::ask(const Message &message)
+{
+	Verdict result = Verdict::forward();
+	for (ExchangeObserver *o : observers_) {
+		Verdict v = o->on_message(request_, message);
+		if (v.kind == Verdict::Kind::Refuse)
+			return v;
+		if (v.kind == Verdict::Kind::Replace)
+			result = std::move(v); // later observers see the original; the last replacement wins
+	}
+	return result;
+}
+
+Status BodyPipe::deliver(Message &message, std::string_view original, std::string &out)
+{
+	messages_++;
+	Verdict v = ask(message);
+	if (v.kind == Verdict::Kind::Refuse) {
+		refusal_ = std::move(v);
+		return {};
+	}
+	if (v.kind == Verdict::Kind::Forward) {
+		out.append(original); // exactly as it arrived
+		return {};
+	}
+	changed_ = true;
+	std::string payload = std::move(v.replacement);
+	if (message.compressed) {
+		auto z = rpc::gzip(payload);
+		if (!z)
+			return z.error();
+		payload = std::move(*z);
+	}
+	if (unary_)
+		out.append(payload);
+	else
+		out.append(rpc::encode_envelope(message.flags, payload));
+	return {};
+}
+
+Status BodyPipe::write(std::span<const uint8_t> in, std::string &out)
+{
+	if (refusal_ || finished_)
+		return {}; // nothing more goes anywhere
+	bytes_in_ += in.size();
+	if (unary_) {
+		if (body_.size() + in.size() > limits_.max_unary_body)
+			return plain_error(std::string(to_string(direction_)) + " body exceeds the " +
+			                   std::to_string(limits_.max_unary_body) + "-byte limit");
+		body_.append(reinterpret_cast<const char *>(in.data()), in.size());
+		return {};
+	}
+	if (!enveloped_) {
+		out.append(reinterpret_cast<const char *>(in.data()), in.size());
+		return {};
+	}
+	std::vector<rpc::Envelope> envelopes;
+	Status st = decoder_.feed(in, envelopes);
+	for (auto &env : envelopes) {
+		if (refusal_)
+			break;
+		Message m;
+		m.direction = direction_;
+		m.index = messages_;
+		m.flags = env.flags;
+		const bool trailer = (env.flags & rpc::kFlagGrpcWebTrailer) && protocol_ == rpc::Protocol::GrpcWeb;
+		m.end_of_stream = trailer || ((env.flags & rpc::kFlagEndStream) && protocol_ != rpc::Protocol::Grpc &&
+		                              protocol_ != rpc::Protocol::GrpcWeb);
+		m.compressed = (env.flags & rpc::kFlagCompressed) != 0;
+		const std::string original = rpc::encode_envelope(env.flags, env.payload);
+		if (m.compressed) {
+			if (stream_encoding_ != "gzip")
+				return plain_error("compressed message with unsupported encoding '" + stream_encoding_ +
+				                   "'");
+			auto plain = rpc::gunzip(env.payload, limits_.max_message);
+			if (!plain)
+				return plain.error();
+			m.payload = std::move(*plain);
+		} else {
+			m.payload = std::move(env.payload);
+		}
+		if (Status d = deliver(m, original, out); !d)
+			return d;
+	}
+	return st;
+}
+
+Status BodyPipe::finish(std::string &out)
+{
+	if (finished_)
+		return {};
+	finished_ = true;
+	if (refusal_)
+		return {};
+	if (enveloped_ && !unary_) {
+		if (!decoder_.at_boundary())
+			return plain_error(std::string(to_string(direction_)) + " stream ended inside a message (" +
+			                   std::to_string(decoder_.pending_bytes()) + " bytes pending)");
+		return {};
+	}
+	if (!unary_)
+		return {};
+	// A unary RPC carries exactly one message each way, even an empty one (a protobuf message
+	// with every field at its default); a bodiless REST call carries none.
+	if (body_.empty() && protocol_ != rpc::Protocol::ConnectUnary)
+		return {};
+
+	Message m;
+	m.direction = direction_;
+	m.compressed = unary_encoding_ == "gzip";
+	if (!unary_encoding_.empty() && unary_encoding_ != "gzip" && unary_encoding_ != "identity")
+		return plain_error("body with unsupported content-encoding '" + unary_encoding_ + "'");
+	if (m.compressed) {
+		auto plain = rpc::gunzip(body_, limits_.max_message);
+		if (!plain)
+			return plain.error();
+		m.payload = std::move(*plain);
+	} else {
+		m.payload = body_;
+	}
+	return deliver(m, body_, out);
+}
+
+} // namespace cordon::proxy

@@ -1,0 +1,157 @@
+// One HTTP exchange (request + response) as the later stages see it: request facts, and each
+// direction's body turned into messages that observers may inspect, replace, or refuse.
+//
+// The promise to clients: what no observer touched leaves byte for byte as it arrived
+// (including compression); what an observer replaced is re-encoded correctly (envelope length,
+// compression, content-length); what an observer refused ends in the protocol's own error.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "common/result.h"
+#include "proxy/rpc.h"
+
+namespace cordon::proxy {
+
+enum class Direction { Request, Response };
+const char *to_string(Direction d);
+
+struct Header {
+	std::string name; // lower case
+	std::string value;
+};
+using Headers = std::vector<Header>;
+std::string header_value(const Headers &headers, std::string_view name);
+bool has_header(const Headers &headers, std::string_view name);
+void remove_header(Headers &headers, std::string_view name);
+void set_header(Headers &headers, std::string_view name, std::string value);
+
+struct RequestInfo {
+	std::string connection; // the connection id (CORDON_CONN)
+	uint64_t number = 0;    // n-th exchange on the connection
+	std::string http;       // "2" or "1.1"
+	std::string host;       // :authority / Host, without port
+	std::string method, path;
+	std::string content_type;
+	std::string content_encoding; // unary body compression ("gzip" or "")
+	std::string stream_encoding;  // per-envelope compression (connect-content-encoding, grpc-encoding)
+	rpc::RpcName rpc;
+	rpc::Protocol protocol = rpc::Protocol::Other;
+	std::chrono::steady_clock::time_point started;
+};
+
+struct ResponseInfo {
+	int status = 0;
+	std::string content_type;
+	std::string content_encoding;
+	std::string stream_encoding;
+	rpc::Protocol protocol = rpc::Protocol::Other;
+};
+
+struct Message {
+	Direction direction = Direction::Request;
+	uint64_t index = 0;         // per direction, from 0
+	uint8_t flags = 0;          // envelope flags as received (0 for a unary body)
+	bool end_of_stream = false; // Connect end-of-stream JSON or gRPC-web trailer frame
+	bool compressed = false;    // arrived compressed
+	std::string payload;        // decompressed
+};
+
+struct Verdict {
+	enum class Kind { Forward, Replace, Refuse };
+	Kind kind = Kind::Forward;
+	std::string replacement;                // Replace: the new payload, uncompressed
+	std::string code = "permission_denied"; // Refuse: a Connect error code
+	std::string reason;                     // Refuse: says why (names the rule)
+
+	static Verdict forward() { return {}; }
+	static Verdict replace(std::string payload) { return {Kind::Replace, std::move(payload), {}, {}}; }
+	static Verdict refuse(std::string code, std::string reason)
+	{
+		return {Kind::Refuse, {}, std::move(code), std::move(reason)};
+	}
+};
+
+struct ExchangeSummary {
+	ResponseInfo response;
+	uint64_t request_bytes = 0, response_bytes = 0; // body bytes as received
+	uint64_t request_messages = 0, response_messages = 0;
+	std::chrono::microseconds duration{0};
+	std::chrono::microseconds first_response_byte{0};
+	std::string result; // "ok", "refused", "reset", "upstream_error", ...
+	std::string error;  // the refusal or failure reason
+};
+
+// Policy, masking, recording and the journal plug in here. Called on the loop thread.
+class ExchangeObserver {
+public:
+	virtual ~ExchangeObserver() = default;
+	// Refuse here and nothing is sent upstream.
+	virtual Verdict on_request(const RequestInfo &) { return Verdict::forward(); }
+	virtual Verdict on_message(const RequestInfo &, const Message &) { return Verdict::forward(); }
+	virtual void on_response(const RequestInfo &, const ResponseInfo &) {}
+	virtual void on_complete(const RequestInfo &, const ExchangeSummary &) {}
+};
+
+struct Limits {
+	size_t max_message = 16 << 20; // one message, decompressed
+	size_t max_unary_body = 16 << 20;
+};
+
+// A refusal, rendered the way the client's protocol expects it.
+struct Refusal {
+	int status = 403;
+	Headers headers; // response headers (beyond :status)
+	std::string body;
+	Headers trailers; // gRPC
+};
+// `headers_sent`: the response is already streaming; only in-band endings are possible then.
+Refusal render_refusal(rpc::Protocol protocol, std::string_view code, std::string_view message, bool headers_sent);
+
+// One direction of one exchange: body bytes in (HTTP framing already removed), body bytes out.
+class BodyPipe {
+public:
+	BodyPipe(Direction direction, const RequestInfo &request, rpc::Protocol protocol, std::string unary_encoding,
+	         std::string stream_encoding, std::vector<ExchangeObserver *> observers, Limits limits);
+
+	// Appends what may be forwarded now to `out`.
+	Status write(std::span<const uint8_t> in, std::string &out);
+	// End of body: appends the rest.
+	Status finish(std::string &out);
+
+	// Unary bodies are held until complete (so a replacement can fix content-length); the
+	// headers must wait for finish().
+	bool holds_whole_body() const { return unary_; }
+	// Set when an observer refused a message: stop forwarding and end the exchange with it.
+	const std::optional<Verdict> &refusal() const { return refusal_; }
+	bool changed() const { return changed_; } // some message was replaced
+	uint64_t bytes_in() const { return bytes_in_; }
+	uint64_t messages() const { return messages_; }
+
+private:
+	Status deliver(Message &message, std::string_view original, std::string &out);
+	Verdict ask(const Message &message);
+
+	Direction direction_;
+	const RequestInfo &request_;
+	rpc::Protocol protocol_;
+	std::string unary_encoding_, stream_encoding_;
+	std::vector<ExchangeObserver *> observers_;
+	Limits limits_;
+	bool unary_ = false;
+	bool enveloped_ = false;
+	rpc::EnvelopeDecoder decoder_;
+	std::string body_; // unary: the whole body
+	std::optional<Verdict> refusal_;
+	bool changed_ = false;
+	bool finished_ = false;
+	uint64_t bytes_in_ = 0, messages_ = 0;
+};
+
+} // namespace cordon::proxy

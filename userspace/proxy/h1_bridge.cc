@@ -1,0 +1,703 @@
+// HTTP/1.1 on both sides, parsed with Boost.Beast's incremental parser (no buffering of bodies
+// beyond what the message engine holds): one exchange at a time, keep-alive between them.
+// Streaming bodies (Cursor's text/event-stream fallback carrying binary Connect envelopes) are
+// forwarded piece by piece as they arrive, re-chunked toward the job.
+#include <algorithm>
+#include <boost/beast/http/basic_parser.hpp>
+#include <boost/beast/http/error.hpp>
+#include <chrono>
+#include <functional>
+#include <limits>
+#include <optional>
+
+#include "proxy/byte_queue.h"
+#include "proxy/http_bridge.h"
+
+namespace cordon::proxy {
+namespace {
+
+namespace http = boost::beast::http;
+using error_code = boost::beast::error_code;
+using string_view = boost::beast::string_view;
+using Clock = std::chrono::steady_clock;
+
+constexpr uint32_t kHeaderLimit = 64 * 1024;
+
+std::string lower(string_view s)
+{
+	std::string out(s.data(), s.size());
+	std::transform(out.begin(), out.end(), out.begin(), [](unsigned char c) { return std::tolower(c); });
+	return out;
+}
+
+// Beast parser events, delivered to the bridge.
+struct ParserEvents {
+	std::function<void(string_view method, string_view target, int version)> request_line;
+	std::function<void(int status, string_view reason, int version)> status_line;
+	std::function<void(string_view name, string_view value)> field;
+	std::function<void()> header_done;
+	std::function<void(std::span<const uint8_t>)> body;
+	std::function<void()> finish;
+};
+
+template <bool IsRequest> class EventParser : public http::basic_parser<IsRequest> {
+public:
+	explicit EventParser(ParserEvents &events) : events_(events)
+	{
+		this->header_limit(kHeaderLimit);
+		// Bodies stream through; the message engine bounds them. Not boost::none: Boost 1.74
+		// compares `content_length > body_limit_` against the empty optional, which is always true.
+		this->body_limit(std::numeric_limits<std::uint64_t>::max());
+
+		this->eager(true);
+	}
+
+private:
+	void on_request_impl(http::verb, string_view method, string_view target, int version, error_code &) override
+	{
+		events_.request_line(method, target, version);
+	}
+	void on_response_impl(int status, string_view reason, int version, error_code &) override
+	{
+		events_.status_line(status, reason, version);
+	}
+	void on_field_impl(http::field, string_view name, string_view value, error_code &) override
+	{
+		events_.field(name, value);
+	}
+	void on_header_impl(error_code &) override { events_.header_done(); }
+	void on_body_init_impl(boost::optional<std::uint64_t> const &, error_code &) override {}
+	std::size_t on_body_impl(string_view body, error_code &) override
+	{
+		events_.body({reinterpret_cast<const uint8_t *>(body.data()), body.size()});
+		return body.size();
+	}
+	void on_chunk_header_impl(std::uint64_t, string_view, error_code &) override {}
+	std::size_t on_chunk_body_impl(std::uint64_t, string_view body, error_code &) override
+	{
+		events_.body({reinterpret_cast<const uint8_t *>(body.data()), body.size()});
+		return body.size();
+	}
+	void on_finish_impl(error_code &) override { events_.finish(); }
+
+	ParserEvents &events_;
+};
+
+// How a body is framed on the way out.
+enum class Framing { None, Length, Chunked, UntilClose };
+
+class H1Bridge final : public HttpBridge {
+public:
+	explicit H1Bridge(BridgeSettings settings) : settings_(std::move(settings))
+	{
+		req_events_.request_line = [this](string_view m, string_view t, int v) { request_line(m, t, v); };
+		req_events_.field = [this](string_view n, string_view v) {
+			ex_->request_fields.emplace_back(std::string(n), std::string(v));
+		};
+		req_events_.header_done = [this] { request_head_done(); };
+		req_events_.body = [this](std::span<const uint8_t> d) { request_body(d); };
+		req_events_.finish = [this] { request_finished(); };
+		resp_events_.status_line = [this](int s, string_view r, int v) { status_line(s, r, v); };
+		resp_events_.field = [this](string_view n, string_view v) {
+			ex_->response_fields.emplace_back(std::string(n), std::string(v));
+		};
+		resp_events_.header_done = [this] { response_head_done(); };
+		resp_events_.body = [this](std::span<const uint8_t> d) { response_body(d); };
+		resp_events_.finish = [this] { response_finished(); };
+	}
+
+	Status on_client_data(std::span<const uint8_t> data) override
+	{
+		client_in_.append({reinterpret_cast<const char *>(data.data()), data.size()});
+		Status st = parse_client();
+		settle();
+		return st.ok() ? take_error() : st;
+	}
+
+	Status on_upstream_data(std::span<const uint8_t> data) override
+	{
+		upstream_in_.append({reinterpret_cast<const char *>(data.data()), data.size()});
+		Status st = parse_upstream();
+		settle();
+		return st.ok() ? take_error() : st;
+	}
+
+	void on_client_eof() override
+	{
+		client_eof_ = true;
+		if (ex_ && !ex_->response_done && ex_->result == "ok")
+			ex_->result = "client_closed";
+		closing_ = true;
+	}
+
+	void on_upstream_eof() override
+	{
+		upstream_eof_ = true;
+		if (ex_ && resp_parser_ && ex_->response_started && !ex_->response_done) {
+			// A body delimited by the end of the connection ends here.
+			error_code ec;
+			resp_parser_->put_eof(ec);
+			if (ec && !ex_->response_done)
+				fail_response("upstream closed the connection in the middle of a response");
+		} else if (ex_ && ex_->request_forwarded && !ex_->response_done) {
+			local_response(*ex_, 502, "upstream closed the connection before answering", "unavailable");
+		}
+		closing_ = true;
+		settle();
+	}
+
+	Status produce_client_output(std::string &out, size_t budget) override
+	{
+		move(client_out_, out, budget);
+		return take_error();
+	}
+	Status produce_upstream_output(std::string &out, size_t budget) override
+	{
+		move(upstream_out_, out, budget);
+		return take_error();
+	}
+
+	// The request body keeps flowing; only the next request waits for this response.
+	bool wants_client_data() const override { return !client_eof_ && !closing_ && (!ex_ || !ex_->request_done); }
+
+	bool wants_upstream_data() const override { return !upstream_eof_; }
+	bool done() const override { return closing_ && client_out_.empty() && (!ex_ || ex_->response_done); }
+	std::string protocol() const override { return "http/1.1"; }
+	uint64_t exchanges() const override { return exchanges_; }
+
+private:
+	struct Exchange {
+		RequestInfo request;
+		std::vector<std::pair<std::string, std::string>> request_fields, response_fields; // as received
+		Headers request_headers, response_headers;                                        // lower-case names
+		std::string target;
+		int version = 11;
+		std::unique_ptr<BodyPipe> request_pipe, response_pipe;
+		std::string request_held; // a held (unary) body, transformed
+		Framing request_framing = Framing::None, response_framing = Framing::None;
+		bool request_forwarded = false, request_done = false;
+		int status = 0;
+		std::string reason;
+		int response_version = 11;
+		ResponseInfo response;
+		bool response_started = false, response_head_sent = false, response_done = false;
+		bool refused = false;
+		bool head_request = false;
+		bool keep_alive = true;
+		Clock::time_point first_response_byte{};
+		std::string result = "ok", error;
+	};
+
+	// --- request side ------------------------------------------------------------------
+
+	Status parse_client()
+	{
+		while (!client_in_.empty() && !ex_done_waiting()) {
+			if (!req_parser_) {
+				if (ex_)
+					break; // one exchange at a time: the next request waits for this response
+				req_parser_ = std::make_unique<EventParser<true>>(req_events_);
+			}
+			error_code ec;
+			auto view = client_in_.view();
+			size_t n = req_parser_->put(boost::asio::const_buffer(view.data(), view.size()), ec);
+			client_in_.consume(n);
+			if (ec == http::error::need_more)
+				break;
+			if (ec) {
+				bad_request(ec.message());
+				break;
+			}
+			if (req_parser_->is_done())
+				req_parser_.reset();
+			if (n == 0)
+				break;
+		}
+		return take_error();
+	}
+
+	bool ex_done_waiting() const { return ex_ && ex_->request_done; }
+
+	void request_line(string_view method, string_view target, int version)
+	{
+		ex_.emplace();
+		ex_->request.connection = settings_.connection;
+		ex_->request.number = ++exchanges_;
+		ex_->request.http = "1.1";
+		ex_->request.started = Clock::now();
+		ex_->request.method = std::string(method);
+		ex_->target = std::string(target);
+		ex_->request.path = ex_->target;
+		ex_->version = version;
+		ex_->head_request = method == "HEAD";
+	}
+
+	void request_head_done()
+	{
+		Exchange &e = *ex_;
+		for (auto &[name, value] : e.request_fields)
+			e.request_headers.push_back({lower(name), value});
+		RequestInfo &r = e.request;
+		std::string host = header_value(e.request_headers, "host");
+		if (auto colon = host.rfind(':'); colon != std::string::npos && host.find(']') == std::string::npos)
+			host.resize(colon);
+		r.host = host.empty() ? settings_.default_host : host;
+		r.content_type = header_value(e.request_headers, "content-type");
+		r.content_encoding = header_value(e.request_headers, "content-encoding");
+		r.stream_encoding = header_value(e.request_headers, "connect-content-encoding");
+		r.rpc = rpc::parse_rpc_path(r.path);
+		r.protocol = rpc::classify_request(r.method, r.path, r.content_type);
+		const std::string connection = lower(header_value(e.request_headers, "connection"));
+		e.keep_alive = e.version >= 11 ? connection.find("close") == std::string::npos
+		                               : connection.find("keep-alive") != std::string::npos;
+		if (!settings_.upstream_unavailable.empty())
+			return refuse(e, Verdict::refuse("unavailable", settings_.upstream_unavailable));
+		if (r.method == "CONNECT" || has_header(e.request_headers, "upgrade"))
+			return refuse(
+			    e, Verdict::refuse("permission_denied",
+			                       "cordon: protocol upgrades and tunnels are not allowed to Cursor"));
+		for (ExchangeObserver *o : settings_.observers) {
+			Verdict v = o->on_request(r);
+			if (v.kind == Verdict::Kind::Refuse)
+				return refuse(e, v);
+		}
+		e.request_pipe = std::make_unique<BodyPipe>(Direction::Request, r, r.protocol, r.content_encoding,
+		                                            r.stream_encoding, settings_.observers, settings_.limits);
+		if (!e.request_pipe->holds_whole_body())
+			forward_request_head(e, std::nullopt);
+	}
+
+	// Sends the request line and headers upstream. `length`: the final body length when known
+	// (a held body); otherwise the original framing is kept where the body cannot change.
+	void forward_request_head(Exchange &e, std::optional<size_t> length)
+	{
+		const bool had_length = has_header(e.request_headers, "content-length");
+		const bool had_chunked =
+		    lower(header_value(e.request_headers, "transfer-encoding")).find("chunked") != std::string::npos;
+		if (length)
+			e.request_framing = (*length > 0 || had_length) ? Framing::Length : Framing::None;
+		else if (had_chunked || (had_length && rpc::is_enveloped(e.request.protocol)))
+			e.request_framing = Framing::Chunked; // envelopes may be rewritten: lengths are ours
+		else if (had_length)
+			e.request_framing = Framing::Length;
+		else
+			e.request_framing = Framing::None;
+		std::string head = e.request.method + " " + e.target + " HTTP/1.1\r\n";
+		for (auto &[name, value] : e.request_fields) {
+			std::string n = lower(name);
+			if (n == "content-length" || n == "transfer-encoding")
+				continue;
+			head += name + ": " + value + "\r\n";
+		}
+		if (e.request_framing == Framing::Length)
+			head += "Content-Length: " +
+			        std::to_string(
+			            length ? *length : std::stoull(header_value(e.request_headers, "content-length"))) +
+			        "\r\n";
+		else if (e.request_framing == Framing::Chunked)
+			head += "Transfer-Encoding: chunked\r\n";
+		head += "\r\n";
+		upstream_out_.append(head);
+		e.request_forwarded = true;
+	}
+
+	void append_body(ByteQueue &out, Framing framing, std::string_view data)
+	{
+		if (data.empty())
+			return;
+		if (framing == Framing::Chunked) {
+			char size[20];
+			std::snprintf(size, sizeof(size), "%zx\r\n", data.size());
+			out.append(size);
+			out.append(data);
+			out.append("\r\n");
+		} else {
+			out.append(data);
+		}
+	}
+
+	void request_body(std::span<const uint8_t> data)
+	{
+		Exchange &e = *ex_;
+		if (e.refused || !e.request_pipe)
+			return;
+		std::string out;
+		Status st = e.request_pipe->write(data, out);
+		if (!st)
+			return bad_input(e, Direction::Request, st.error().message());
+		if (e.request_pipe->refusal())
+			return refuse(e, *e.request_pipe->refusal());
+		if (e.request_pipe->holds_whole_body())
+			e.request_held += out;
+		else
+			append_body(upstream_out_, e.request_framing, out);
+	}
+
+	void request_finished()
+	{
+		Exchange &e = *ex_;
+		e.request_done = true;
+		if (e.refused || !e.request_pipe)
+			return;
+		std::string out;
+		Status st = e.request_pipe->finish(out);
+		if (!st)
+			return bad_input(e, Direction::Request, st.error().message());
+		if (e.request_pipe->refusal())
+			return refuse(e, *e.request_pipe->refusal());
+		if (e.request_pipe->holds_whole_body()) {
+			e.request_held += out;
+			forward_request_head(e, e.request_held.size());
+			upstream_out_.append(e.request_held);
+			e.request_held.clear();
+		} else {
+			append_body(upstream_out_, e.request_framing, out);
+			if (e.request_framing == Framing::Chunked)
+				upstream_out_.append("0\r\n\r\n");
+		}
+		resp_parser_ = std::make_unique<EventParser<false>>(resp_events_);
+		if (e.head_request)
+			resp_parser_->skip(true);
+	}
+
+	// --- response side -----------------------------------------------------------------
+
+	Status parse_upstream()
+	{
+		while (!upstream_in_.empty() && resp_parser_) {
+			error_code ec;
+			auto view = upstream_in_.view();
+			size_t n = resp_parser_->put(boost::asio::const_buffer(view.data(), view.size()), ec);
+			upstream_in_.consume(n);
+			// Parsers are replaced or dropped here, never inside their own callbacks.
+			if (replace_response_parser_) {
+				replace_response_parser_ = false;
+				resp_parser_ = std::make_unique<EventParser<false>>(resp_events_);
+				continue;
+			}
+			if (ex_ && ex_->response_done) {
+				resp_parser_.reset();
+				break;
+			}
+			if (ec == http::error::need_more)
+				break;
+			if (ec) {
+				fail_response("malformed response from upstream: " + ec.message());
+				break;
+			}
+			if (n == 0)
+				break;
+		}
+		if (resp_parser_ && ex_ && ex_->response_done)
+			resp_parser_.reset();
+		return take_error();
+	}
+
+	void status_line(int status, string_view reason, int version)
+	{
+		Exchange &e = *ex_;
+		e.status = status;
+		e.reason = std::string(reason);
+		e.response_version = version;
+		e.response_fields.clear();
+	}
+
+	void response_head_done()
+	{
+		Exchange &e = *ex_;
+		if (e.status >= 100 && e.status < 200) {
+			// 100 Continue and friends: pass on, keep waiting for the final response.
+			std::string head = "HTTP/1.1 " + std::to_string(e.status) + " " + e.reason + "\r\n";
+			for (auto &[name, value] : e.response_fields)
+				head += name + ": " + value + "\r\n";
+			client_out_.append(head + "\r\n");
+			pending_informational_ = true;
+			return;
+		}
+		e.response_started = true;
+		e.first_response_byte = Clock::now();
+		for (auto &[name, value] : e.response_fields)
+			e.response_headers.push_back({lower(name), value});
+		ResponseInfo &r = e.response;
+		r.status = e.status;
+		r.content_type = header_value(e.response_headers, "content-type");
+		r.content_encoding = header_value(e.response_headers, "content-encoding");
+		r.stream_encoding = header_value(e.response_headers, "connect-content-encoding");
+		r.protocol = rpc::classify_response(e.request.protocol, r.content_type);
+		if (lower(header_value(e.response_headers, "connection")).find("close") != std::string::npos ||
+		    e.response_version < 11)
+			e.keep_alive = false;
+		for (ExchangeObserver *o : settings_.observers)
+			o->on_response(e.request, r);
+		if (e.refused)
+			return;
+		e.response_pipe =
+		    std::make_unique<BodyPipe>(Direction::Response, e.request, r.protocol, r.content_encoding,
+		                               r.stream_encoding, settings_.observers, settings_.limits);
+		if (!e.response_pipe->holds_whole_body())
+			send_response_head(e, std::nullopt);
+	}
+
+	void send_response_head(Exchange &e, std::optional<size_t> length)
+	{
+		const bool no_body = e.head_request || e.status == 204 || e.status == 304;
+		const bool had_length = has_header(e.response_headers, "content-length");
+		if (no_body)
+			e.response_framing = Framing::None;
+		else if (length)
+			e.response_framing = Framing::Length;
+		else if (had_length && !rpc::is_enveloped(e.response.protocol))
+			e.response_framing = Framing::Length;
+		else if (e.version >= 11)
+			e.response_framing = Framing::Chunked;
+		else
+			e.response_framing = Framing::UntilClose;
+		if (e.response_framing == Framing::UntilClose)
+			e.keep_alive = false;
+		std::string head = "HTTP/1.1 " + std::to_string(e.status) + " " + e.reason + "\r\n";
+		for (auto &[name, value] : e.response_fields) {
+			std::string n = lower(name);
+			if (n == "transfer-encoding" || (n == "content-length" && !no_body))
+				continue;
+			head += name + ": " + value + "\r\n";
+		}
+		if (e.response_framing == Framing::Length)
+			head +=
+			    "Content-Length: " +
+			    std::to_string(length ? *length
+			                          : std::stoull(header_value(e.response_headers, "content-length"))) +
+			    "\r\n";
+		else if (e.response_framing == Framing::Chunked)
+			head += "Transfer-Encoding: chunked\r\n";
+		head += "\r\n";
+		client_out_.append(head);
+		e.response_head_sent = true;
+	}
+
+	void response_body(std::span<const uint8_t> data)
+	{
+		Exchange &e = *ex_;
+		if (e.refused || !e.response_pipe)
+			return;
+		std::string out;
+		Status st = e.response_pipe->write(data, out);
+		if (!st)
+			return bad_input(e, Direction::Response, st.error().message());
+		if (e.response_pipe->refusal())
+			return refuse(e, *e.response_pipe->refusal());
+		if (e.response_pipe->holds_whole_body())
+			response_held_ += out;
+		else
+			append_body(client_out_, e.response_framing, out);
+	}
+
+	void response_finished()
+	{
+		if (pending_informational_) {
+			pending_informational_ = false;
+			replace_response_parser_ = true; // the final response follows on a fresh parser
+			return;
+		}
+		Exchange &e = *ex_;
+		if (!e.refused && e.response_pipe) {
+			std::string out;
+			Status st = e.response_pipe->finish(out);
+			if (!st)
+				return bad_input(e, Direction::Response, st.error().message());
+			if (e.response_pipe->refusal())
+				return refuse(e, *e.response_pipe->refusal());
+			if (e.response_pipe->holds_whole_body()) {
+				response_held_ += out;
+				send_response_head(e, response_held_.size());
+				client_out_.append(response_held_);
+				response_held_.clear();
+			} else {
+				append_body(client_out_, e.response_framing, out);
+				if (e.response_framing == Framing::Chunked)
+					client_out_.append("0\r\n\r\n");
+			}
+		}
+		complete(e);
+	}
+
+	// May run inside a parser callback: only marks; settle() moves on to the next exchange.
+	void complete(Exchange &e)
+	{
+		e.response_done = true;
+		report(e);
+		if (!e.keep_alive || e.refused || e.response_framing == Framing::UntilClose)
+			closing_ = true; // the upstream connection's state after a refusal is unknown
+	}
+
+	// Called at the end of every public entry point, outside any parser callback: retires a
+	// finished exchange and starts on a request that may already be waiting (pipelining).
+	void settle()
+	{
+		while (ex_ && ex_->response_done && ex_->request_done) {
+			ex_.reset();
+			response_held_.clear();
+			resp_parser_.reset();
+			if (closing_)
+				return;
+			Status st = parse_client();
+			if (!st)
+				error_ = st.error().message();
+		}
+	}
+
+	void report(Exchange &e)
+	{
+		ExchangeSummary sum;
+		sum.response = e.response;
+		if (!sum.response.status)
+			sum.response.status = e.status;
+		sum.request_bytes = e.request_pipe ? e.request_pipe->bytes_in() : 0;
+		sum.response_bytes = e.response_pipe ? e.response_pipe->bytes_in() : 0;
+		sum.request_messages = e.request_pipe ? e.request_pipe->messages() : 0;
+		sum.response_messages = e.response_pipe ? e.response_pipe->messages() : 0;
+		auto now = Clock::now();
+		sum.duration = std::chrono::duration_cast<std::chrono::microseconds>(now - e.request.started);
+		if (e.first_response_byte != Clock::time_point{})
+			sum.first_response_byte = std::chrono::duration_cast<std::chrono::microseconds>(
+			    e.first_response_byte - e.request.started);
+		sum.result = e.result;
+		sum.error = e.error;
+		for (ExchangeObserver *o : settings_.observers)
+			o->on_complete(e.request, sum);
+	}
+
+	// --- endings -----------------------------------------------------------------------
+
+	// An answer cordon gives itself (refusals, upstream failures).
+	void local_response(Exchange &e, int status, const std::string &body, const std::string &content_type)
+	{
+		std::string head = "HTTP/1.1 " + std::to_string(status) + " " +
+		                   (status == 403   ? "Forbidden"
+		                    : status == 502 ? "Bad Gateway"
+		                                    : "Error") +
+		                   "\r\n";
+		head += "Content-Type: " + content_type + "\r\nContent-Length: " + std::to_string(body.size()) + "\r\n";
+		if (!e.keep_alive)
+			head += "Connection: close\r\n";
+		client_out_.append(head + "\r\n" + body);
+		e.response_head_sent = true;
+		e.status = status;
+		e.response.status = status;
+		complete(e);
+	}
+
+	void refuse(Exchange &e, const Verdict &v, const char *result = "refused")
+	{
+		if (e.refused)
+			return;
+		e.refused = true;
+		e.result = result;
+		e.error = v.reason;
+		const rpc::Protocol protocol = e.response_started ? e.response.protocol : e.request.protocol;
+		Refusal r = render_refusal(protocol, v.code, v.reason, e.response_head_sent);
+		if (e.response_head_sent) {
+			append_body(client_out_, e.response_framing, r.body);
+			if (e.response_framing == Framing::Chunked)
+				client_out_.append("0\r\n\r\n");
+			e.keep_alive = false;
+			complete(e);
+			return;
+		}
+		std::string head = "HTTP/1.1 " + std::to_string(r.status) + " Refused\r\n";
+		for (const auto &h : r.headers)
+			head += h.name + ": " + h.value + "\r\n";
+		for (const auto &h : r.trailers) // HTTP/1.1 gRPC is not a thing; keep the status visible
+			head += h.name + ": " + h.value + "\r\n";
+		head += "Content-Length: " + std::to_string(r.body.size()) + "\r\n";
+		// The request may be half sent upstream: this connection cannot be reused.
+		head += "Connection: close\r\n\r\n";
+		e.keep_alive = false;
+		e.status = r.status;
+		e.response.status = r.status;
+		client_out_.append(head + r.body);
+		e.response_head_sent = true;
+		if (!e.request_done)
+			closing_ = true; // stop reading the rest of the request
+		complete(e);
+	}
+
+	void bad_input(Exchange &e, Direction d, const std::string &why)
+	{
+		refuse(e,
+		       Verdict::refuse(d == Direction::Request ? "invalid_argument" : "internal",
+		                       std::string("cordon: cannot decode the ") + to_string(d) + ": " + why),
+		       "bad_input");
+	}
+
+	void bad_request(const std::string &why)
+	{
+		const std::string body =
+		    "{\"error\":" + rpc::connect_unary_error_body("invalid_argument", "bad HTTP/1.1 request: " + why) +
+		    "}";
+		client_out_.append("HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nContent-Length: " +
+		                   std::to_string(body.size()) + "\r\nConnection: close\r\n\r\n" + body);
+		closing_ = true;
+		if (ex_) {
+			ex_->result = "bad_request";
+			ex_->error = why;
+			ex_->response_done = true;
+			ex_->status = 400;
+			report(*ex_);
+		}
+	}
+
+	void fail_response(const std::string &why)
+	{
+		Exchange &e = *ex_;
+		e.result = "upstream_error";
+		e.error = why;
+		if (!e.response_head_sent) {
+			local_response(e, 502,
+			               "{\"error\":" + rpc::connect_unary_error_body("unavailable", "cordon: " + why) +
+			                   "}",
+			               "application/json");
+		} else {
+			e.response_done = true;
+			report(e);
+		}
+		closing_ = true;
+	}
+
+	void move(ByteQueue &from, std::string &out, size_t budget)
+	{
+		if (out.size() >= budget || from.empty())
+			return;
+		size_t n = std::min(from.size(), budget - out.size());
+		out.append(from.view().substr(0, n));
+		from.consume(n);
+	}
+
+	Status take_error()
+	{
+		if (error_.empty())
+			return {};
+		return plain_error(std::exchange(error_, ""));
+	}
+
+	BridgeSettings settings_;
+	ParserEvents req_events_, resp_events_;
+	std::unique_ptr<EventParser<true>> req_parser_;
+	std::unique_ptr<EventParser<false>> resp_parser_;
+	std::optional<Exchange> ex_;
+	std::string response_held_;
+	ByteQueue client_in_, upstream_in_, client_out_, upstream_out_;
+	bool client_eof_ = false, upstream_eof_ = false, closing_ = false;
+	bool pending_informational_ = false;
+	bool replace_response_parser_ = false;
+	uint64_t exchanges_ = 0;
+	std::string error_;
+};
+
+} // namespace
+
+std::unique_ptr<HttpBridge> make_h1_bridge(BridgeSettings settings)
+{
+	return std::make_unique<H1Bridge>(std::move(settings));
+}
+
+} // namespace cordon::proxy

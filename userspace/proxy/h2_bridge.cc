@@ -1,0 +1,780 @@
+// HTTP/2 on both sides with nghttp2: a server session toward the job, a client session toward
+// Cursor, one upstream stream per job stream. Requests and responses are forwarded frame by
+// frame as they arrive (a bidi stream whose request never ends just keeps flowing).
+//
+// Flow control is manual: a side's window is reopened (nghttp2_session_consume) only once the
+// other side has taken the bytes, so a slow reader on one end closes the window of the writer on
+// the other, and no queue here grows beyond a window.
+#include <nghttp2/nghttp2.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <unordered_map>
+
+#include "common/log.h"
+#include "proxy/byte_queue.h"
+#include "proxy/http_bridge.h"
+
+namespace cordon::proxy {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+constexpr int32_t kStreamWindow = 1 << 20;      // per stream, both sides
+constexpr int32_t kConnectionWindow = 16 << 20; // per connection, both sides
+constexpr uint32_t kMaxConcurrentStreams = 256;
+// Reopen the source's window once the forwarding queue is below this.
+constexpr size_t kLowWater = 256 * 1024;
+
+bool is_connection_specific(std::string_view name)
+{
+	return name == "connection" || name == "keep-alive" || name == "proxy-connection" ||
+	       name == "transfer-encoding" || name == "upgrade" || name == "te";
+}
+
+std::string strip_port(std::string_view authority)
+{
+	if (!authority.empty() && authority.front() == '[') {
+		auto close = authority.find(']');
+		return std::string(authority.substr(0, close == std::string_view::npos ? authority.size() : close + 1));
+	}
+	auto colon = authority.rfind(':');
+	return std::string(authority.substr(0, colon));
+}
+
+// Header list for nghttp2. It stores pointers, not copies: every name and value must outlive the
+// submit call, so names are either strings owned by the caller or literals (the overload below;
+// a literal bound to `const std::string &` would point into a temporary).
+struct Nv {
+	std::vector<nghttp2_nv> list;
+	void add(const std::string &name, const std::string &value) { add(name.data(), name.size(), value); }
+	template <size_t N> void add(const char (&literal)[N], const std::string &value) { add(literal, N - 1, value); }
+
+private:
+	void add(const char *name, size_t name_len, const std::string &value)
+	{
+		list.push_back(nghttp2_nv{reinterpret_cast<uint8_t *>(const_cast<char *>(name)),
+		                          reinterpret_cast<uint8_t *>(const_cast<char *>(value.data())), name_len,
+		                          value.size(), NGHTTP2_NV_FLAG_NONE});
+	}
+};
+
+class H2Bridge final : public HttpBridge {
+public:
+	explicit H2Bridge(BridgeSettings settings) : settings_(std::move(settings)) {}
+
+	~H2Bridge() override
+	{
+		if (down_)
+			nghttp2_session_del(down_);
+		if (up_)
+			nghttp2_session_del(up_);
+	}
+
+	Status init()
+	{
+		nghttp2_session_callbacks *cb = nullptr;
+		if (nghttp2_session_callbacks_new(&cb) != 0)
+			return plain_error("nghttp2: out of memory");
+		nghttp2_session_callbacks_set_on_begin_headers_callback(cb, on_begin_headers);
+		nghttp2_session_callbacks_set_on_header_callback(cb, on_header);
+		nghttp2_session_callbacks_set_on_frame_recv_callback(cb, on_frame_recv);
+		nghttp2_session_callbacks_set_on_frame_send_callback(cb, on_frame_send);
+		nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, on_data_chunk_recv);
+		nghttp2_session_callbacks_set_on_stream_close_callback(cb, on_stream_close);
+		nghttp2_option *opt = nullptr;
+		nghttp2_option_new(&opt);
+		nghttp2_option_set_no_auto_window_update(opt, 1);
+		int rc = nghttp2_session_server_new2(&down_, cb, this, opt);
+		if (rc == 0)
+			rc = nghttp2_session_client_new2(&up_, cb, this, opt);
+		nghttp2_option_del(opt);
+		nghttp2_session_callbacks_del(cb);
+		if (rc != 0)
+			return plain_error(std::string("nghttp2 session: ") + nghttp2_strerror(rc));
+		nghttp2_settings_entry down_settings[] = {
+		    {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, kMaxConcurrentStreams},
+		    {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, kStreamWindow}};
+		nghttp2_settings_entry up_settings[] = {{NGHTTP2_SETTINGS_ENABLE_PUSH, 0},
+		                                        {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, kStreamWindow}};
+		if (nghttp2_submit_settings(down_, NGHTTP2_FLAG_NONE, down_settings, 2) != 0 ||
+		    nghttp2_submit_settings(up_, NGHTTP2_FLAG_NONE, up_settings, 2) != 0 ||
+		    nghttp2_session_set_local_window_size(down_, NGHTTP2_FLAG_NONE, 0, kConnectionWindow) != 0 ||
+		    nghttp2_session_set_local_window_size(up_, NGHTTP2_FLAG_NONE, 0, kConnectionWindow) != 0)
+			return plain_error("nghttp2: initial settings");
+		return {};
+	}
+
+	Status on_client_data(std::span<const uint8_t> data) override
+	{
+		ssize_t n = nghttp2_session_mem_recv(down_, data.data(), data.size());
+		if (n < 0)
+			return plain_error(std::string("HTTP/2 from the client: ") +
+			                   nghttp2_strerror(static_cast<int>(n)));
+		return take_error();
+	}
+
+	Status on_upstream_data(std::span<const uint8_t> data) override
+	{
+		ssize_t n = nghttp2_session_mem_recv(up_, data.data(), data.size());
+		if (n < 0)
+			return plain_error(std::string("HTTP/2 from upstream: ") +
+			                   nghttp2_strerror(static_cast<int>(n)));
+		return take_error();
+	}
+
+	void on_client_eof() override
+	{
+		client_eof_ = true;
+		// The job went away: nothing it started needs to continue upstream.
+		for (auto &[id, s] : streams_)
+			if (s->up > 0 && !s->up_closed)
+				nghttp2_submit_rst_stream(up_, NGHTTP2_FLAG_NONE, s->up, NGHTTP2_CANCEL);
+		nghttp2_submit_goaway(up_, NGHTTP2_FLAG_NONE, 0, NGHTTP2_NO_ERROR, nullptr, 0);
+	}
+
+	void on_upstream_eof() override
+	{
+		upstream_eof_ = true;
+		for (auto &[id, s] : streams_)
+			if (!s->down_closed && !s->response_done)
+				nghttp2_submit_rst_stream(down_, NGHTTP2_FLAG_NONE, s->down, NGHTTP2_INTERNAL_ERROR);
+		nghttp2_submit_goaway(down_, NGHTTP2_FLAG_NONE, nghttp2_session_get_last_proc_stream_id(down_),
+		                      NGHTTP2_NO_ERROR, nullptr, 0);
+	}
+
+	Status produce_client_output(std::string &out, size_t budget) override { return produce(down_, out, budget); }
+	Status produce_upstream_output(std::string &out, size_t budget) override
+	{
+		if (upstream_eof_ || !settings_.upstream_unavailable.empty())
+			return {};
+		return produce(up_, out, budget);
+	}
+
+	bool wants_client_data() const override { return !client_eof_; }
+	bool wants_upstream_data() const override { return !upstream_eof_; }
+
+	bool done() const override
+	{
+		if (client_eof_)
+			return true;
+		// The job's session has said and heard everything (GOAWAY both ways, nothing pending).
+		return !nghttp2_session_want_read(down_) && !nghttp2_session_want_write(down_);
+	}
+
+	std::string protocol() const override { return "h2"; }
+	uint64_t exchanges() const override { return exchanges_; }
+
+private:
+	struct Stream {
+		int32_t down = -1, up = -1;
+		RequestInfo request;
+		Headers request_headers, request_trailers;
+		ResponseInfo response;
+		Headers response_headers, response_trailers;
+		std::unique_ptr<BodyPipe> request_pipe, response_pipe;
+		ByteQueue request_out, response_out; // transformed bodies waiting for the other session
+		bool request_eof = false, response_eof = false;
+		bool request_submitted = false, response_submitted = false;
+		bool request_ended = false; // END_STREAM seen from the job
+		bool response_done = false; // END_STREAM sent to the job
+		bool up_deferred = false, down_deferred = false;
+		size_t request_unconsumed = 0, response_unconsumed = 0;
+		bool down_closed = false, up_closed = false;
+		bool refused = false;
+		bool final_response = false; // a non-1xx response has started
+		bool reported = false;
+		std::string result = "ok", error;
+		Clock::time_point first_response_byte{};
+	};
+
+	// --- nghttp2 callbacks: forward to the bridge -----------------------------------------
+
+	static H2Bridge &self(void *user_data) { return *static_cast<H2Bridge *>(user_data); }
+
+	static int on_begin_headers(nghttp2_session *session, const nghttp2_frame *frame, void *user_data)
+	{
+		H2Bridge &b = self(user_data);
+		if (session == b.down_ && frame->hd.type == NGHTTP2_HEADERS &&
+		    frame->headers.cat == NGHTTP2_HCAT_REQUEST) {
+			auto s = std::make_unique<Stream>();
+			s->down = frame->hd.stream_id;
+			s->request.connection = b.settings_.connection;
+			s->request.number = ++b.exchanges_;
+			s->request.http = "2";
+			s->request.started = Clock::now();
+			b.streams_[s->down] = std::move(s);
+		}
+		return 0;
+	}
+
+	static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const uint8_t *name, size_t namelen,
+	                     const uint8_t *value, size_t valuelen, uint8_t, void *user_data)
+	{
+		H2Bridge &b = self(user_data);
+		Header h{std::string(reinterpret_cast<const char *>(name), namelen),
+		         std::string(reinterpret_cast<const char *>(value), valuelen)};
+		if (session == b.down_) {
+			Stream *s = b.by_down(frame->hd.stream_id);
+			if (!s)
+				return 0;
+			(frame->headers.cat == NGHTTP2_HCAT_REQUEST ? s->request_headers : s->request_trailers)
+			    .push_back(std::move(h));
+		} else {
+			Stream *s = b.by_up(frame->hd.stream_id);
+			if (!s)
+				return 0;
+			(s->final_response ? s->response_trailers : s->response_headers).push_back(std::move(h));
+		}
+		return 0;
+	}
+
+	static int on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, void *user_data)
+	{
+		H2Bridge &b = self(user_data);
+		const bool end_stream = frame->hd.flags & NGHTTP2_FLAG_END_STREAM;
+		if (session == b.down_) {
+			Stream *s = b.by_down(frame->hd.stream_id);
+			if (frame->hd.type == NGHTTP2_HEADERS && s) {
+				if (frame->headers.cat == NGHTTP2_HCAT_REQUEST)
+					b.start_request(*s);
+				if (end_stream)
+					b.end_request(*s);
+			} else if (frame->hd.type == NGHTTP2_DATA && s && end_stream) {
+				b.end_request(*s);
+			}
+			return 0;
+		}
+		if (frame->hd.type == NGHTTP2_GOAWAY) {
+			// Cursor will take no new streams on this connection: tell the job to open a new
+			// one (which cordon intercepts afresh).
+			b.upstream_goaway_ = true;
+			nghttp2_submit_goaway(b.down_, NGHTTP2_FLAG_NONE,
+			                      nghttp2_session_get_last_proc_stream_id(b.down_), NGHTTP2_NO_ERROR,
+			                      nullptr, 0);
+			return 0;
+		}
+		Stream *s = b.by_up(frame->hd.stream_id);
+		if (!s)
+			return 0;
+		if (frame->hd.type == NGHTTP2_HEADERS) {
+			if (!s->final_response) {
+				const std::string status = header_value(s->response_headers, ":status");
+				if (status.size() == 3 && status[0] == '1') {
+					b.forward_informational(*s);
+					return 0;
+				}
+				s->final_response = true;
+				b.start_response(*s);
+			}
+			if (end_stream)
+				b.end_response(*s);
+		} else if (frame->hd.type == NGHTTP2_DATA && end_stream) {
+			b.end_response(*s);
+		}
+		return 0;
+	}
+
+	static int on_frame_send(nghttp2_session *session, const nghttp2_frame *frame, void *user_data)
+	{
+		H2Bridge &b = self(user_data);
+		if (session != b.down_ || !(frame->hd.flags & NGHTTP2_FLAG_END_STREAM))
+			return 0;
+		Stream *s = b.by_down(frame->hd.stream_id);
+		if (!s)
+			return 0;
+		s->response_done = true;
+		// A complete response while the job is still sending (a refused bidi stream): ask it to
+		// stop (RFC 9113 §8.1).
+		if (!s->request_ended)
+			nghttp2_submit_rst_stream(b.down_, NGHTTP2_FLAG_NONE, s->down, NGHTTP2_NO_ERROR);
+		return 0;
+	}
+
+	static int on_data_chunk_recv(nghttp2_session *session, uint8_t, int32_t stream_id, const uint8_t *data,
+	                              size_t len, void *user_data)
+	{
+		H2Bridge &b = self(user_data);
+		if (session == b.down_) {
+			Stream *s = b.by_down(stream_id);
+			if (!s || !s->request_pipe || s->refused) {
+				nghttp2_session_consume(b.down_, stream_id, len); // discarded: keep the window open
+				return 0;
+			}
+			b.request_data(*s, {data, len});
+		} else {
+			Stream *s = b.by_up(stream_id);
+			if (!s || !s->response_pipe || s->refused) {
+				nghttp2_session_consume(b.up_, stream_id, len);
+				return 0;
+			}
+			b.response_data(*s, {data, len});
+		}
+		return 0;
+	}
+
+	static int on_stream_close(nghttp2_session *session, int32_t stream_id, uint32_t error_code, void *user_data)
+	{
+		H2Bridge &b = self(user_data);
+		if (session == b.down_) {
+			Stream *s = b.by_down(stream_id);
+			if (!s)
+				return 0;
+			s->down_closed = true;
+			if (s->up > 0 && !s->up_closed) {
+				nghttp2_submit_rst_stream(b.up_, NGHTTP2_FLAG_NONE, s->up, NGHTTP2_CANCEL);
+				if (!s->response_done && s->result == "ok")
+					s->result = "client_reset";
+			}
+			if (s->up <= 0 || s->up_closed)
+				b.retire(*s);
+		} else {
+			Stream *s = b.by_up(stream_id);
+			if (!s)
+				return 0;
+			s->up_closed = true;
+			if (s->response_unconsumed)
+				nghttp2_session_consume_connection(b.up_, s->response_unconsumed);
+			s->response_unconsumed = 0;
+			if (error_code != NGHTTP2_NO_ERROR && !s->response_done && !s->down_closed && !s->refused) {
+				// Cursor reset the stream: so does the job's copy.
+				nghttp2_submit_rst_stream(b.down_, NGHTTP2_FLAG_NONE, s->down, error_code);
+				s->result = "upstream_reset";
+				s->error = nghttp2_http2_strerror(error_code);
+			}
+			b.by_up_.erase(stream_id);
+			if (s->down_closed)
+				b.retire(*s);
+		}
+		return 0;
+	}
+
+	static ssize_t read_request_body(nghttp2_session *, int32_t stream_id, uint8_t *buf, size_t length,
+	                                 uint32_t *flags, nghttp2_data_source *, void *user_data)
+	{
+		H2Bridge &b = self(user_data);
+		Stream *s = b.by_up(stream_id);
+		if (!s)
+			return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+		size_t n = s->request_out.take(buf, length);
+		b.reopen_request_window(*s);
+		if (n == 0 && !s->request_eof) {
+			s->up_deferred = true;
+			return NGHTTP2_ERR_DEFERRED;
+		}
+		if (s->request_out.empty() && s->request_eof) {
+			*flags |= NGHTTP2_DATA_FLAG_EOF;
+			if (!s->request_trailers.empty()) {
+				*flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
+				b.submit_trailers(b.up_, s->up, s->request_trailers);
+			}
+		}
+		return static_cast<ssize_t>(n);
+	}
+
+	static ssize_t read_response_body(nghttp2_session *, int32_t stream_id, uint8_t *buf, size_t length,
+	                                  uint32_t *flags, nghttp2_data_source *, void *user_data)
+	{
+		H2Bridge &b = self(user_data);
+		Stream *s = b.by_down(stream_id);
+		if (!s)
+			return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+		size_t n = s->response_out.take(buf, length);
+		b.reopen_response_window(*s);
+		if (n == 0 && !s->response_eof) {
+			s->down_deferred = true;
+			return NGHTTP2_ERR_DEFERRED;
+		}
+		if (s->response_out.empty() && s->response_eof) {
+			*flags |= NGHTTP2_DATA_FLAG_EOF;
+			if (!s->response_trailers.empty()) {
+				*flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
+				b.submit_trailers(b.down_, s->down, s->response_trailers);
+			}
+		}
+		return static_cast<ssize_t>(n);
+	}
+
+	// --- exchange logic ----------------------------------------------------------------
+
+	Stream *by_down(int32_t id)
+	{
+		auto it = streams_.find(id);
+		return it == streams_.end() ? nullptr : it->second.get();
+	}
+	Stream *by_up(int32_t id)
+	{
+		auto it = by_up_.find(id);
+		return it == by_up_.end() ? nullptr : it->second;
+	}
+
+	void start_request(Stream &s)
+	{
+		RequestInfo &r = s.request;
+		r.method = header_value(s.request_headers, ":method");
+		r.path = header_value(s.request_headers, ":path");
+		std::string authority = header_value(s.request_headers, ":authority");
+		if (authority.empty())
+			authority = header_value(s.request_headers, "host");
+		r.host = authority.empty() ? settings_.default_host : strip_port(authority);
+		r.content_type = header_value(s.request_headers, "content-type");
+		r.content_encoding = header_value(s.request_headers, "content-encoding");
+		r.stream_encoding = header_value(s.request_headers, "connect-content-encoding");
+		if (r.stream_encoding.empty())
+			r.stream_encoding = header_value(s.request_headers, "grpc-encoding");
+		r.rpc = rpc::parse_rpc_path(r.path);
+		r.protocol = rpc::classify_request(r.method, r.path, r.content_type);
+
+		if (r.method == "CONNECT") // tunnels inside an intercepted connection: not for Cursor
+			return refuse(s, Verdict::refuse("permission_denied", "cordon: CONNECT is not allowed here"));
+		if (!settings_.upstream_unavailable.empty())
+			return refuse(s, Verdict::refuse("unavailable", settings_.upstream_unavailable));
+		if (upstream_goaway_ || upstream_eof_) {
+			nghttp2_submit_rst_stream(down_, NGHTTP2_FLAG_NONE, s.down, NGHTTP2_REFUSED_STREAM);
+			s.refused = true;
+			s.result = "refused_stream";
+			return;
+		}
+		for (ExchangeObserver *o : settings_.observers) {
+			Verdict v = o->on_request(r);
+			if (v.kind == Verdict::Kind::Refuse)
+				return refuse(s, v);
+		}
+		s.request_pipe = std::make_unique<BodyPipe>(Direction::Request, r, r.protocol, r.content_encoding,
+		                                            r.stream_encoding, settings_.observers, settings_.limits);
+		if (!s.request_pipe->holds_whole_body())
+			submit_request(s);
+	}
+
+	void submit_request(Stream &s)
+	{
+		s.request_submitted = true;
+		Nv nv;
+		for (const char *pseudo : {":method", ":scheme", ":authority", ":path"}) {
+			for (const auto &h : s.request_headers)
+				if (h.name == pseudo)
+					nv.add(h.name, h.value);
+		}
+		const bool held = s.request_pipe->holds_whole_body();
+		std::string length = std::to_string(s.request_out.size());
+		for (const auto &h : s.request_headers) {
+			if (h.name.empty() || h.name[0] == ':' || is_connection_specific(h.name))
+				continue;
+			if (h.name == "content-length") {
+				// A held body may have been rewritten; a streamed one may yet be.
+				if (held)
+					nv.add(h.name, length);
+				continue;
+			}
+			nv.add(h.name, h.value);
+		}
+		nghttp2_data_provider provider{};
+		provider.read_callback = read_request_body;
+		const bool body = !(s.request_eof && s.request_out.empty() && s.request_trailers.empty());
+		int32_t id = nghttp2_submit_request(up_, nullptr, nv.list.data(), nv.list.size(),
+		                                    body ? &provider : nullptr, nullptr);
+		if (id < 0) {
+			fail(s, "submit request upstream: " + std::string(nghttp2_strerror(id)));
+			return;
+		}
+		s.up = id;
+		by_up_[id] = &s;
+	}
+
+	void end_request(Stream &s)
+	{
+		s.request_ended = true;
+		if (!s.request_pipe || s.refused)
+			return;
+		std::string out;
+		Status st = s.request_pipe->finish(out);
+		s.request_out.append(out);
+		s.request_eof = true;
+		if (!st)
+			return fail_bad_input(s, Direction::Request, st.error().message());
+		if (s.request_pipe->refusal())
+			return refuse(s, *s.request_pipe->refusal());
+		if (!s.request_submitted)
+			submit_request(s);
+		else
+			resume(up_, s.up, s.up_deferred);
+	}
+
+	void request_data(Stream &s, std::span<const uint8_t> data)
+	{
+		std::string out;
+		Status st = s.request_pipe->write(data, out);
+		s.request_out.append(out);
+		s.request_unconsumed += data.size();
+		if (s.request_pipe->holds_whole_body())
+			reopen_request_window(s); // bounded by the unary limit, not by the peer's pace
+		if (!st)
+			return fail_bad_input(s, Direction::Request, st.error().message());
+		if (s.request_pipe->refusal())
+			return refuse(s, *s.request_pipe->refusal());
+		if (s.request_submitted)
+			resume(up_, s.up, s.up_deferred);
+	}
+
+	void reopen_request_window(Stream &s)
+	{
+		if (s.request_unconsumed && (s.request_out.size() < kLowWater || s.request_pipe->holds_whole_body())) {
+			nghttp2_session_consume(down_, s.down, s.request_unconsumed);
+			s.request_unconsumed = 0;
+		}
+	}
+
+	void forward_informational(Stream &s)
+	{
+		Nv nv;
+		for (const auto &h : s.response_headers)
+			if (!is_connection_specific(h.name))
+				nv.add(h.name, h.value);
+		nghttp2_submit_headers(down_, NGHTTP2_FLAG_NONE, s.down, nullptr, nv.list.data(), nv.list.size(),
+		                       nullptr);
+		s.response_headers.clear();
+	}
+
+	void start_response(Stream &s)
+	{
+		s.first_response_byte = Clock::now();
+		ResponseInfo &r = s.response;
+		r.status = std::atoi(header_value(s.response_headers, ":status").c_str());
+		r.content_type = header_value(s.response_headers, "content-type");
+		r.content_encoding = header_value(s.response_headers, "content-encoding");
+		r.stream_encoding = header_value(s.response_headers, "connect-content-encoding");
+		if (r.stream_encoding.empty())
+			r.stream_encoding = header_value(s.response_headers, "grpc-encoding");
+		r.protocol = rpc::classify_response(s.request.protocol, r.content_type);
+		for (ExchangeObserver *o : settings_.observers)
+			o->on_response(s.request, r);
+		if (s.refused)
+			return;
+		s.response_pipe =
+		    std::make_unique<BodyPipe>(Direction::Response, s.request, r.protocol, r.content_encoding,
+		                               r.stream_encoding, settings_.observers, settings_.limits);
+		if (!s.response_pipe->holds_whole_body())
+			submit_response(s);
+	}
+
+	void submit_response(Stream &s)
+	{
+		s.response_submitted = true;
+		Nv nv;
+		const bool held = s.response_pipe && s.response_pipe->holds_whole_body();
+		std::string length = std::to_string(s.response_out.size());
+		for (const auto &h : s.response_headers) {
+			if (is_connection_specific(h.name))
+				continue;
+			if (h.name == "content-length") {
+				if (held)
+					nv.add(h.name, length);
+				continue;
+			}
+			nv.add(h.name, h.value);
+		}
+		nghttp2_data_provider provider{};
+		provider.read_callback = read_response_body;
+		const bool body = !(s.response_eof && s.response_out.empty() && s.response_trailers.empty());
+		int rc =
+		    nghttp2_submit_response(down_, s.down, nv.list.data(), nv.list.size(), body ? &provider : nullptr);
+		if (rc != 0)
+			log::warning(std::string("h2: submit response: ") + nghttp2_strerror(rc));
+	}
+
+	void response_data(Stream &s, std::span<const uint8_t> data)
+	{
+		std::string out;
+		Status st = s.response_pipe->write(data, out);
+		s.response_out.append(out);
+		s.response_unconsumed += data.size();
+		if (s.response_pipe->holds_whole_body())
+			reopen_response_window(s);
+		if (!st)
+			return fail_bad_input(s, Direction::Response, st.error().message());
+		if (s.response_pipe->refusal())
+			return refuse(s, *s.response_pipe->refusal());
+		if (s.response_submitted)
+			resume(down_, s.down, s.down_deferred);
+	}
+
+	void reopen_response_window(Stream &s)
+	{
+		if (s.response_unconsumed && !s.up_closed &&
+		    (s.response_out.size() < kLowWater || (s.response_pipe && s.response_pipe->holds_whole_body()))) {
+			nghttp2_session_consume(up_, s.up, s.response_unconsumed);
+			s.response_unconsumed = 0;
+		}
+	}
+
+	void end_response(Stream &s)
+	{
+		if (!s.response_pipe || s.refused)
+			return;
+		std::string out;
+		Status st = s.response_pipe->finish(out);
+		s.response_out.append(out);
+		s.response_eof = true;
+		if (!st)
+			return fail_bad_input(s, Direction::Response, st.error().message());
+		if (s.response_pipe->refusal())
+			return refuse(s, *s.response_pipe->refusal());
+		if (!s.response_submitted)
+			submit_response(s);
+		else
+			resume(down_, s.down, s.down_deferred);
+	}
+
+	// An observer refused: nothing more goes upstream, the job gets its protocol's error.
+	void refuse(Stream &s, const Verdict &v, const char *result = "refused")
+	{
+		if (s.refused)
+			return;
+		s.refused = true;
+		s.result = result;
+		s.error = v.reason;
+		if (s.up > 0 && !s.up_closed)
+			nghttp2_submit_rst_stream(up_, NGHTTP2_FLAG_NONE, s.up, NGHTTP2_CANCEL);
+		const rpc::Protocol protocol = s.response.status ? s.response.protocol : s.request.protocol;
+		Refusal r = render_refusal(protocol, v.code, v.reason, s.response_submitted);
+		if (s.response_submitted) {
+			// Mid-stream: what was already allowed goes out, then the in-band ending.
+			s.response_out.append(r.body);
+			s.response_trailers = r.trailers;
+			s.response_eof = true;
+			resume(down_, s.down, s.down_deferred);
+			return;
+		}
+		s.response_submitted = true;
+		s.response_out.clear();
+		s.response_out.append(r.body);
+		s.response_eof = true;
+		Nv nv;
+		std::string status = std::to_string(r.status);
+		nv.add(":status", status);
+		std::string length = std::to_string(r.body.size());
+		for (const auto &h : r.headers)
+			nv.add(h.name, h.value);
+		if (r.trailers.empty() || !r.body.empty())
+			nv.add("content-length", length);
+		if (r.body.empty() && !r.trailers.empty()) {
+			// gRPC "trailers-only": status and grpc-status in one HEADERS frame.
+			for (const auto &h : r.trailers)
+				nv.add(h.name, h.value);
+			nghttp2_submit_response(down_, s.down, nv.list.data(), nv.list.size(), nullptr);
+			return;
+		}
+		s.response_trailers = r.trailers;
+		nghttp2_data_provider provider{};
+		provider.read_callback = read_response_body;
+		nghttp2_submit_response(down_, s.down, nv.list.data(), nv.list.size(), &provider);
+	}
+
+	// Data that cannot be decoded (oversize envelope, corrupt gzip, truncated stream) must not
+	// be forwarded as if it were fine: end the exchange with a clear error.
+	void fail_bad_input(Stream &s, Direction d, const std::string &why)
+	{
+		const std::string reason = std::string("cordon: cannot decode the ") + to_string(d) + ": " + why;
+		refuse(s, Verdict::refuse(d == Direction::Request ? "invalid_argument" : "internal", reason),
+		       "bad_input");
+	}
+
+	void fail(Stream &s, const std::string &why)
+	{
+		log::warning("h2: " + why);
+		refuse(s, Verdict::refuse("internal", "cordon: " + why), "error");
+	}
+
+	void resume(nghttp2_session *session, int32_t id, bool &deferred)
+	{
+		if (deferred && id > 0) {
+			deferred = false;
+			nghttp2_session_resume_data(session, id);
+		}
+	}
+
+	void submit_trailers(nghttp2_session *session, int32_t id, const Headers &trailers)
+	{
+		Nv nv;
+		for (const auto &h : trailers)
+			nv.add(h.name, h.value);
+		nghttp2_submit_trailer(session, id, nv.list.data(), nv.list.size());
+	}
+
+	void retire(Stream &s)
+	{
+		if (!s.reported) {
+			s.reported = true;
+			ExchangeSummary sum;
+			sum.response = s.response;
+			sum.request_bytes = s.request_pipe ? s.request_pipe->bytes_in() : 0;
+			sum.response_bytes = s.response_pipe ? s.response_pipe->bytes_in() : 0;
+			sum.request_messages = s.request_pipe ? s.request_pipe->messages() : 0;
+			sum.response_messages = s.response_pipe ? s.response_pipe->messages() : 0;
+			auto now = Clock::now();
+			sum.duration = std::chrono::duration_cast<std::chrono::microseconds>(now - s.request.started);
+			if (s.first_response_byte != Clock::time_point{})
+				sum.first_response_byte = std::chrono::duration_cast<std::chrono::microseconds>(
+				    s.first_response_byte - s.request.started);
+			if (s.result == "ok" && !s.response_done)
+				s.result = "incomplete";
+			sum.result = s.result;
+			sum.error = s.error;
+			for (ExchangeObserver *o : settings_.observers)
+				o->on_complete(s.request, sum);
+		}
+		if (s.request_unconsumed)
+			nghttp2_session_consume_connection(down_, s.request_unconsumed);
+		if (s.up > 0)
+			by_up_.erase(s.up);
+		streams_.erase(s.down); // s is gone
+	}
+
+	Status produce(nghttp2_session *session, std::string &out, size_t budget)
+	{
+		while (out.size() < budget) {
+			const uint8_t *data = nullptr;
+			ssize_t n = nghttp2_session_mem_send(session, &data);
+			if (n < 0)
+				return plain_error(std::string("HTTP/2 send: ") +
+				                   nghttp2_strerror(static_cast<int>(n)));
+			if (n == 0)
+				break;
+			out.append(reinterpret_cast<const char *>(data), static_cast<size_t>(n));
+		}
+		return take_error();
+	}
+
+	Status take_error()
+	{
+		if (error_.empty())
+			return {};
+		return plain_error(std::exchange(error_, ""));
+	}
+
+	BridgeSettings settings_;
+	nghttp2_session *down_ = nullptr;
+	nghttp2_session *up_ = nullptr;
+	std::unordered_map<int32_t, std::unique_ptr<Stream>> streams_;
+	std::unordered_map<int32_t, Stream *> by_up_;
+	uint64_t exchanges_ = 0;
+	bool client_eof_ = false, upstream_eof_ = false, upstream_goaway_ = false;
+	std::string error_;
+};
+
+} // namespace
+
+std::unique_ptr<HttpBridge> make_h2_bridge(BridgeSettings settings, Status *error)
+{
+	auto b = std::make_unique<H2Bridge>(std::move(settings));
+	Status st = b->init();
+	if (!st) {
+		if (error)
+			*error = st;
+		return nullptr;
+	}
+	return b;
+}
+
+} // namespace cordon::proxy
