@@ -185,6 +185,7 @@ install: all
 	install -D -m 0755 $(BUILD)/cordonctl $(DESTDIR)$(PREFIX)/bin/cordonctl
 	install -D -m 0644 systemd/cordon.service $(DESTDIR)/lib/systemd/system/cordon.service
 	install -D -m 0644 userspace/config/default_policy.yaml $(DESTDIR)/usr/share/cordon/policy.yaml.example
+	install -D -m 0644 $(BUILD)/cursor.desc $(DESTDIR)/usr/share/cordon/cursor.desc
 
 uninstall:
 	rm -f $(DESTDIR)$(PREFIX)/sbin/cordond $(DESTDIR)$(PREFIX)/bin/cordonctl

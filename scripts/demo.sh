@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
-# make demo: cordon end to end on one machine, against a local stand-in for api2.cursor.sh.
+# make demo: cordon end to end on one machine, against a local stand-in for Cursor.
 #
-#  1. a private name mapping (a mount namespace over /etc/hosts: the real file is never edited)
-#     sends api2.cursor.sh to 127.0.0.77, where a Node HTTPS server stands in for Cursor;
+#  1. a private name mapping (a mount namespace over /etc/hosts; the real file is never edited)
+#     sends api2.cursor.sh and friends to 127.0.0.77, where a Connect-RPC server stands in for
+#     Cursor, with a certificate from a throwaway "public" CA;
 #  2. cordond starts on its embedded default policy (Cursor's host names, ports 443 and 80, every
-#     cgroup enforced) and attaches its programs to the cgroup2 root;
-#  3. curl, unprivileged and inside a demo cgroup, asks for https://api2.cursor.sh/ as any job
-#     would: the kernel redirects it into cordond, which relays it to the stand-in;
-#  4. the journal and `cordonctl status` show who called and where they meant to go;
+#     cgroup enforced), creates its host CA, and attaches its programs to the cgroup2 root;
+#  3. a job, unprivileged and in a demo cgroup, trusting cordon's CA the way `cordonctl ca
+#     install` makes every job trust it, runs curl and a real Connect client's streaming chat:
+#     the kernel redirects both into cordond, which terminates TLS, verifies the stand-in's real
+#     certificate, and passes every message through, decoded live in `cordonctl watch`;
+#  4. the journal and `cordonctl status` show who called, what they called, and what happened;
 #  5. cordond stops: the same request is refused (fail closed); then everything is cleaned up.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,6 +30,7 @@ SOCK=$WORK/control.sock
 JOURNALD_PID=""
 CORDOND_PID=""
 STANDIN_PID=""
+WATCH_PID=""
 CREATED_DIRS=()
 
 bold() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
@@ -34,6 +38,7 @@ ctl() { "$BUILD/cordonctl" --socket "$SOCK" --pin-dir "$PIN_DIR" "$@"; }
 
 cleanup() {
 	set +e
+	[ -n "$WATCH_PID" ] && kill "$WATCH_PID" 2>/dev/null && wait "$WATCH_PID" 2>/dev/null
 	[ -n "$CORDOND_PID" ] && kill "$CORDOND_PID" 2>/dev/null && wait "$CORDOND_PID" 2>/dev/null
 	[ -d "$PIN_DIR" ] && "$BUILD/cordonctl" --pin-dir "$PIN_DIR" detach >/dev/null
 	[ -n "$STANDIN_PID" ] && kill "$STANDIN_PID" 2>/dev/null && wait "$STANDIN_PID" 2>/dev/null
@@ -68,74 +73,86 @@ else
 	echo "started systemd-journald (pid $JOURNALD_PID) for the demo; it stops again at the end"
 fi
 
-bold "a stand-in for api2.cursor.sh on $STANDIN_IP:443"
-# The stand-in's certificate comes from a throwaway "public" CA that only this demo's curl trusts.
-# (cordon does not look inside TLS yet: here it relays the encrypted bytes unchanged.)
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj "/CN=cordon demo public CA" \
-	-keyout "$WORK/ca.key" -out "$WORK/ca.pem" 2>/dev/null
-openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=api2.cursor.sh" \
-	-keyout "$WORK/standin.key" -out "$WORK/standin.csr" 2>/dev/null
-printf 'subjectAltName=DNS:api2.cursor.sh\n' > "$WORK/san.ext"
-openssl x509 -req -in "$WORK/standin.csr" -CA "$WORK/ca.pem" -CAkey "$WORK/ca.key" -CAcreateserial -days 1 \
-	-extfile "$WORK/san.ext" -out "$WORK/standin.pem" 2>/dev/null
-chmod 644 "$WORK/ca.pem"
-node tests/standin/standin.mjs --host "$STANDIN_IP" --port 443 --cert "$WORK/standin.pem" \
-	--key "$WORK/standin.key" --log "$WORK/standin.jsonl" > "$WORK/standin.out" & STANDIN_PID=$!
+bold "a stand-in for Cursor on $STANDIN_IP:443"
+tests/standin/make-certs.sh "$WORK/certs" > /dev/null
+node tests/standin/standin.mjs --host "$STANDIN_IP" --port 443 --cert "$WORK/certs/standin.pem" \
+	--key "$WORK/certs/standin.key" --log "$WORK/standin.jsonl" --descriptors "$BUILD/cursor.desc" \
+	> "$WORK/standin.out" 2>&1 & STANDIN_PID=$!
 for _ in $(seq 200); do grep -q listening "$WORK/standin.out" 2>/dev/null && break; sleep 0.05; done
 cat "$WORK/standin.out"
 
 bold "cordond on its embedded default policy"
-printf '127.0.0.1 localhost\n%s api2.cursor.sh\n' "$STANDIN_IP" > "$WORK/hosts"
-echo "private name mapping: api2.cursor.sh -> $STANDIN_IP (mount namespace over /etc/hosts)"
+printf '127.0.0.1 localhost\n%s api2.cursor.sh agentn.api5.cursor.sh repo42.cursor.sh api.cursor.com\n' "$STANDIN_IP" > "$WORK/hosts"
+echo "private name mapping: Cursor's names -> $STANDIN_IP (a mount namespace over /etc/hosts)"
+echo "cordond verifies the stand-in against the demo's \"public\" CA (--upstream-ca), as it verifies Cursor against the system store"
 mkdir -p "$CG_MOUNT$CG/job" "$CG_MOUNT$CG/daemon"
 # cordond runs in the private mount namespace so it resolves Cursor's names as the job does.
 unshare --mount --propagation private sh -c \
 	"mount --bind '$WORK/hosts' /etc/hosts && exec '$BUILD/cordond' --cgroup '$CG/daemon' \
-	 --pin-dir '$PIN_DIR' --control-socket '$SOCK'" 2> "$WORK/cordond.log" & CORDOND_PID=$!
+	 --pin-dir '$PIN_DIR' --control-socket '$SOCK' --state-dir '$WORK/state' \
+	 --upstream-ca '$WORK/certs/ca.pem' --descriptors '$BUILD/cursor.desc'" 2> "$WORK/cordond.log" & CORDOND_PID=$!
 for _ in $(seq 200); do ctl status >/dev/null 2>&1 && break; sleep 0.05; done
 ctl status >/dev/null || { cat "$WORK/cordond.log"; exit 1; }
-head -n 3 "$WORK/cordond.log" | sed 's/^<[0-9]>//'
+grep -v "^<7>" "$WORK/cordond.log" | sed 's/^<[0-9]>//; s/ CORDON_.*//' | head -n 4
 
-# A job: unprivileged, in its own cgroup, in the same name mapping, using curl as it always would.
+# What `cordonctl ca install` does on a real host, done inside the job's private namespace: the OS
+# bundle gains cordon's CA and Node is pointed at it.
+cp "$WORK/state/ca/ca.crt" "$WORK/cordon-ca.crt"
+cat /etc/ssl/certs/ca-certificates.crt "$WORK/cordon-ca.crt" > "$WORK/ca-bundle.crt"
+chmod 644 "$WORK/cordon-ca.crt" "$WORK/ca-bundle.crt"
+
+# A job: unprivileged, in its own cgroup, seeing Cursor's names and trusting cordon's CA.
 job() {
 	nsenter --target "$CORDOND_PID" --mount -- sh -c \
-		"echo \$\$ > '$CG_MOUNT$CG/job/cgroup.procs' && exec setpriv --reuid=$NOBODY --regid=$NOBODY --clear-groups -- \"\$@\"" \
-		job "$@"
+		"mount --bind '$WORK/ca-bundle.crt' /etc/ssl/certs/ca-certificates.crt 2>/dev/null || true
+		 echo \$\$ > '$CG_MOUNT$CG/job/cgroup.procs' && exec setpriv --reuid=$NOBODY --regid=$NOBODY --clear-groups -- \
+		 env NODE_EXTRA_CA_CERTS='$WORK/cordon-ca.crt' HOME=/tmp \"\$@\"" job "$@"
 }
 
-bold "the job: curl https://api2.cursor.sh/ as uid $NOBODY in cgroup $CG/job"
-job curl -sS --http2 --cacert "$WORK/ca.pem" https://api2.cursor.sh/
+ctl watch > "$WORK/watch.txt" 2>&1 & WATCH_PID=$!
 sleep 0.3
 
-bold "what the stand-in saw"
-sed 's/^/  /' "$WORK/standin.jsonl"
+bold "the job: curl https://api2.cursor.sh/ as uid $NOBODY in cgroup $CG/job (OS trust store)"
+job curl -sS --http2 https://api2.cursor.sh/
 
-bold "the journal: journalctl _PID=$CORDOND_PID CORDON_EVENT=connection_close"
-journalctl --no-pager _PID="$CORDOND_PID" CORDON_EVENT=connection_close -o verbose \
-	--output-fields=MESSAGE,CORDON_CONN,CORDON_PID,CORDON_UID,CORDON_COMM,CORDON_CGROUP,CORDON_DST,CORDON_CLIENT,CORDON_UPSTREAM_LOCAL,CORDON_BYTES_UP,CORDON_BYTES_DOWN,CORDON_DURATION_US,CORDON_RESULT
+bold "the job: a real Connect client, a streaming chat (aiserver.v1.ChatService/StreamUnifiedChatWithTools)"
+job node "$ROOT/tests/standin/client.mjs" --descriptors "$BUILD/cursor.desc" chat \
+	--prompt "explain this repository" --prompt "now run the tests" --pause-ms 300 \
+	| node -e 'require("readline").createInterface({input: process.stdin}).on("line", l => {
+		const e = JSON.parse(l);
+		if (e.event === "sent") console.log(`  sent     ${JSON.stringify(e.json).slice(0, 110)}`);
+		if (e.event === "recv") console.log(`  received ${JSON.stringify(e.json).slice(0, 110)}`);
+	})'
+sleep 0.5
+kill "$WATCH_PID" 2>/dev/null; wait "$WATCH_PID" 2>/dev/null || true
+WATCH_PID=""
 
-close_field() {
-	journalctl --no-pager _PID="$CORDOND_PID" CORDON_EVENT=connection_close -o export | sed -n "s/^$1=//p" | head -n 1
-}
-echo "curl's own socket was $(close_field CORDON_CLIENT); the stand-in talked to cordond's upstream socket" \
-	"$(close_field CORDON_UPSTREAM_LOCAL) — see 'peer' above."
+bold "cordonctl watch: what cordond saw, decoded (names from proto/cursor)"
+cut -c1-230 "$WORK/watch.txt"
+
+bold "what the stand-in received (its log): byte for byte what the client sent"
+node -e 'const lines = require("fs").readFileSync(process.argv[1], "utf8").trim().split("\n").map(JSON.parse);
+	for (const e of lines) if (e.event === "message" && e.direction === "received" && "index" in e)
+		console.log(`  ${e.path}  #${e.index} ${e.size} B from ${e.peer} (cordond)`);' "$WORK/standin.jsonl"
+
+bold "the journal: journalctl _PID=$CORDOND_PID CORDON_EVENT=request"
+journalctl --no-pager _PID="$CORDOND_PID" CORDON_EVENT=request -o cat
+echo
+journalctl --no-pager _PID="$CORDOND_PID" CORDON_EVENT=request -o verbose -n 1 \
+	--output-fields=CORDON_CONN,CORDON_PID,CORDON_UID,CORDON_COMM,CORDON_CGROUP,CORDON_SNI,CORDON_HOST,CORDON_RPC,CORDON_PROTO,CORDON_HTTP,CORDON_STATUS,CORDON_REQ_MESSAGES,CORDON_RESP_MESSAGES,CORDON_DURATION_US,CORDON_RESULT
 
 bold "cordonctl status"
 ctl status
 
-bold "cordond stops: captured connections are refused, nothing reaches the target unseen"
-kill "$CORDOND_PID"; wait "$CORDOND_PID" || true; CORDOND_PID_STOPPED=$CORDOND_PID
-# The mount namespace went with cordond; map the name for this one request with curl's --resolve.
-CORDOND_PID=""
-nsenter_job() {
-	sh -c "echo \$\$ > '$CG_MOUNT$CG/job/cgroup.procs' && exec setpriv --reuid=$NOBODY --regid=$NOBODY --clear-groups -- \"\$@\"" job "$@"
-}
-if nsenter_job curl -sS --max-time 5 --cacert "$WORK/ca.pem" --resolve "api2.cursor.sh:443:$STANDIN_IP" \
-	https://api2.cursor.sh/ 2>&1; then
-	echo "demo: the request went through while cordond was down — that must not happen" >&2
+bold "cordond stops: captured connections are refused, nothing reaches Cursor unseen"
+kill "$CORDOND_PID"; wait "$CORDOND_PID" || true; STOPPED=$CORDOND_PID; CORDOND_PID=""
+# The name mapping went with cordond's namespace; map the name for this one request with --resolve.
+if sh -c "echo \$\$ > '$CG_MOUNT$CG/job/cgroup.procs' && exec setpriv --reuid=$NOBODY --regid=$NOBODY --clear-groups -- \
+	curl -sS --max-time 5 --cacert '$WORK/cordon-ca.crt' --resolve 'api2.cursor.sh:443:$STANDIN_IP' https://api2.cursor.sh/" 2>&1; then
+	echo "demo: the request went through while cordond was down; that must not happen" >&2
 	exit 1
 fi
 ctl status 2>&1 || true
-echo "(cordond pid $CORDOND_PID_STOPPED has stopped; its programs are detached by the cleanup)"
+echo "(cordond pid $STOPPED has stopped; its programs are detached by the cleanup)"
 
 bold "done: everything the demo created is removed"

@@ -25,6 +25,8 @@ const char *kUsage = R"(usage: cordonctl [--socket PATH] [--pin-dir DIR] [--stat
 
 commands:
   status     what cordond is doing: programs, listeners, counters, live connections
+  watch      every intercepted request and message, decoded, as it happens (root only)
+             --json: one JSON event per line; --count N: stop after N messages; --seconds S
   detach     detach and unpin cordon's BPF programs (root only); traffic then flows unseen
   version    print the version
   ca init | show | install | uninstall | issue HOST
@@ -112,6 +114,42 @@ void print_status(const json &s)
 		          << c["bytes_up"] << std::setw(11) << c["bytes_down"] << printable(c["state"]) << "\n";
 }
 
+// One line per event, the JSON of a message cut to a screenful.
+void print_watch_event(const json &e)
+{
+	const std::string event = e.value("event", "");
+	if (event == "watching") {
+		std::cout << "watching cordond (pid " << e.value("pid", 0) << "); Ctrl-C to stop" << std::endl;
+		return;
+	}
+	if (event == "dropped") {
+		std::cout << "  ... " << e.value("count", 0) << " events dropped (this terminal fell behind)"
+		          << std::endl;
+		return;
+	}
+	const std::string tag =
+	    printable(e.value("conn", std::string("?"))) + "#" + std::to_string(e.value("request", 0));
+	if (event == "request") {
+		std::cout << tag << "  " << printable(e.value("comm", std::string())) << "[" << e.value("pid", 0)
+		          << "] " << printable(e.value("host", std::string())) << " "
+		          << printable(e.value("rpc", std::string())) << "  (" << e.value("protocol", std::string())
+		          << ", HTTP/" << e.value("http", std::string()) << ")" << std::endl;
+	} else if (event == "message") {
+		std::string body =
+		    e.contains("json") ? e["json"].dump(-1, ' ', false, json::error_handler_t::replace) : "";
+		if (body.size() > 400)
+			body = body.substr(0, 400) + "...";
+		const bool request = e.value("direction", "") == "request";
+		std::cout << tag << "  " << (request ? "-> " : "<- ") << (e.value("end_of_stream", false) ? "end " : "")
+		          << "#" << e.value("index", 0) << " " << e.value("size", 0) << " B "
+		          << printable(e.value("type", std::string())) << " " << printable(body) << std::endl;
+	} else if (event == "complete") {
+		std::cout << tag << "  done: " << e.value("status", 0) << " " << e.value("result", std::string())
+		          << (e.contains("error") ? " (" + printable(e["error"]) + ")" : "") << ", "
+		          << e.value("duration_us", 0) / 1000 << " ms" << std::endl;
+	}
+}
+
 // cordond is not answering: say what the kernel side is doing without it.
 int report_not_running(const std::string &socket, const std::string &pin_dir, const std::string &why, bool as_json)
 {
@@ -157,6 +195,8 @@ int main(int argc, char **argv)
 		("socket", po::value<std::string>()->default_value(defaults.daemon().control_socket()), "control socket")
 		("pin-dir", po::value<std::string>()->default_value(defaults.daemon().pin_dir()), "bpffs pin directory")
 		("state-dir", po::value<std::string>()->default_value(defaults.daemon().state_dir()), "state directory (the CA)")
+		("count", po::value<long>()->default_value(0), "watch: stop after this many messages")
+		("seconds", po::value<int>()->default_value(0), "watch: stop after this many seconds")
 		("command", po::value<std::string>(), "command");
 	po::options_description hidden;
 	hidden.add_options()
@@ -211,6 +251,31 @@ int main(int argc, char **argv)
 			std::cout << reply->dump(2) << "\n";
 		else
 			print_status(*reply);
+		return 0;
+	}
+	if (command == "watch") {
+		const long count = vm["count"].as<long>();
+		long messages = 0;
+		Status st = control_stream(
+		    socket, json{{"command", "watch"}},
+		    [&](const json &e) {
+			    if (e.contains("ok") && !e.value("ok", false)) {
+				    std::cerr << "cordonctl: " << e.value("error", std::string("refused")) << "\n";
+				    return false;
+			    }
+			    if (as_json)
+				    std::cout << e.dump(-1, ' ', false, json::error_handler_t::replace) << std::endl;
+			    else
+				    print_watch_event(e);
+			    if (e.value("event", "") == "message")
+				    messages++;
+			    return count <= 0 || messages < count;
+		    },
+		    vm["seconds"].as<int>());
+		if (!st) {
+			std::cerr << "cordonctl: " << st.error().message() << "\n";
+			return 1;
+		}
 		return 0;
 	}
 	if (command == "detach") {

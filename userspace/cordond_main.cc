@@ -38,6 +38,14 @@ std::string overrides_yaml(const po::variables_map &vm)
 			out << YAML::Key << "hosts" << YAML::Value << vm["host"].as<std::vector<std::string>>();
 		out << YAML::EndMap;
 	}
+	if (vm.count("upstream-ca") || vm.count("descriptors")) {
+		out << YAML::Key << "tls" << YAML::Value << YAML::BeginMap;
+		if (vm.count("upstream-ca"))
+			out << YAML::Key << "upstream_ca_file" << YAML::Value << vm["upstream-ca"].as<std::string>();
+		if (vm.count("descriptors"))
+			out << YAML::Key << "descriptors" << YAML::Value << vm["descriptors"].as<std::string>();
+		out << YAML::EndMap;
+	}
 	out << YAML::Key << "daemon" << YAML::Value << YAML::BeginMap;
 	if (vm.count("listen"))
 		out << YAML::Key << "listen_port" << YAML::Value << vm["listen"].as<std::string>();
@@ -71,6 +79,8 @@ int main(int argc, char **argv)
 		("pin-dir", po::value<std::string>(), "bpffs directory for pinned programs and maps (daemon.pin_dir)")
 		("control-socket", po::value<std::string>(), "control socket path (daemon.control_socket)")
 		("state-dir", po::value<std::string>(), "root-only state: the host CA (daemon.state_dir)")
+		("upstream-ca", po::value<std::string>(), "verify Cursor against this PEM bundle instead of the system store (tls.upstream_ca_file)")
+		("descriptors", po::value<std::string>(), "Cursor's message descriptor set, for decoding (tls.descriptors)")
 		("log-level", po::value<std::string>()->default_value("info"), "debug, info, warning or error");
 	// clang-format on
 	po::variables_map vm;

@@ -383,3 +383,48 @@ def test_bad_envelopes_end_that_request_with_a_clear_error(intercept, journal, t
     req = entries(journal, d, "request")[0]
     assert req["CORDON_RESULT"] == "bad_input" and why in req["CORDON_ERROR"]
     assert d.status()["ok"]
+
+
+# --- what the review found -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("flag", ["--http2", "--http1.1"])
+def test_a_request_for_another_host_on_an_intercepted_connection_is_refused(intercept, journal, upstreams, flag):
+    """SNI api2.cursor.sh, Host evil.example: the request must not reach Cursor under a name
+    cordon did not decide on."""
+    d, jobs = intercept()
+    before = len([e for e in upstreams["standin"].log() if e["event"] == "request"])
+    r = jobs.run(["curl", "-sS", flag, "--max-time", "10", "-H", "Host: evil.example", "https://api2.cursor.sh/",
+                  "-w", "\n%{http_code}"], check=False)
+    assert r.stdout.endswith("403"), r.stdout
+    assert "request for evil.example on a connection for api2.cursor.sh" in r.stdout
+    assert len([e for e in upstreams["standin"].log() if e["event"] == "request"]) == before
+
+
+@pytest.mark.parametrize("flag", ["--http2", "--http1.1"])
+def test_a_large_unary_upload_goes_through(intercept, journal, tmp_path, flag):
+    """Several megabytes in one unary message: held whole (it may be rewritten), forwarded when
+    complete, nothing stranded between TLS reads."""
+    d, jobs = intercept()
+    body = tmp_path / "big.bin"
+    body.write_bytes(os.urandom(3 << 20))
+    os.chmod(body, 0o644)
+    r = jobs.run(["curl", "-sS", flag, "--max-time", "30", "-X", "POST", "--data-binary", f"@{body}",
+                  "-H", "content-type: application/proto", "-H", "connect-protocol-version: 1",
+                  "https://api2.cursor.sh/aiserver.v1.AiService/AvailableModels", "-o", "/dev/null",
+                  "-w", "%{http_code}"], check=False)
+    assert r.returncode == 0, r.stderr
+    req = entries(journal, d, "request")[0]
+    assert req["CORDON_REQ_BYTES"] == str(3 << 20)
+    assert req["CORDON_STATUS"] == r.stdout
+
+
+def test_grpc_calls_and_trailers_only_errors_pass_intact(intercept, journal):
+    d, jobs = intercept()
+    events, _ = jobs.client("--protocol", "grpc", "models")
+    assert any(e["event"] == "response" for e in events), events
+    # The stand-in refuses an append without a request id: a gRPC trailers-only error.
+    events, p = jobs.client("--protocol", "grpc", "append", "--request-id", "", "--seqno", "0", "--message", "{}",
+                            check=False)
+    errors = [e for e in events if e["event"] == "error"]
+    # The server's own status, not a cordon-made "internal" error.
+    assert errors and errors[0]["code"] == "invalid_argument", (events, p.stdout, p.stderr)

@@ -138,3 +138,71 @@ TEST(H1Bridge, ChunkedRequestWhoseEndArrivesLater)
 	EXPECT_NE(up.find("Content-Length: 3\r\n\r\nabc"), std::string::npos) << up;
 	EXPECT_FALSE(h.bridge->wants_client_data()); // the next request waits for the response
 }
+
+TEST(H1Bridge, TrailersNeverBecomeHeaders)
+{
+	H1 h;
+	ASSERT_TRUE(h.bridge->on_client_data(
+	    bytes("POST /aiserver.v1.AiService/AvailableModels HTTP/1.1\r\nHost: api2.cursor.sh\r\n"
+	          "Content-Type: application/proto\r\nTransfer-Encoding: chunked\r\n\r\n"
+	          "3\r\nabc\r\n0\r\nHost: evil.example\r\nAuthorization: Bearer injected\r\n\r\n")));
+	std::string up = h.to_upstream();
+	EXPECT_EQ(up.find("evil.example"), std::string::npos) << up;
+	EXPECT_EQ(up.find("injected"), std::string::npos) << up;
+	EXPECT_NE(up.find("Content-Length: 3\r\n\r\nabc"), std::string::npos) << up;
+}
+
+TEST(H1Bridge, RequestsMustBeForTheConnectionsHost)
+{
+	for (const char *req :
+	     {"GET / HTTP/1.1\r\nHost: evil.example\r\n\r\n",
+	      "GET / HTTP/1.1\r\nHost: api2.cursor.sh\r\nHost: evil.example\r\n\r\n", "GET / HTTP/1.1\r\n\r\n",
+	      "GET https://evil.example/ HTTP/1.1\r\nHost: api2.cursor.sh\r\n\r\n",
+	      "POST /a.B/C HTTP/1.1\r\nHost: api2.cursor.sh\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+	      "GET /a.B%2FC HTTP/1.1\r\nHost: api2.cursor.sh\r\n\r\n"}) {
+		H1 h;
+		ASSERT_TRUE(h.bridge->on_client_data(bytes(req)));
+		EXPECT_EQ(h.to_upstream(), "") << req; // nothing reaches Cursor
+		std::string out = h.to_client();
+		EXPECT_TRUE(out.find("HTTP/1.1 400") == 0 || out.find("HTTP/1.1 403") == 0) << req << " -> " << out;
+	}
+	H1 ok; // the host in another spelling is the same host
+	ASSERT_TRUE(ok.bridge->on_client_data(bytes("GET / HTTP/1.1\r\nHost: API2.Cursor.SH.:443\r\n\r\n")));
+	EXPECT_NE(ok.to_upstream(), "");
+}
+
+TEST(H1Bridge, UpstreamClosingBeforeAnsweringIsAnAnswerNotAHang)
+{
+	H1 h;
+	ASSERT_TRUE(h.bridge->on_client_data(bytes("GET / HTTP/1.1\r\nHost: api2.cursor.sh\r\n\r\n")));
+	(void)h.to_upstream();
+	h.bridge->on_upstream_eof(true);
+	EXPECT_NE(h.to_client().find("HTTP/1.1 502"), std::string::npos);
+	EXPECT_TRUE(h.bridge->done());
+}
+
+TEST(H1Bridge, ACutUpstreamIsNotACompleteResponse)
+{
+	H1 h;
+	ASSERT_TRUE(h.bridge->on_client_data(bytes("GET / HTTP/1.1\r\nHost: api2.cursor.sh\r\n\r\n")));
+	(void)h.to_upstream();
+	ASSERT_TRUE(h.bridge->on_upstream_data(bytes("HTTP/1.1 200 OK\r\nConnection: close\r\n\r\npartial")));
+	std::string before = h.to_client();
+	h.bridge->on_upstream_eof(false); // no close_notify
+	std::string after = h.to_client();
+	EXPECT_EQ(after.find("0\r\n\r\n"), std::string::npos) << after; // no terminating chunk
+	ASSERT_FALSE(h.recorder.done.empty());
+	EXPECT_EQ(h.recorder.done.back().result, "upstream_error");
+}
+
+TEST(H1Bridge, AnEarlyAnswerArrivesBeforeTheBodyEnds)
+{
+	H1 h;
+	ASSERT_TRUE(h.bridge->on_client_data(
+	    bytes("PUT /upload HTTP/1.1\r\nHost: api2.cursor.sh\r\n"
+	          "Content-Type: application/octet-stream\r\nContent-Length: 100\r\n\r\nabc")));
+	(void)h.to_upstream();
+	ASSERT_TRUE(h.bridge->on_upstream_data(
+	    bytes("HTTP/1.1 413 Payload Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")));
+	EXPECT_NE(h.to_client().find("HTTP/1.1 413"), std::string::npos);
+}

@@ -4,7 +4,9 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
+#include <deque>
 #include <vector>
 
 #include "common/log.h"
@@ -18,6 +20,8 @@ using Clock = std::chrono::steady_clock;
 enum Op : uint8_t { kAccept = 1, kRecv, kSend, kCancel, kRetry };
 
 constexpr size_t kMaxRequest = 64 * 1024;
+// What a subscriber may have queued before lines are dropped for it.
+constexpr size_t kMaxSubscriberBacklog = 4 << 20;
 // Open sessions per non-root uid, and in all for non-root users; root always has room of its own,
 // so no local user can lock the administrator out.
 constexpr size_t kSessionsPerUid = 8;
@@ -94,8 +98,8 @@ public:
 		if (finished())
 			return;
 		if (op == kRecv) {
-			if (res <= 0)
-				return finish(); // peer went away before a full request
+			if (subscribed_ || res <= 0)
+				return finish(); // the peer went away (or a watcher talked back)
 			request_.append(chunk_.data(), static_cast<size_t>(res));
 			auto newline = request_.find('\n');
 			if (newline == std::string::npos) {
@@ -104,32 +108,66 @@ public:
 				return receive();
 			}
 			request_.resize(newline);
-			std::string response;
+			ControlReply reply;
 			try {
-				response = server_.handler_(request_, peer_);
+				reply = server_.handler_(request_, peer_);
 			} catch (const std::exception &e) {
 				// A bug in one command must not take the daemon (and every job's traffic) down.
 				log::error(std::string("control: command failed: ") + e.what());
-				response = R"({"ok":false,"error":"internal error"})";
+				reply = ControlReply{R"({"ok":false,"error":"internal error"})", false};
 			}
-			return respond(std::move(response));
+			if (reply.subscribe) {
+				subscribed_ = true;
+				server_.subscribers_.insert(this);
+				receive(); // only to notice the client going away
+			}
+			return respond(std::move(reply.line));
 		}
 		if (op == kSend) {
+			sending_ = false;
 			if (res <= 0)
 				return finish();
 			sent_ += static_cast<size_t>(res);
 			if (sent_ < response_.size())
 				return send_rest();
-			return finish();
+			if (!subscribed_)
+				return finish();
+			backlog_ -= std::min(backlog_, response_.size());
+			return send_next();
 		}
 	}
 
+	// Subscribed: queue a line, unless the client is too far behind.
+	void push(const std::string &line)
+	{
+		if (finished())
+			return;
+		if (backlog_ + line.size() + 1 > kMaxSubscriberBacklog) {
+			dropped_++;
+			return;
+		}
+		if (dropped_) {
+			std::string note = R"({"event":"dropped","count":)" + std::to_string(dropped_) + "}\n";
+			backlog_ += note.size();
+			queue_.push_back(std::move(note));
+			dropped_ = 0;
+		}
+		backlog_ += line.size() + 1;
+		queue_.push_back(line + "\n");
+		if (!sending_)
+			send_next();
+	}
+
 	void on_stop() override { finish(); }
-	void on_retire() override { server_.forget(this, peer_.uid); }
+	void on_retire() override
+	{
+		server_.subscribers_.erase(this);
+		server_.forget(this, peer_.uid);
+	}
 
 	void check_timeout(Clock::time_point now)
 	{
-		if (!finished() && now - started_ > kSessionTimeout)
+		if (!finished() && !subscribed_ && now - started_ > kSessionTimeout)
 			finish();
 	}
 
@@ -138,17 +176,30 @@ private:
 	{
 		response_ = std::move(response);
 		response_.push_back('\n');
+		sent_ = 0;
 		send_rest();
 	}
 	void send_rest()
 	{
+		sending_ = true;
 		io_uring_prep_send(loop().prepare(*this, kSend), fd_.get(), response_.data() + sent_,
 		                   response_.size() - sent_, MSG_NOSIGNAL);
+	}
+	// Subscribed: the next queued line becomes the one being sent.
+	void send_next()
+	{
+		if (queue_.empty() || finished())
+			return;
+		response_ = std::move(queue_.front());
+		queue_.pop_front();
+		sent_ = 0;
+		send_rest();
 	}
 	void finish()
 	{
 		if (finished())
 			return;
+		server_.subscribers_.erase(this);
 		if (inflight() > 0)
 			loop().cancel_fd(*this, fd_.get(), kCancel);
 		mark_finished();
@@ -161,6 +212,11 @@ private:
 	std::array<char, 4096> chunk_{};
 	std::string request_, response_;
 	size_t sent_ = 0;
+	bool sending_ = false;
+	bool subscribed_ = false;
+	std::deque<std::string> queue_;
+	size_t backlog_ = 0;
+	uint64_t dropped_ = 0;
 };
 
 ControlServer::ControlServer(EventLoop &loop, std::string path, ControlHandler handler)
@@ -246,6 +302,13 @@ void ControlServer::forget(ControlSession *session, uid_t uid)
 	sessions_.erase(session);
 	if (auto it = per_uid_.find(uid); it != per_uid_.end() && --it->second == 0)
 		per_uid_.erase(it);
+}
+
+void ControlServer::broadcast(const std::string &line)
+{
+	std::vector<ControlSession *> all(subscribers_.begin(), subscribers_.end());
+	for (ControlSession *s : all)
+		s->push(line);
 }
 
 void ControlServer::tick(Clock::time_point now)

@@ -25,8 +25,13 @@ struct ControlPeer {
 	gid_t gid = 0;
 };
 
-// Takes the request line and the caller; returns the response line (JSON, no newline).
-using ControlHandler = std::function<std::string(const std::string &request, const ControlPeer &peer)>;
+// The answer to one request line. With `subscribe`, the session stays open after the answer
+// and receives every broadcast() line until the client goes away (`cordonctl watch`).
+struct ControlReply {
+	std::string line; // JSON, no newline
+	bool subscribe = false;
+};
+using ControlHandler = std::function<ControlReply(const std::string &request, const ControlPeer &peer)>;
 
 class ControlServer {
 public:
@@ -36,6 +41,10 @@ public:
 	// Refuses to take over a socket another running cordond still answers on.
 	Status start();
 	void tick(std::chrono::steady_clock::time_point now);
+	// One line to every subscribed session. A subscriber that cannot keep up loses lines (and
+	// is told how many): a slow watcher never holds back the data path.
+	void broadcast(const std::string &line);
+	size_t subscribers() const { return subscribers_.size(); }
 	const std::string &path() const { return path_; }
 
 private:
@@ -49,6 +58,7 @@ private:
 	ControlHandler handler_;
 	std::unordered_set<ControlSession *> sessions_;
 	std::unordered_map<uid_t, size_t> per_uid_;
+	std::unordered_set<ControlSession *> subscribers_;
 	bool bound_ = false;
 };
 

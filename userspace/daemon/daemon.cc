@@ -24,6 +24,8 @@
 #include "daemon/journal.h"
 #include "daemon/relay.h"
 #include "daemon/resolver.h"
+#include "daemon/watch.h"
+#include "proxy/message_decoder.h"
 #include "proxy/tls_endpoint.h"
 #include "tls/certificate_authority.h"
 #include "tls/leaf_cache.h"
@@ -318,20 +320,31 @@ struct Runtime {
 		return j;
 	}
 
-	std::string handle_control(const std::string &line, const ControlPeer &peer) const
+	ControlReply handle_control(const std::string &line, const ControlPeer &peer) const
 	{
+		auto answer = [](const json &j) {
+			// Strings from jobs (comm, cgroup names) need not be UTF-8: replace, never throw.
+			return ControlReply{j.dump(-1, ' ', false, json::error_handler_t::replace), false};
+		};
 		json request = json::parse(line, nullptr, false);
 		if (request.is_discarded() || !request.is_object() || !request.contains("command") ||
 		    !request["command"].is_string())
-			return json{{"ok", false}, {"error", "expected a JSON object with a \"command\""}}.dump();
+			return answer({{"ok", false}, {"error", "expected a JSON object with a \"command\""}});
 		const std::string command = request["command"];
 		if (command == "status") {
 			if (peer.uid != 0)
-				return json{{"ok", false}, {"error", "permission denied: status is for root"}}.dump();
-			// comm and cgroup paths come from jobs and need not be UTF-8: replace, never throw.
-			return status().dump(-1, ' ', false, json::error_handler_t::replace);
+				return answer({{"ok", false}, {"error", "permission denied: status is for root"}});
+			return answer(status());
 		}
-		return json{{"ok", false}, {"error", "unknown command '" + command + "'"}}.dump();
+		if (command == "watch") {
+			// Messages carry code and prompts: for root only.
+			if (peer.uid != 0)
+				return answer({{"ok", false}, {"error", "permission denied: watch is for root"}});
+			ControlReply r = answer({{"ok", true}, {"event", "watching"}, {"pid", ::getpid()}});
+			r.subscribe = true;
+			return r;
+		}
+		return answer({{"ok", false}, {"error", "unknown command '" + command + "'"}});
 	}
 };
 
@@ -451,7 +464,7 @@ Status run_daemon(const DaemonOptions &options)
 	auto server_ctx = proxy::make_server_context();
 	if (!server_ctx)
 		return server_ctx.error();
-	auto client_ctx = proxy::make_client_context(p.tls().upstream_ca_file());
+	auto client_ctx = proxy::make_client_context(p.tls().upstream_ca_file(), ca->certificate());
 	if (!client_ctx)
 		return client_ctx.error();
 
@@ -493,6 +506,25 @@ Status run_daemon(const DaemonOptions &options)
 			rs.max_connections = fit;
 		}
 	}
+	// The control socket and the watch hub exist before the relay hands the hub to connections.
+	Runtime runtime{options, *hierarchy, **own, kp, journal, *ca, leaves};
+	ControlServer control(**loop, p.daemon().control_socket(),
+	                      [&runtime](const std::string &line, const ControlPeer &peer) {
+		                      return runtime.handle_control(line, peer);
+	                      });
+	std::unique_ptr<proxy::MessageDecoder> decoder;
+	if (::access(p.tls().descriptors().c_str(), R_OK) == 0) {
+		auto loaded = proxy::MessageDecoder::load(p.tls().descriptors());
+		if (!loaded)
+			return plain_error("tls.descriptors: " + loaded.error().message());
+		decoder = std::move(*loaded);
+	} else {
+		log::warning("no message descriptors at " + p.tls().descriptors() +
+		             ": messages decode by field number only");
+		decoder = proxy::MessageDecoder::generic_only();
+	}
+	WatchHub watch(control, *decoder);
+	rs.tls.watch = &watch;
 	RelayServer relay(**loop, **pool, kp, journal, cgroup_paths, rs);
 	if (Status st = relay.start(); !st)
 		return st;
@@ -507,14 +539,9 @@ Status run_daemon(const DaemonOptions &options)
 	TargetResolver resolver(kp, journal, resolver_settings);
 	resolver.inherit(inherited);
 
-	Runtime runtime{options, *hierarchy, **own, kp, journal, *ca, leaves};
 	runtime.relay = &relay;
 	runtime.resolver = &resolver;
 	runtime.pool = pool->get();
-	ControlServer control(**loop, p.daemon().control_socket(),
-	                      [&runtime](const std::string &line, const ControlPeer &peer) {
-		                      return runtime.handle_control(line, peer);
-	                      });
 	if (Status st = control.start(); !st)
 		return st;
 

@@ -16,6 +16,7 @@
 #include "common/log.h"
 #include "daemon/journal.h"
 #include "daemon/relay.h"
+#include "daemon/watch.h"
 #include "proxy/http_bridge.h"
 #include "proxy/tls_endpoint.h"
 #include "tls/leaf_cache.h"
@@ -100,6 +101,8 @@ public:
 	    : server_(server), id_(std::move(identity)), hello_(std::move(hello)), offered_(std::move(alpn)),
 	      request_journal_(server.journal_, id_, server.stats_)
 	{
+		if (server.settings_.tls.watch)
+			watch_ = std::make_unique<ConnectionWatch>(*server.settings_.tls.watch, id_);
 		client_ = std::move(client);
 		last_activity_ = Clock::now();
 		sides_[kClient].fd = &client_;
@@ -268,6 +271,8 @@ private:
 		bs.connection = id_.id;
 		bs.default_host = id_.sni;
 		bs.observers.push_back(&request_journal_);
+		if (watch_)
+			bs.observers.push_back(watch_.get());
 		for (auto *o : server_.settings_.tls.observers)
 			bs.observers.push_back(o);
 		bs.limits = server_.settings_.tls.limits;
@@ -332,63 +337,88 @@ private:
 			fail(result_.empty() ? "ok" : result_.c_str(), 0, false);
 	}
 
+	// Moves data until nothing moves: everything fed to the TLS layers is consumed (a completion
+	// must never leave plaintext stranded in a BIO with nothing left to wake the loop), as far as
+	// the bridge wants it and the sockets keep up.
 	void move_data()
 	{
-		const bool upstream_live = upstream_tls_ && upstream_tls_->established();
-		// Job -> bridge.
-		if (bridge_->wants_client_data() && sides_[kUpstream].out_bytes < kHighWater) {
+		for (int round = 0; round < 256 && !finished(); round++) {
+			bool progress = false;
+			if (!pull(kClient, progress) || !pull(kUpstream, progress) || !push(kClient, progress) ||
+			    !push(kUpstream, progress))
+				return;
+			if (!progress)
+				return;
+		}
+	}
+
+	// TLS plaintext from one side into the bridge; false when the connection failed.
+	bool pull(int side, bool &progress)
+	{
+		proxy::TlsEndpoint *tls = side == kClient ? client_tls_.get() : upstream_tls_.get();
+		if (!tls || !tls->established() || (side == kUpstream && upstream_gone_))
+			return true;
+		const int other = side == kClient ? kUpstream : kClient;
+		const bool wants = side == kClient ? bridge_->wants_client_data() : bridge_->wants_upstream_data();
+		if (wants && sides_[other].out_bytes < kHighWater) {
 			std::string plain;
-			const bool open = client_tls_->read(plain, kReadChunk);
-			if (!plain.empty())
-				if (Status st = bridge_->on_client_data(
-				        {reinterpret_cast<const uint8_t *>(plain.data()), plain.size()});
-				    !st)
-					return fail("client_protocol_error", 0, true, st.error().message());
-			if ((!open || sides_[kClient].eof) && !sides_[kClient].eof_delivered && plain.empty()) {
-				if (client_tls_->failed())
-					return fail("client_reset", 0, true, client_tls_->error());
-				if (!open || sides_[kClient].eof) {
-					sides_[kClient].eof_delivered = true;
-					bridge_->on_client_eof();
+			const bool open = tls->read(plain, kReadChunk);
+			if (!plain.empty()) {
+				progress = true;
+				auto data = std::span<const uint8_t>(reinterpret_cast<const uint8_t *>(plain.data()),
+				                                     plain.size());
+				Status st =
+				    side == kClient ? bridge_->on_client_data(data) : bridge_->on_upstream_data(data);
+				if (!st) {
+					fail(side == kClient ? "client_protocol_error" : "upstream_protocol_error", 0,
+					     true, st.error().message());
+					return false;
 				}
 			}
-		}
-		// Cursor -> bridge.
-		if (upstream_live && bridge_->wants_upstream_data() && sides_[kClient].out_bytes < kHighWater) {
-			std::string plain;
-			const bool open = upstream_tls_->read(plain, kReadChunk);
-			if (!plain.empty())
-				if (Status st = bridge_->on_upstream_data(
-				        {reinterpret_cast<const uint8_t *>(plain.data()), plain.size()});
-				    !st)
-					return fail("upstream_protocol_error", 0, true, st.error().message());
-			if ((!open || sides_[kUpstream].eof) && !sides_[kUpstream].eof_delivered && plain.empty()) {
-				sides_[kUpstream].eof_delivered = true;
-				bridge_->on_upstream_eof();
+			if (!open && tls->failed()) {
+				// A TLS error is not an end of stream: the peer's copy must not look complete.
+				fail(side == kClient ? "client_reset" : "upstream_reset", 0, true, tls->error());
+				return false;
 			}
 		}
-		// Bridge -> both, as far as the sockets keep up.
-		if (sides_[kClient].out_bytes < kHighWater) {
-			std::string plain;
-			if (Status st = bridge_->produce_client_output(plain, kHighWater - sides_[kClient].out_bytes);
-			    !st)
-				return fail("client_protocol_error", 0, true, st.error().message());
-			if (!plain.empty())
-				(void)client_tls_->write(
-				    {reinterpret_cast<const uint8_t *>(plain.data()), plain.size()});
-			flush(kClient, *client_tls_);
+		// EOF only once everything before it went through: close_notify, or the socket's FIN
+		// with nothing left buffered.
+		Side &s = sides_[side];
+		const bool ended = tls->peer_closed() || (s.eof && !tls->has_buffered_input());
+		if (ended && !s.eof_delivered && !tls->has_buffered_input()) {
+			s.eof_delivered = true;
+			progress = true;
+			if (side == kClient)
+				bridge_->on_client_eof();
+			else
+				bridge_->on_upstream_eof(tls->peer_closed());
 		}
-		if (upstream_live && sides_[kUpstream].out_bytes < kHighWater) {
-			std::string plain;
-			if (Status st =
-			        bridge_->produce_upstream_output(plain, kHighWater - sides_[kUpstream].out_bytes);
-			    !st)
-				return fail("upstream_protocol_error", 0, true, st.error().message());
-			if (!plain.empty())
-				(void)upstream_tls_->write(
-				    {reinterpret_cast<const uint8_t *>(plain.data()), plain.size()});
-			flush(kUpstream, *upstream_tls_);
+		return true;
+	}
+
+	// Bridge output to one side, as far as that socket keeps up; false when the connection failed.
+	bool push(int side, bool &progress)
+	{
+		proxy::TlsEndpoint *tls = side == kClient ? client_tls_.get() : upstream_tls_.get();
+		if (!tls || !tls->established() || (side == kUpstream && upstream_gone_))
+			return true;
+		if (sides_[side].out_bytes >= kHighWater)
+			return true;
+		std::string plain;
+		Status st = side == kClient
+		                ? bridge_->produce_client_output(plain, kHighWater - sides_[side].out_bytes)
+		                : bridge_->produce_upstream_output(plain, kHighWater - sides_[side].out_bytes);
+		if (!st) {
+			fail(side == kClient ? "client_protocol_error" : "upstream_protocol_error", 0, true,
+			     st.error().message());
+			return false;
 		}
+		if (!plain.empty()) {
+			progress = true;
+			(void)tls->write({reinterpret_cast<const uint8_t *>(plain.data()), plain.size()});
+		}
+		flush(side, *tls);
+		return true;
 	}
 
 	// Cursor's certificate did not verify (or its TLS failed): never talk to it, tell the job.
@@ -480,6 +510,11 @@ private:
 		if (s.recv_armed || s.eof || s.starved || finished())
 			return;
 		if (side == kUpstream && (upstream_gone_ || !upstream_tls_))
+			return;
+		// Not before the job's TLS session exists (its bytes would have nowhere to go), and not
+		// while earlier ciphertext is still unread: TCP then holds the sender back.
+		proxy::TlsEndpoint *tls = side == kClient ? client_tls_.get() : upstream_tls_.get();
+		if (!tls || (bridge_ && tls->has_buffered_input()))
 			return;
 		// Read only what the other side can take (the bridge tells when it is full).
 		const int other = side == kClient ? kUpstream : kClient;
@@ -591,6 +626,7 @@ private:
 	std::string hello_;
 	std::vector<std::string> offered_;
 	RequestJournal request_journal_;
+	std::unique_ptr<ConnectionWatch> watch_;
 	UniqueFd client_, upstream_;
 	Side sides_[2];
 	std::unique_ptr<proxy::TlsEndpoint> client_tls_, upstream_tls_;

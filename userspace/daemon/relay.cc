@@ -268,10 +268,16 @@ public:
 		if (finished())
 			return;
 		if (peeking_ && now >= hello_deadline_) {
-			// Nothing TLS-like arrived in time (a server-speaks-first protocol, or a stalled
-			// client): the missing-SNI policy decides.
 			hello_timed_out_ = true;
 			peeking_ = false;
+			// A ClientHello begun and never finished is a TLS client stalling on purpose:
+			// passing it through could carry a Cursor session unseen.
+			if (!hello_.empty())
+				return decide(SniAction::Refuse,
+				              "ClientHello incomplete after " +
+				                  std::to_string(server_.settings_.tls.hello_timeout.count()) + " ms");
+			// Nothing at all arrived (a server-speaks-first protocol, or a silent client): the
+			// missing-SNI policy decides.
 			return decide(server_.settings_.tls.missing_sni,
 			              "no ClientHello within " +
 			                  std::to_string(server_.settings_.tls.hello_timeout.count()) + " ms");

@@ -32,6 +32,7 @@ struct JournalEntry;
 class CgroupPathCache;
 class RelayConnection;
 class InterceptConnection;
+class WatchHub;
 namespace tls {
 class LeafCache;
 }
@@ -49,8 +50,9 @@ struct TlsSettings {
 	SSL_CTX *client_ctx = nullptr; // toward Cursor
 	tls::LeafCache *leaves = nullptr;
 	proxy::Limits limits;
-	// Extra observers for every intercepted exchange (watchers, later policy and recording).
+	// Extra observers for every intercepted exchange (later: policy, masking, recording).
 	std::vector<proxy::ExchangeObserver *> observers;
+	WatchHub *watch = nullptr; // `cordonctl watch`
 };
 
 struct RelaySettings {

@@ -132,6 +132,9 @@ public:
 	const std::optional<Verdict> &refusal() const { return refusal_; }
 	bool changed() const { return changed_; } // some message was replaced
 	uint64_t bytes_in() const { return bytes_in_; }
+	// Bytes taken in but not yet passed on (a held unary body, a partial envelope): the bridges
+	// count them against flow-control windows and a per-connection budget.
+	size_t held_bytes() const { return body_.size() + decoder_.pending_bytes(); }
 	uint64_t messages() const { return messages_; }
 
 private:

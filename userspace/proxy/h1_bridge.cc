@@ -91,15 +91,19 @@ public:
 	explicit H1Bridge(BridgeSettings settings) : settings_(std::move(settings))
 	{
 		req_events_.request_line = [this](string_view m, string_view t, int v) { request_line(m, t, v); };
+		// Fields after the head are chunked trailers: never headers (they would reach Cursor as
+		// headers nobody inspected). HTTP/1.1 trailers carry nothing Cursor uses: dropped.
 		req_events_.field = [this](string_view n, string_view v) {
-			ex_->request_fields.emplace_back(std::string(n), std::string(v));
+			if (!ex_->request_head_parsed)
+				ex_->request_fields.emplace_back(std::string(n), std::string(v));
 		};
 		req_events_.header_done = [this] { request_head_done(); };
 		req_events_.body = [this](std::span<const uint8_t> d) { request_body(d); };
 		req_events_.finish = [this] { request_finished(); };
 		resp_events_.status_line = [this](int s, string_view r, int v) { status_line(s, r, v); };
 		resp_events_.field = [this](string_view n, string_view v) {
-			ex_->response_fields.emplace_back(std::string(n), std::string(v));
+			if (!ex_->response_head_parsed)
+				ex_->response_fields.emplace_back(std::string(n), std::string(v));
 		};
 		resp_events_.header_done = [this] { response_head_done(); };
 		resp_events_.body = [this](std::span<const uint8_t> d) { response_body(d); };
@@ -130,17 +134,31 @@ public:
 		closing_ = true;
 	}
 
-	void on_upstream_eof() override
+	void on_upstream_eof(bool clean) override
 	{
 		upstream_eof_ = true;
 		if (ex_ && resp_parser_ && ex_->response_started && !ex_->response_done) {
-			// A body delimited by the end of the connection ends here.
-			error_code ec;
-			resp_parser_->put_eof(ec);
-			if (ec && !ex_->response_done)
-				fail_response("upstream closed the connection in the middle of a response");
-		} else if (ex_ && ex_->request_forwarded && !ex_->response_done) {
-			local_response(*ex_, 502, "upstream closed the connection before answering", "unavailable");
+			if (!clean) {
+				// TCP closed without TLS close_notify: a truncation, not the end of the body.
+				fail_response(
+				    "upstream connection cut without a TLS close_notify (truncated response)");
+			} else {
+				// A body delimited by the end of the connection ends here.
+				error_code ec;
+				resp_parser_->put_eof(ec);
+				if (ec && !ex_->response_done)
+					fail_response("upstream closed the connection in the middle of a response");
+			}
+		} else if (ex_ && !ex_->response_done) {
+			// Nothing answered (the request may still be arriving): say so rather than hang.
+			ex_->keep_alive = false;
+			local_response(
+			    *ex_, 502,
+			    "{\"error\":" +
+			        rpc::connect_unary_error_body(
+			            "unavailable", "cordon: upstream closed the connection before answering") +
+			        "}",
+			    "application/json");
 		}
 		closing_ = true;
 		settle();
@@ -176,6 +194,7 @@ private:
 		std::string request_held; // a held (unary) body, transformed
 		Framing request_framing = Framing::None, response_framing = Framing::None;
 		bool request_forwarded = false, request_done = false;
+		bool request_head_parsed = false, response_head_parsed = false; // later fields are trailers
 		int status = 0;
 		std::string reason;
 		int response_version = 11;
@@ -235,18 +254,37 @@ private:
 	void request_head_done()
 	{
 		Exchange &e = *ex_;
-		for (auto &[name, value] : e.request_fields)
+		e.request_head_parsed = true;
+		size_t hosts = 0;
+		for (auto &[name, value] : e.request_fields) {
 			e.request_headers.push_back({lower(name), value});
+			hosts += e.request_headers.back().name == "host";
+		}
 		RequestInfo &r = e.request;
-		std::string host = header_value(e.request_headers, "host");
+		std::string host = lower(header_value(e.request_headers, "host"));
 		if (auto colon = host.rfind(':'); colon != std::string::npos && host.find(']') == std::string::npos)
 			host.resize(colon);
-		r.host = host.empty() ? settings_.default_host : host;
+		while (!host.empty() && host.back() == '.')
+			host.pop_back();
+		r.host = host;
 		r.content_type = header_value(e.request_headers, "content-type");
 		r.content_encoding = header_value(e.request_headers, "content-encoding");
 		r.stream_encoding = header_value(e.request_headers, "connect-content-encoding");
-		r.rpc = rpc::parse_rpc_path(r.path);
-		r.protocol = rpc::classify_request(r.method, r.path, r.content_type);
+		auto normalized = rpc::normalize_path(r.path);
+		r.rpc = normalized ? rpc::parse_rpc_path(*normalized) : rpc::RpcName{};
+		r.protocol = rpc::classify_request(r.method, normalized ? *normalized : r.path, r.content_type);
+		const std::string te = lower(header_value(e.request_headers, "transfer-encoding"));
+		// Each of these would let cordon and Cursor read the request differently.
+		if (hosts != 1)
+			return bad_request(hosts == 0 ? "no Host header" : "more than one Host header");
+		if (!te.empty() && te != "chunked")
+			return bad_request("Transfer-Encoding other than \"chunked\"");
+		if (!normalized)
+			return bad_request(normalized.error().message());
+		if (r.host != settings_.default_host)
+			return refuse(e, Verdict::refuse("permission_denied", "cordon: request for " + r.host +
+			                                                          " on a connection for " +
+			                                                          settings_.default_host));
 		const std::string connection = lower(header_value(e.request_headers, "connection"));
 		e.keep_alive = e.version >= 11 ? connection.find("close") == std::string::npos
 		                               : connection.find("keep-alive") != std::string::npos;
@@ -272,8 +310,7 @@ private:
 	void forward_request_head(Exchange &e, std::optional<size_t> length)
 	{
 		const bool had_length = has_header(e.request_headers, "content-length");
-		const bool had_chunked =
-		    lower(header_value(e.request_headers, "transfer-encoding")).find("chunked") != std::string::npos;
+		const bool had_chunked = lower(header_value(e.request_headers, "transfer-encoding")) == "chunked";
 		if (length)
 			e.request_framing = (*length > 0 || had_length) ? Framing::Length : Framing::None;
 		else if (had_chunked || (had_length && rpc::is_enveloped(e.request.protocol)))
@@ -299,6 +336,12 @@ private:
 		head += "\r\n";
 		upstream_out_.append(head);
 		e.request_forwarded = true;
+		// The answer may come before the body ends (an early 413, 100-continue): read it.
+		if (!resp_parser_) {
+			resp_parser_ = std::make_unique<EventParser<false>>(resp_events_);
+			if (e.head_request)
+				resp_parser_->skip(true);
+		}
 	}
 
 	void append_body(ByteQueue &out, Framing framing, std::string_view data)
@@ -355,9 +398,6 @@ private:
 			if (e.request_framing == Framing::Chunked)
 				upstream_out_.append("0\r\n\r\n");
 		}
-		resp_parser_ = std::make_unique<EventParser<false>>(resp_events_);
-		if (e.head_request)
-			resp_parser_->skip(true);
 	}
 
 	// --- response side -----------------------------------------------------------------
@@ -415,6 +455,7 @@ private:
 			return;
 		}
 		e.response_started = true;
+		e.response_head_parsed = true;
 		e.first_response_byte = Clock::now();
 		for (auto &[name, value] : e.response_fields)
 			e.response_headers.push_back({lower(name), value});
@@ -423,7 +464,7 @@ private:
 		r.content_type = header_value(e.response_headers, "content-type");
 		r.content_encoding = header_value(e.response_headers, "content-encoding");
 		r.stream_encoding = header_value(e.response_headers, "connect-content-encoding");
-		r.protocol = rpc::classify_response(e.request.protocol, r.content_type);
+		r.protocol = rpc::classify_response(e.request.protocol, r.status, r.content_type);
 		if (lower(header_value(e.response_headers, "connection")).find("close") != std::string::npos ||
 		    e.response_version < 11)
 			e.keep_alive = false;

@@ -24,23 +24,36 @@ using Clock = std::chrono::steady_clock;
 constexpr int32_t kStreamWindow = 1 << 20;      // per stream, both sides
 constexpr int32_t kConnectionWindow = 16 << 20; // per connection, both sides
 constexpr uint32_t kMaxConcurrentStreams = 256;
+// Decoded header list per stream (HPACK can expand a 16 KiB frame to far more): beyond this the
+// stream is reset. The same limit HTTP/1.1 applies to a header block.
+constexpr size_t kMaxHeaderList = 64 * 1024;
 // Reopen the source's window once the forwarding queue is below this.
 constexpr size_t kLowWater = 256 * 1024;
 
-bool is_connection_specific(std::string_view name)
+bool is_connection_specific(const Header &h)
 {
+	const std::string_view name = h.name;
+	// te is allowed in HTTP/2 only as "trailers", which gRPC servers insist on.
+	if (name == "te")
+		return h.value != "trailers";
 	return name == "connection" || name == "keep-alive" || name == "proxy-connection" ||
-	       name == "transfer-encoding" || name == "upgrade" || name == "te";
+	       name == "transfer-encoding" || name == "upgrade";
 }
 
-std::string strip_port(std::string_view authority)
+// "API2.Cursor.sh:443" -> "api2.cursor.sh"
+std::string host_of_authority(std::string_view authority)
 {
+	std::string host;
 	if (!authority.empty() && authority.front() == '[') {
 		auto close = authority.find(']');
-		return std::string(authority.substr(0, close == std::string_view::npos ? authority.size() : close + 1));
+		host = std::string(authority.substr(0, close == std::string_view::npos ? authority.size() : close + 1));
+	} else {
+		host = std::string(authority.substr(0, authority.rfind(':')));
 	}
-	auto colon = authority.rfind(':');
-	return std::string(authority.substr(0, colon));
+	while (!host.empty() && host.back() == '.')
+		host.pop_back();
+	std::transform(host.begin(), host.end(), host.begin(), [](unsigned char c) { return std::tolower(c); });
+	return host;
 }
 
 // Header list for nghttp2. It stores pointers, not copies: every name and value must outlive the
@@ -95,11 +108,13 @@ public:
 			return plain_error(std::string("nghttp2 session: ") + nghttp2_strerror(rc));
 		nghttp2_settings_entry down_settings[] = {
 		    {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, kMaxConcurrentStreams},
-		    {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, kStreamWindow}};
+		    {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, kStreamWindow},
+		    {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, kMaxHeaderList}};
 		nghttp2_settings_entry up_settings[] = {{NGHTTP2_SETTINGS_ENABLE_PUSH, 0},
-		                                        {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, kStreamWindow}};
-		if (nghttp2_submit_settings(down_, NGHTTP2_FLAG_NONE, down_settings, 2) != 0 ||
-		    nghttp2_submit_settings(up_, NGHTTP2_FLAG_NONE, up_settings, 2) != 0 ||
+		                                        {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, kStreamWindow},
+		                                        {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, kMaxHeaderList}};
+		if (nghttp2_submit_settings(down_, NGHTTP2_FLAG_NONE, down_settings, 3) != 0 ||
+		    nghttp2_submit_settings(up_, NGHTTP2_FLAG_NONE, up_settings, 3) != 0 ||
 		    nghttp2_session_set_local_window_size(down_, NGHTTP2_FLAG_NONE, 0, kConnectionWindow) != 0 ||
 		    nghttp2_session_set_local_window_size(up_, NGHTTP2_FLAG_NONE, 0, kConnectionWindow) != 0)
 			return plain_error("nghttp2: initial settings");
@@ -134,7 +149,7 @@ public:
 		nghttp2_submit_goaway(up_, NGHTTP2_FLAG_NONE, 0, NGHTTP2_NO_ERROR, nullptr, 0);
 	}
 
-	void on_upstream_eof() override
+	void on_upstream_eof(bool) override
 	{
 		upstream_eof_ = true;
 		for (auto &[id, s] : streams_)
@@ -183,7 +198,9 @@ private:
 		size_t request_unconsumed = 0, response_unconsumed = 0;
 		bool down_closed = false, up_closed = false;
 		bool refused = false;
-		bool final_response = false; // a non-1xx response has started
+		bool final_response = false;         // a non-1xx response has started
+		bool response_headers_ended = false; // END_STREAM on the response HEADERS (trailers-only)
+		size_t header_bytes = 0;             // decoded header list so far, both directions
 		bool reported = false;
 		std::string result = "ok", error;
 		Clock::time_point first_response_byte{};
@@ -213,6 +230,12 @@ private:
 	                     const uint8_t *value, size_t valuelen, uint8_t, void *user_data)
 	{
 		H2Bridge &b = self(user_data);
+		Stream *counted = session == b.down_ ? b.by_down(frame->hd.stream_id) : b.by_up(frame->hd.stream_id);
+		if (counted) {
+			counted->header_bytes += namelen + valuelen + 32; // RFC 9113's accounting
+			if (counted->header_bytes > kMaxHeaderList)
+				return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE; // resets this stream only
+		}
 		Header h{std::string(reinterpret_cast<const char *>(name), namelen),
 		         std::string(reinterpret_cast<const char *>(value), valuelen)};
 		if (session == b.down_) {
@@ -266,6 +289,7 @@ private:
 					return 0;
 				}
 				s->final_response = true;
+				s->response_headers_ended = end_stream;
 				b.start_response(*s);
 			}
 			if (end_stream)
@@ -414,20 +438,32 @@ private:
 		RequestInfo &r = s.request;
 		r.method = header_value(s.request_headers, ":method");
 		r.path = header_value(s.request_headers, ":path");
-		std::string authority = header_value(s.request_headers, ":authority");
-		if (authority.empty())
-			authority = header_value(s.request_headers, "host");
-		r.host = authority.empty() ? settings_.default_host : strip_port(authority);
+		const std::string authority = header_value(s.request_headers, ":authority");
+		const std::string host_header = header_value(s.request_headers, "host");
+		r.host = host_of_authority(!authority.empty() ? authority : host_header);
+		if (r.host.empty())
+			r.host = settings_.default_host;
 		r.content_type = header_value(s.request_headers, "content-type");
 		r.content_encoding = header_value(s.request_headers, "content-encoding");
 		r.stream_encoding = header_value(s.request_headers, "connect-content-encoding");
 		if (r.stream_encoding.empty())
 			r.stream_encoding = header_value(s.request_headers, "grpc-encoding");
-		r.rpc = rpc::parse_rpc_path(r.path);
-		r.protocol = rpc::classify_request(r.method, r.path, r.content_type);
+		auto normalized = rpc::normalize_path(r.path);
+		r.rpc = normalized ? rpc::parse_rpc_path(*normalized) : rpc::RpcName{};
+		r.protocol = rpc::classify_request(r.method, normalized ? *normalized : r.path, r.content_type);
 
 		if (r.method == "CONNECT") // tunnels inside an intercepted connection: not for Cursor
 			return refuse(s, Verdict::refuse("permission_denied", "cordon: CONNECT is not allowed here"));
+		if (!normalized)
+			return refuse(s,
+			              Verdict::refuse("invalid_argument", "cordon: " + normalized.error().message()));
+		// The name the request is for must be the name cordon verified and decided on (the SNI):
+		// otherwise an intercepted connection could carry requests for another host.
+		if ((!authority.empty() && !host_header.empty() && host_of_authority(host_header) != r.host) ||
+		    r.host != settings_.default_host)
+			return refuse(s, Verdict::refuse("permission_denied", "cordon: request for " + r.host +
+			                                                          " on a connection for " +
+			                                                          settings_.default_host));
 		if (!settings_.upstream_unavailable.empty())
 			return refuse(s, Verdict::refuse("unavailable", settings_.upstream_unavailable));
 		if (upstream_goaway_ || upstream_eof_) {
@@ -457,14 +493,21 @@ private:
 					nv.add(h.name, h.value);
 		}
 		const bool held = s.request_pipe->holds_whole_body();
+		const bool rewritable = held || rpc::is_enveloped(s.request.protocol);
+		const bool has_authority = has_header(s.request_headers, ":authority");
 		std::string length = std::to_string(s.request_out.size());
 		for (const auto &h : s.request_headers) {
-			if (h.name.empty() || h.name[0] == ':' || is_connection_specific(h.name))
+			if (h.name.empty() || h.name[0] == ':' || is_connection_specific(h))
 				continue;
+			if (h.name == "host" && has_authority)
+				continue; // same value (checked), and :authority is what HTTP/2 routes on
 			if (h.name == "content-length") {
-				// A held body may have been rewritten; a streamed one may yet be.
+				// A held body may have been rewritten (new length); an enveloped stream may yet
+				// be (no length); any other body passes unchanged, and so does its length.
 				if (held)
 					nv.add(h.name, length);
+				else if (!rewritable)
+					nv.add(h.name, h.value);
 				continue;
 			}
 			nv.add(h.name, h.value);
@@ -507,19 +550,23 @@ private:
 		Status st = s.request_pipe->write(data, out);
 		s.request_out.append(out);
 		s.request_unconsumed += data.size();
-		if (s.request_pipe->holds_whole_body())
-			reopen_request_window(s); // bounded by the unary limit, not by the peer's pace
 		if (!st)
 			return fail_bad_input(s, Direction::Request, st.error().message());
+		if (over_budget())
+			return refuse(s, budget_refusal(), "over_budget");
+		// Held bodies and partial envelopes cannot move on until complete: their windows reopen
+		// (bounded by the message limit and the connection's budget, checked just above).
+		if (s.request_pipe->held_bytes() > 0)
+			reopen_request_window(s, true);
 		if (s.request_pipe->refusal())
 			return refuse(s, *s.request_pipe->refusal());
 		if (s.request_submitted)
 			resume(up_, s.up, s.up_deferred);
 	}
 
-	void reopen_request_window(Stream &s)
+	void reopen_request_window(Stream &s, bool force = false)
 	{
-		if (s.request_unconsumed && (s.request_out.size() < kLowWater || s.request_pipe->holds_whole_body())) {
+		if (s.request_unconsumed && (force || s.request_out.size() < kLowWater)) {
 			nghttp2_session_consume(down_, s.down, s.request_unconsumed);
 			s.request_unconsumed = 0;
 		}
@@ -529,7 +576,7 @@ private:
 	{
 		Nv nv;
 		for (const auto &h : s.response_headers)
-			if (!is_connection_specific(h.name))
+			if (!is_connection_specific(h))
 				nv.add(h.name, h.value);
 		nghttp2_submit_headers(down_, NGHTTP2_FLAG_NONE, s.down, nullptr, nv.list.data(), nv.list.size(),
 		                       nullptr);
@@ -546,7 +593,7 @@ private:
 		r.stream_encoding = header_value(s.response_headers, "connect-content-encoding");
 		if (r.stream_encoding.empty())
 			r.stream_encoding = header_value(s.response_headers, "grpc-encoding");
-		r.protocol = rpc::classify_response(s.request.protocol, r.content_type);
+		r.protocol = rpc::classify_response(s.request.protocol, r.status, r.content_type);
 		for (ExchangeObserver *o : settings_.observers)
 			o->on_response(s.request, r);
 		if (s.refused)
@@ -563,12 +610,16 @@ private:
 		s.response_submitted = true;
 		Nv nv;
 		const bool held = s.response_pipe && s.response_pipe->holds_whole_body();
+		const bool rewritable = held || rpc::is_enveloped(s.response.protocol);
+		const bool no_body = s.request.method == "HEAD" || s.response.status == 204 || s.response.status == 304;
 		std::string length = std::to_string(s.response_out.size());
 		for (const auto &h : s.response_headers) {
-			if (is_connection_specific(h.name))
+			if (is_connection_specific(h))
 				continue;
 			if (h.name == "content-length") {
-				if (held)
+				if (no_body || (!held && !rewritable))
+					nv.add(h.name, h.value); // describes a body that passes unchanged (or none)
+				else if (held)
 					nv.add(h.name, length);
 				continue;
 			}
@@ -576,7 +627,9 @@ private:
 		}
 		nghttp2_data_provider provider{};
 		provider.read_callback = read_response_body;
-		const bool body = !(s.response_eof && s.response_out.empty() && s.response_trailers.empty());
+		// A "trailers-only" answer (gRPC errors) must stay one HEADERS frame with END_STREAM.
+		const bool body = !s.response_headers_ended &&
+		                  !(s.response_eof && s.response_out.empty() && s.response_trailers.empty());
 		int rc =
 		    nghttp2_submit_response(down_, s.down, nv.list.data(), nv.list.size(), body ? &provider : nullptr);
 		if (rc != 0)
@@ -589,20 +642,21 @@ private:
 		Status st = s.response_pipe->write(data, out);
 		s.response_out.append(out);
 		s.response_unconsumed += data.size();
-		if (s.response_pipe->holds_whole_body())
-			reopen_response_window(s);
 		if (!st)
 			return fail_bad_input(s, Direction::Response, st.error().message());
+		if (over_budget())
+			return refuse(s, budget_refusal(), "over_budget");
+		if (s.response_pipe->held_bytes() > 0)
+			reopen_response_window(s, true);
 		if (s.response_pipe->refusal())
 			return refuse(s, *s.response_pipe->refusal());
 		if (s.response_submitted)
 			resume(down_, s.down, s.down_deferred);
 	}
 
-	void reopen_response_window(Stream &s)
+	void reopen_response_window(Stream &s, bool force = false)
 	{
-		if (s.response_unconsumed && !s.up_closed &&
-		    (s.response_out.size() < kLowWater || (s.response_pipe && s.response_pipe->holds_whole_body()))) {
+		if (s.response_unconsumed && !s.up_closed && (force || s.response_out.size() < kLowWater)) {
 			nghttp2_session_consume(up_, s.up, s.response_unconsumed);
 			s.response_unconsumed = 0;
 		}
@@ -669,6 +723,26 @@ private:
 		nghttp2_data_provider provider{};
 		provider.read_callback = read_response_body;
 		nghttp2_submit_response(down_, s.down, nv.list.data(), nv.list.size(), &provider);
+	}
+
+	// Bytes held by all streams of this connection (unary bodies, partial envelopes). Windows
+	// reopen for held data, so this is what bounds a connection's memory.
+	bool over_budget() const
+	{
+		size_t held = 0;
+		for (const auto &[id, s] : streams_) {
+			if (s->request_pipe)
+				held += s->request_pipe->held_bytes();
+			if (s->response_pipe)
+				held += s->response_pipe->held_bytes();
+		}
+		return held > 2 * settings_.limits.max_message;
+	}
+
+	Verdict budget_refusal() const
+	{
+		return Verdict::refuse("resource_exhausted",
+		                       "cordon: too many large messages at once on this connection");
 	}
 
 	// Data that cannot be decoded (oversize envelope, corrupt gzip, truncated stream) must not

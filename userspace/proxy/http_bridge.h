@@ -30,7 +30,9 @@ public:
 	virtual Status on_client_data(std::span<const uint8_t> data) = 0;
 	virtual Status on_upstream_data(std::span<const uint8_t> data) = 0;
 	virtual void on_client_eof() = 0;
-	virtual void on_upstream_eof() = 0;
+	// `clean`: the upstream ended its TLS session with close_notify; otherwise the connection was
+	// cut, and a response delimited by the connection's end is truncated, not complete.
+	virtual void on_upstream_eof(bool clean) = 0;
 	// Plaintext to send, appended to `out`, stopping once `out` holds about `budget` bytes:
 	// a full socket therefore holds back the bridge (and, through flow control, the peer).
 	virtual Status produce_client_output(std::string &out, size_t budget) = 0;

@@ -79,6 +79,50 @@ RpcName parse_rpc_path(std::string_view path)
 	return RpcName{std::string(service), std::string(method)};
 }
 
+Result<std::string> normalize_path(std::string_view path)
+{
+	std::string_view query;
+	if (auto q = path.find('?'); q != std::string_view::npos) {
+		query = path.substr(q);
+		path = path.substr(0, q);
+	}
+	if (path.empty() || path.front() != '/')
+		return plain_error("request target '" + std::string(path.substr(0, 64)) +
+		                   "' is not an origin-form path");
+	std::string out;
+	for (size_t i = 0; i < path.size(); i++) {
+		if (path[i] != '%') {
+			out.push_back(path[i]);
+			continue;
+		}
+		auto hex = [](char c) -> int {
+			if (c >= '0' && c <= '9')
+				return c - '0';
+			c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+			return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+		};
+		if (i + 2 >= path.size() || hex(path[i + 1]) < 0 || hex(path[i + 2]) < 0)
+			return plain_error("malformed percent-encoding in the request path");
+		const char c = static_cast<char>(hex(path[i + 1]) * 16 + hex(path[i + 2]));
+		// An encoded separator or dot can make a server route elsewhere than it looks.
+		if (c == '/' || c == '.' || c == '\\' || static_cast<unsigned char>(c) < 0x20)
+			return plain_error("encoded '/', '.' or control characters in the request path");
+		out.push_back(c);
+		i += 2;
+	}
+	for (size_t seg = 0; seg < out.size();) {
+		size_t end = out.find('/', seg + 1);
+		std::string_view part =
+		    std::string_view(out).substr(seg + 1, end == std::string::npos ? std::string::npos : end - seg - 1);
+		if (part == "." || part == "..")
+			return plain_error("dot segments in the request path");
+		if (end == std::string::npos)
+			break;
+		seg = end;
+	}
+	return out + std::string(query);
+}
+
 Protocol classify_request(std::string_view method, std::string_view path, std::string_view content_type)
 {
 	const std::string type = media_type(content_type);
@@ -86,24 +130,50 @@ Protocol classify_request(std::string_view method, std::string_view path, std::s
 		return Protocol::ConnectStream;
 	if (type == "application/grpc" || starts_with(type, "application/grpc+"))
 		return Protocol::Grpc;
-	if (starts_with(type, "application/grpc-web"))
+	// grpc-web-text (base64) is not decoded: treated as opaque.
+	if (starts_with(type, "application/grpc-web") && type.find("text") == std::string::npos)
 		return Protocol::GrpcWeb;
 	const bool rpc_path = !parse_rpc_path(path).empty();
-	if (rpc_path && method == "POST" && (type == "application/proto" || type == "application/json"))
+	const bool body_method = method == "POST" || method == "PUT" || method == "PATCH";
+	// A protobuf body is one message whatever the path; so is any body posted to an RPC path, so
+	// that an odd content type cannot slip it past the message engine.
+	if (body_method && (type == "application/proto" || rpc_path))
 		return Protocol::ConnectUnary;
-	// Connect unary GET (idempotent calls) encodes the message in the query string.
-	if (rpc_path && method == "GET" && path.find("message=") != std::string_view::npos)
-		return Protocol::ConnectUnary;
-	if (type == "application/json" || (type.empty() && method == "GET"))
+	if (type == "application/json")
+		return Protocol::Rest;
+	if (type.empty() && (method == "GET" || method == "HEAD" || method == "DELETE"))
 		return Protocol::Rest;
 	return Protocol::Other;
 }
 
-Protocol classify_response(Protocol request_protocol, std::string_view content_type)
+Protocol classify_response(Protocol request_protocol, int status, std::string_view content_type)
 {
-	if (media_type(content_type) == "text/event-stream")
-		return Protocol::Sse;
-	return request_protocol;
+	const std::string type = media_type(content_type);
+	// Cursor's HTTP/1.1 fallback labels Connect envelopes text/event-stream; a real text SSE
+	// stream (after a non-Connect request) is just bytes.
+	if (type == "text/event-stream")
+		return request_protocol == Protocol::ConnectStream ? Protocol::Sse : Protocol::Other;
+	switch (request_protocol) {
+	case Protocol::ConnectStream:
+		// An error page from a load balancer is not an envelope stream.
+		return status == 200 && starts_with(type, "application/connect+") ? request_protocol : Protocol::Other;
+	case Protocol::Grpc:
+		return status == 200 && (type == "application/grpc" || starts_with(type, "application/grpc+"))
+		           ? request_protocol
+		           : Protocol::Other;
+	case Protocol::GrpcWeb:
+		return status == 200 && starts_with(type, "application/grpc-web") &&
+		               type.find("text") == std::string::npos
+		           ? request_protocol
+		           : Protocol::Other;
+	case Protocol::ConnectUnary:
+		return request_protocol; // success and error bodies alike are one message
+	case Protocol::Rest:
+		// Held (and inspected) when it is JSON; downloads and other bodies stream through.
+		return type == "application/json" ? Protocol::Rest : Protocol::Other;
+	default:
+		return Protocol::Other;
+	}
 }
 
 bool is_enveloped(Protocol p)
@@ -150,6 +220,10 @@ std::string encode_envelope(uint8_t flags, std::string_view payload)
 
 Result<std::string> gunzip(std::string_view compressed, size_t max_output)
 {
+	// Past 1 MiB, more than 200:1 is a bomb, not data: text and code compress ~5-20x, and each
+	// inflated megabyte costs the shared event loop a millisecond or two.
+	constexpr size_t kRatioFreeBytes = 1 << 20;
+	constexpr size_t kMaxRatio = 200;
 	z_stream zs{};
 	// 16 + MAX_WBITS: gzip framing only (Connect and HTTP content-encoding "gzip").
 	if (inflateInit2(&zs, 16 + MAX_WBITS) != Z_OK)
@@ -172,6 +246,10 @@ Result<std::string> gunzip(std::string_view compressed, size_t max_output)
 			inflateEnd(&zs);
 			return plain_error("gzip data expands beyond the " + std::to_string(max_output) +
 			                   "-byte limit (a decompression bomb?)");
+		}
+		if (out.size() + produced > kRatioFreeBytes && out.size() + produced > kMaxRatio * compressed.size()) {
+			inflateEnd(&zs);
+			return plain_error("gzip data expands beyond 200 times its size (a decompression bomb?)");
 		}
 		out.append(chunk, produced);
 		if (rc == Z_OK && zs.avail_in == 0 && produced == 0) {

@@ -35,10 +35,15 @@ struct RpcName {
 };
 RpcName parse_rpc_path(std::string_view path);
 
-// From the request line and headers (names lower-case).
+// The request path as the upstream will route it: %XX of unreserved characters decoded (so
+// "/a.B/%4dethod" is seen as "/a.B/Method"); encoded '/', '.', controls and dot segments are
+// refused, because they let a path look like one thing to cordon and another to the server.
+Result<std::string> normalize_path(std::string_view path);
+// From the request line and headers (names lower-case); `path` normalized.
 Protocol classify_request(std::string_view method, std::string_view path, std::string_view content_type);
-// A response can only refine Other/ConnectUnary into Sse (text/event-stream) today.
-Protocol classify_response(Protocol request_protocol, std::string_view content_type);
+// What the response body is, given what was asked: an RPC answer in the matching content type, or
+// plain bytes (error pages, downloads, text event streams) that pass through as they come.
+Protocol classify_response(Protocol request_protocol, int status, std::string_view content_type);
 bool is_enveloped(Protocol p);
 
 // Envelope flags (Connect; gRPC uses the compression bit and grpc-web the trailer bit).

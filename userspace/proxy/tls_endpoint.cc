@@ -76,13 +76,25 @@ Result<SslCtxHandle> make_server_context()
 	return ctx;
 }
 
-Result<SslCtxHandle> make_client_context(const std::string &ca_file)
+Result<SslCtxHandle> make_client_context(const std::string &ca_file, X509 *own_ca)
 {
 	SslCtxHandle ctx(SSL_CTX_new(TLS_client_method()));
 	if (!ctx)
 		return plain_error("SSL_CTX_new (client): " + openssl_errors());
 	SSL_CTX_set_min_proto_version(ctx.get(), TLS1_2_VERSION);
-	SSL_CTX_set_verify(ctx.get(), SSL_VERIFY_PEER, nullptr);
+	SSL_CTX_set_app_data(ctx.get(), own_ca);
+	SSL_CTX_set_verify(ctx.get(), SSL_VERIFY_PEER, [](int ok, X509_STORE_CTX *store) -> int {
+		if (!ok)
+			return 0;
+		auto *ssl = static_cast<SSL *>(X509_STORE_CTX_get_ex_data(store, SSL_get_ex_data_X509_STORE_CTX_idx()));
+		auto *own = ssl ? static_cast<X509 *>(SSL_CTX_get_app_data(SSL_get_SSL_CTX(ssl))) : nullptr;
+		X509 *cert = X509_STORE_CTX_get_current_cert(store);
+		if (own && cert && X509_cmp(cert, own) == 0) {
+			X509_STORE_CTX_set_error(store, X509_V_ERR_CERT_REJECTED);
+			return 0;
+		}
+		return 1;
+	});
 	if (ca_file.empty()) {
 		if (SSL_CTX_set_default_verify_paths(ctx.get()) != 1)
 			return plain_error("load the system trust store: " + openssl_errors());
@@ -249,6 +261,11 @@ void TlsEndpoint::close_notify()
 size_t TlsEndpoint::pending_ciphertext() const
 {
 	return BIO_ctrl_pending(wbio_);
+}
+
+bool TlsEndpoint::has_buffered_input() const
+{
+	return BIO_ctrl_pending(rbio_) > 0 || SSL_pending(ssl_.get()) > 0;
 }
 
 void TlsEndpoint::take_ciphertext(std::string &out)

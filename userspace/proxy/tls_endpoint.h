@@ -29,8 +29,10 @@ std::string openssl_errors();
 // Toward the job: TLS 1.2+, the leaf is set per connection, ALPN answers with what the
 // upstream chose (set_alpn_choice before the handshake).
 Result<SslCtxHandle> make_server_context();
-// Toward Cursor: TLS 1.2+, full verification against the system store or `ca_file`.
-Result<SslCtxHandle> make_client_context(const std::string &ca_file);
+// Toward Cursor: TLS 1.2+, full verification against the system store or `ca_file`. A chain
+// anchored at `own_ca` (cordon's host CA, which `cordonctl ca install` adds to the system store)
+// is rejected: Cursor never presents cordon's certificates.
+Result<SslCtxHandle> make_client_context(const std::string &ca_file, X509 *own_ca);
 
 // Wire-format ALPN list ("\x02h2\x08http/1.1") from protocol names.
 std::string alpn_wire(const std::vector<std::string> &protocols);
@@ -60,6 +62,8 @@ public:
 	// peer has closed the TLS session (close_notify) or on error (see error()).
 	bool read(std::string &out, size_t max);
 	bool peer_closed() const { return peer_closed_; }
+	// Ciphertext fed but not yet turned into plaintext, or plaintext not yet read.
+	bool has_buffered_input() const;
 	bool failed() const { return failed_; }
 	// Plaintext to the peer; always accepted (the memory BIO grows; callers bound what they
 	// write by watching pending_ciphertext()).
