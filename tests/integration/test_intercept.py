@@ -26,7 +26,8 @@ STANDIN_IP = "127.77.60.1"   # the stand-in, for Cursor's names
 WRONG_IP = "127.77.60.2"     # a stand-in whose certificate names another host
 EXPIRED_IP = "127.77.60.3"   # a stand-in with an expired certificate
 OTHER_IP = "127.77.60.4"     # an unrelated HTTPS site on a captured address (domain fronting)
-CAPTURED = [f"{ip}/32" for ip in (STANDIN_IP, WRONG_IP, EXPIRED_IP, OTHER_IP)]
+UNTRUSTED_IP = "127.77.60.5" # a stand-in with a self-signed certificate nobody trusts
+CAPTURED = [f"{ip}/32" for ip in (STANDIN_IP, WRONG_IP, EXPIRED_IP, OTHER_IP, UNTRUSTED_IP)]
 INTERCEPT_HOSTS = ["*.cursor.sh", "api.cursor.com", "cursor.com", "*.cursor.com"]
 
 
@@ -48,6 +49,11 @@ def work():
     subprocess.run(["openssl", "x509", "-req", "-in", str(certs / "other.csr"), "-CA", str(certs / "ca.pem"),
                     "-CAkey", str(certs / "ca.key"), "-CAcreateserial", "-days", "2", "-extfile",
                     str(certs / "other.ext"), "-out", str(certs / "other.pem")], check=True, capture_output=True)
+    # Cursor's names, but self-signed: no trust store anywhere vouches for it.
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                    "-days", "2", "-subj", "/CN=api2.cursor.sh", "-addext", "subjectAltName=DNS:api2.cursor.sh",
+                    "-keyout", str(certs / "untrusted.key"), "-out", str(certs / "untrusted.pem")],
+                   check=True, capture_output=True)
     yield d
     shutil.rmtree(d, ignore_errors=True)
 
@@ -58,6 +64,7 @@ def upstreams(work):
         "standin": Standin(work, STANDIN_IP),
         "wrong": Standin(work, WRONG_IP, cert="wronghost"),
         "expired": Standin(work, EXPIRED_IP, cert="expired"),
+        "untrusted": Standin(work, UNTRUSTED_IP, cert="untrusted"),
     }
     other = subprocess.Popen(["openssl", "s_server", "-quiet", "-accept", f"{OTHER_IP}:443", "-cert",
                               str(work / "certs" / "other.pem"), "-key", str(work / "certs" / "other.key"), "-www"],
@@ -288,7 +295,8 @@ def test_missing_sni_is_refused(intercept, journal):
 
 # --- upstream verification --------------------------------------------------------------------------
 
-@pytest.mark.parametrize("ip,why", [(WRONG_IP, "hostname mismatch"), (EXPIRED_IP, "certificate has expired")])
+@pytest.mark.parametrize("ip,why", [(WRONG_IP, "hostname mismatch"), (EXPIRED_IP, "certificate has expired"),
+                                    (UNTRUSTED_IP, "self-signed certificate")])
 @pytest.mark.parametrize("flag", ["--http2", "--http1.1"])
 def test_an_unverifiable_upstream_is_a_clear_error(intercept, journal, upstreams, ip, why, flag):
     d, jobs = intercept()
@@ -301,7 +309,7 @@ def test_an_unverifiable_upstream_is_a_clear_error(intercept, journal, upstreams
     err = entries(journal, d, "upstream_tls_error")[0]
     assert why in err["CORDON_ERROR"]
     # Nothing was sent to the unverified peer.
-    served = upstreams["wrong" if ip == WRONG_IP else "expired"]
+    served = upstreams[{WRONG_IP: "wrong", EXPIRED_IP: "expired", UNTRUSTED_IP: "untrusted"}[ip]]
     assert [e for e in served.log() if e["event"] == "request"] == []
 
 
@@ -329,6 +337,33 @@ def test_a_broken_client_hello_is_refused_and_journaled(intercept, journal):
     close = entries(journal, d, "connection_close")[0]
     assert close["CORDON_MODE"] == "refused" and close["CORDON_REASON"].startswith("bad ClientHello")
     assert d.status()["ok"]
+
+
+def test_invalid_http2_frames_after_a_valid_preface_close_that_connection_only(intercept, journal):
+    d, jobs = intercept()
+    r = run_py(jobs, "import socket,ssl,os,struct\n"
+                     "ctx=ssl.create_default_context(cafile=os.environ['NODE_EXTRA_CA_CERTS'])\n"
+                     "ctx.set_alpn_protocols(['h2'])\n"
+                     f"s=ctx.wrap_socket(socket.create_connection(('{STANDIN_IP}',443),timeout=5),"
+                     "server_hostname='api2.cursor.sh')\n"
+                     "frame=lambda t,f,sid,p: struct.pack('>I',len(p))[1:]+bytes([t,f])+struct.pack('>I',sid)+p\n"
+                     "s.sendall(b'PRI * HTTP/2.0\\r\\n\\r\\nSM\\r\\n\\r\\n'+frame(4,0,0,b'')"
+                     "+frame(0,1,0,b'DATA on stream zero'))\n"
+                     "data=b''\n"
+                     "try:\n"
+                     "  while True:\n"
+                     "    c=s.recv(4096)\n"
+                     "    if not c: break\n"
+                     "    data+=c\n"
+                     "except (ConnectionError, ssl.SSLError): pass\n"
+                     "types=[]\n"
+                     "while len(data)>=9:\n"
+                     "  n=int.from_bytes(data[:3],'big');types.append(data[3]);data=data[9+n:]\n"
+                     "print('goaway' if 7 in types else 'no goaway: %r' % types)\n")
+    assert r.stdout.strip() == "goaway"  # a GOAWAY (frame type 7), then the close
+    close = entries(journal, d, "connection_close")[0]
+    assert close["CORDON_MODE"] == "intercept"
+    assert jobs.run(["curl", "-sS", "--http2", "https://api2.cursor.sh/"]).stdout.startswith("hello")
 
 
 def test_an_invalid_http2_preface_closes_that_connection_only(intercept, journal):
