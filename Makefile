@@ -21,7 +21,7 @@ CXXFLAGS_BASE := -std=c++20 -Wall -Wextra -Werror -g $(INCLUDES) -MMD -MP
 CXXFLAGS ?= -O2
 SAN_FLAGS := -O1 -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
 LIBS := -lbpf -lelf -luring -lsystemd -lboost_program_options -lyaml-cpp -lprotobuf -lssl -lcrypto -lnghttp2 -lz \
-	-lresolv -lpthread
+	-lhs -lre2 -lpcre2-8 -lresolv -lpthread
 TEST_LIBS := -lgtest -lgmock -lpthread
 
 PROTOS := $(wildcard proto/cordon/*.proto)

@@ -57,8 +57,12 @@ in_job() { sh -c "echo \$\$ > '$CG_MOUNT$CG/job/cgroup.procs' && exec \"\$@\"" j
 median() { sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 rss_kib() { awk '/^VmRSS/ { print $2 }' "/proc/$1/status"; }
 
+# The relay benchmark speaks plaintext on the captured port: pass it through (the client speaks
+# first, so the ClientHello stage sees its first bytes at once and adds no wait).
+printf 'tls:\n  missing_sni: passthrough\n' > "$WORK/policy.yaml"
 start_cordond() {
-	"$BUILD/cordond" --target "$TARGET/32" --host localhost.invalid --enforce-cgroup "$CG/job" \
+	"$BUILD/cordond" --config "$WORK/policy.yaml" --state-dir "$WORK/state" \
+		--target "$TARGET/32" --host localhost.invalid --enforce-cgroup "$CG/job" \
 		--cgroup "$CG/daemon" --pin-dir "$PIN_DIR" --control-socket "$SOCK" --listen 15888 \
 		2>> "$WORK/cordond.log" & CORDOND_PID=$!
 	for _ in $(seq 200); do "$BUILD/cordonctl" --socket "$SOCK" status >/dev/null 2>&1 && return; sleep 0.05; done

@@ -12,6 +12,8 @@ packages=(
   libssl-dev libnghttp2-dev libboost-dev
   # fuzz targets (clang's libFuzzer and sanitizer runtimes)
   libclang-rt-14-dev
+  # secret masking: vectorscan (the Hyperscan API) scans, RE2 confirms; PCRE2 for comparison
+  libvectorscan-dev libre2-dev libpcre2-dev
   # unit tests and benchmarks
   libgtest-dev libgmock-dev libbenchmark-dev
   # integration tests and demo: real journald, real clients, namespaces, certificates
