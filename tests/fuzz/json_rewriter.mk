@@ -1,0 +1,1 @@
+FUZZ_DEPS_json_rewriter := userspace/mask/carriers.cc
