@@ -11,6 +11,7 @@
 #include "config/policy.h"
 #include "ctl/ca_command.h"
 #include "ctl/control_client.h"
+#include "ctl/mask_command.h"
 #include "daemon/daemon.h"
 
 namespace po = boost::program_options;
@@ -31,6 +32,8 @@ commands:
   version    print the version
   ca init | show | install | uninstall | issue HOST
              the host CA in DIR/ca and the host trust stores (root only; `cordonctl ca` for more)
+  mask [FILE] | --list | --explain [FILE]
+             FILE (or stdin) with its secrets masked; the rule ids; the findings (`cordonctl mask --help`)
 )";
 
 // Strings from jobs (process names, cgroup names, SNI) must not drive root's terminal: control
@@ -184,8 +187,28 @@ int report_not_running(const std::string &socket, const std::string &pin_dir, co
 
 } // namespace
 
+// `cordonctl mask` has flags of its own (--list, --explain), so it is dispatched before the global
+// parser would reject them. Global options may come first; those taking a value skip it.
+static int find_mask_command(int argc, char **argv)
+{
+	for (int i = 1; i < argc; i++) {
+		const std::string a = argv[i];
+		if (a == "--socket" || a == "--pin-dir" || a == "--state-dir" || a == "--count" || a == "--seconds") {
+			i++;
+			continue;
+		}
+		if (!a.empty() && a[0] == '-')
+			continue;
+		return a == "mask" ? i : 0;
+	}
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
+	if (const int at = find_mask_command(argc, argv))
+		return run_mask_command(std::vector<std::string>(argv + at + 1, argv + argc), std::cin, std::cout,
+		                        std::cerr);
 	const config::Policy defaults = default_policy();
 	po::options_description opts("options");
 	// clang-format off

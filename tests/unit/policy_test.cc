@@ -152,3 +152,75 @@ TEST(Policy, RetainIsBounded)
 {
 	EXPECT_NE(error_of("capture:\n  retain_seconds: 0\n").find("out of range"), std::string::npos);
 }
+
+TEST(Policy, DefaultMasksWithTheBuiltInRulesAndBlocksWhatCannotBeInspected)
+{
+	auto p = load_policy_text("", "<default>");
+	ASSERT_TRUE(p) << p.error().message();
+	EXPECT_TRUE(p->mask().enabled());
+	EXPECT_EQ(p->mask().replacement(), "[MASKED:{rule}]");
+	EXPECT_EQ(p->mask().unscannable(), config::BLOCK);
+	EXPECT_EQ(p->mask().hold_ms(), 200u);
+	std::vector<std::string> exempt(p->mask().request_headers_exempt().begin(),
+	                                p->mask().request_headers_exempt().end());
+	EXPECT_NE(std::find(exempt.begin(), exempt.end(), "authorization"), exempt.end());
+}
+
+TEST(Policy, MaskSectionLoads)
+{
+	auto p = load_policy_text(R"(mask:
+  disable: [generic-password]
+  allowlist: ["^AKIA.*EXAMPLE$"]
+  unscannable: pass
+  hold_ms: 50
+  rules:
+    - id: build-ticket
+      regex: 'TICKET-([0-9]{6})'
+      secret_group: 1
+      keywords: [ticket]
+      min_entropy: 2.5
+      direction: request
+)",
+	                          "policy.yaml");
+	ASSERT_TRUE(p) << p.error().message();
+	ASSERT_EQ(p->mask().rules_size(), 1);
+	EXPECT_EQ(p->mask().rules(0).secret_group(), 1u);
+	EXPECT_DOUBLE_EQ(p->mask().rules(0).min_entropy(), 2.5);
+	EXPECT_EQ(p->mask().rules(0).direction(), config::REQUEST);
+	EXPECT_EQ(p->mask().unscannable(), config::PASS);
+}
+
+TEST(Policy, MaskErrorsNameTheirLine)
+{
+	// A regex neither engine accepts, at its own line.
+	std::string e = error_of("mask:\n  rules:\n    - id: bad\n      regex: '(open'\n");
+	EXPECT_NE(e.find("policy.yaml:4:"), std::string::npos) << e;
+	// Backreferences are not in vectorscan's subset.
+	e = error_of("mask:\n  rules:\n    - id: backref\n      regex: '(a)\\1'\n");
+	EXPECT_NE(e.find("policy.yaml:4:"), std::string::npos) << e;
+	e = error_of("mask:\n  disable: [no-such-rule]\n");
+	EXPECT_NE(e.find("policy.yaml:2:"), std::string::npos) << e;
+	EXPECT_NE(e.find("no-such-rule"), std::string::npos) << e;
+	e = error_of("mask:\n  hold_ms: 0\n");
+	EXPECT_NE(e.find("policy.yaml:2:"), std::string::npos) << e;
+	e = error_of("mask:\n  allowlist: ['(x']\n");
+	EXPECT_NE(e.find("policy.yaml:2:"), std::string::npos) << e;
+	e = error_of("mask:\n  rules:\n    - id: Bad_Id\n      regex: 'x{3}'\n");
+	EXPECT_NE(e.find("policy.yaml:3:"), std::string::npos) << e;
+}
+
+TEST(Policy, MaskRulesAsAWholeAreChecked)
+{
+	// An id the built-in rules already use.
+	std::string e = error_of("mask:\n  rules:\n    - id: github-pat\n      regex: 'gh[0-9]{8}'\n");
+	EXPECT_NE(e.find("'github-pat' is taken"), std::string::npos) << e;
+	// ... unless that built-in rule is turned off.
+	e = error_of("mask:\n  disable: [github-pat]\n  rules:\n    - id: github-pat\n      regex: 'gh[0-9]{8}'\n");
+	EXPECT_EQ(e, "");
+	// A capture group the regex does not have.
+	e = error_of("mask:\n  rules:\n    - id: ticket\n      regex: 'T-[0-9]{6}'\n      secret_group: 2\n");
+	EXPECT_NE(e.find("secret_group"), std::string::npos) << e;
+	// Two rules with one id.
+	e = error_of("mask:\n  rules:\n    - id: t\n      regex: 'a{3}'\n    - id: t\n      regex: 'b{3}'\n");
+	EXPECT_NE(e.find("'t' is taken"), std::string::npos) << e;
+}

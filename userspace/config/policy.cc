@@ -2,11 +2,13 @@
 
 #include <google/protobuf/descriptor.h>
 #include <google/protobuf/message.h>
+#include <re2/re2.h>
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
 #include <cctype>
 #include <charconv>
+#include <cmath>
 #include <fstream>
 #include <functional>
 #include <map>
@@ -16,6 +18,7 @@
 #include "common/address.h"
 #include "common/cgroup.h"
 #include "common/host_pattern.h"
+#include "config/mask_rules.h"
 
 namespace cordon {
 namespace {
@@ -48,6 +51,36 @@ Result<std::string> check_range(const std::string &v, unsigned long lo, unsigned
 	unsigned long n = std::stoul(v);
 	if (n < lo || n > hi)
 		return plain_error(v + " is out of range " + std::to_string(lo) + ".." + std::to_string(hi));
+	return v;
+}
+
+Result<std::string> check_rule_id(const std::string &v)
+{
+	if (v.empty() || v.size() > 64 || !std::all_of(v.begin(), v.end(), [](char c) {
+		    return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-';
+	    }))
+		return plain_error("rule id '" + v + "' must be 1-64 characters of a-z, 0-9 and '-'");
+	return v;
+}
+
+// A rule's regex alone, compiled as the scanner will (vectorscan and RE2), so a mistake is
+// reported at its line.
+Result<std::string> check_rule_regex(const std::string &v)
+{
+	mask::RuleSpec spec;
+	spec.id = "policy-rule";
+	spec.regex = v;
+	auto compiled = mask::RuleSet::compile({spec}, mask::Options{});
+	if (!compiled)
+		return compiled.error();
+	return v;
+}
+
+Result<std::string> check_re2(const std::string &v)
+{
+	RE2 re(v, RE2::Quiet);
+	if (!re.ok())
+		return plain_error("bad regex '" + v + "': " + re.error());
 	return v;
 }
 
@@ -109,6 +142,18 @@ const std::map<std::string, Validator> &validators()
 	    {"cordon.config.Tls.max_message_bytes",
 	     [](const std::string &v) { return check_range(v, 1024, 1024u * 1024 * 1024); }},
 	    {"cordon.config.Daemon.control_socket", check_absolute_path},
+	    {"cordon.config.MaskRule.id", check_rule_id},
+	    {"cordon.config.MaskRule.regex", check_rule_regex},
+	    {"cordon.config.MaskRule.allowlist", check_re2},
+	    {"cordon.config.Mask.allowlist", check_re2},
+	    {"cordon.config.Mask.disable",
+	     [](const std::string &v) -> Result<std::string> {
+		     for (const auto &r : mask::RuleSet::builtin())
+			     if (r.id == v)
+				     return v;
+		     return plain_error("no built-in rule '" + v + "' (cordonctl mask --list)");
+	     }},
+	    {"cordon.config.Mask.hold_ms", [](const std::string &v) { return check_range(v, 1, 10000); }},
 	    {"cordon.config.Daemon.connect_timeout_ms",
 	     [](const std::string &v) { return check_range(v, 100, 600000); }},
 	    {"cordon.config.Daemon.max_connections", [](const std::string &v) { return check_range(v, 1, 1000000); }},
@@ -238,6 +283,16 @@ private:
 			add ? refl->AddUInt32(&msg, field, v) : refl->SetUInt32(&msg, field, v);
 			return {};
 		}
+		case FieldDescriptor::CPPTYPE_DOUBLE: {
+			double d = 0;
+			auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), d);
+			if (ec != std::errc() || end != text.data() + text.size() || text.empty() ||
+			    !std::isfinite(d) || d < 0)
+				return fail(value, "'" + field->name() + "' must be a non-negative number, got '" +
+				                       text + "'");
+			add ? refl->AddDouble(&msg, field, d) : refl->SetDouble(&msg, field, d);
+			return {};
+		}
 		case FieldDescriptor::CPPTYPE_BOOL: {
 			bool b;
 			if (text == "true" || text == "yes" || text == "on")
@@ -308,6 +363,10 @@ YAML::Node load_single_document(const std::string &yaml, const std::string &sour
 
 Status check_whole(const config::Policy &p, const std::string &source)
 {
+	// The rules as a whole (ids unique, capture groups, entropy), as cordond would compile them.
+	if (p.mask().enabled())
+		if (auto checked = check_mask_policy(p.mask()); !checked)
+			return plain_error(source + ": " + checked.error().message());
 	if (p.capture().refresh_min_seconds() > p.capture().refresh_max_seconds())
 		return plain_error(source + ": capture.refresh_min_seconds exceeds capture.refresh_max_seconds");
 	if (p.enforce().cgroups().empty())
@@ -398,6 +457,9 @@ void emit_message(YAML::Emitter &out, const Message &msg)
 				break;
 			case FieldDescriptor::CPPTYPE_BOOL:
 				out << (index < 0 ? refl->GetBool(msg, f) : refl->GetRepeatedBool(msg, f, index));
+				break;
+			case FieldDescriptor::CPPTYPE_DOUBLE:
+				out << (index < 0 ? refl->GetDouble(msg, f) : refl->GetRepeatedDouble(msg, f, index));
 				break;
 			case FieldDescriptor::CPPTYPE_STRING:
 				out << YAML::DoubleQuoted
