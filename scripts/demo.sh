@@ -9,7 +9,9 @@
 #  3. a job, unprivileged and in a demo cgroup, trusting cordon's CA the way `cordonctl ca
 #     install` makes every job trust it, runs curl and a real Connect client's streaming chat:
 #     the kernel redirects both into cordond, which terminates TLS, verifies the stand-in's real
-#     certificate, and passes every message through, decoded live in `cordonctl watch`;
+#     certificate, and passes every message through, decoded live in `cordonctl watch`; the chat
+#     attaches a file holding an AWS key, and the stand-in's answer streams back a GitHub token
+#     cut across three messages: both arrive masked, and the journal counts them;
 #  4. the journal and `cordonctl status` show who called, what they called, and what happened;
 #  5. cordond stops: the same request is refused (fail closed); then everything is cleaned up.
 set -euo pipefail
@@ -19,6 +21,9 @@ BUILD=$ROOT/build
 [ "$(id -u)" -eq 0 ] || { echo "demo: run as root (it attaches BPF programs and creates cgroups)" >&2; exit 1; }
 
 STANDIN_IP=127.0.0.77
+# Realistic-looking secrets (not AWS's documented example key, which every scanner allowlists).
+DEMO_AWS_KEY=AKIAQYLPMN5HFIQR7XYZ
+DEMO_GITHUB_TOKEN=ghp_R8fK2mQ9xLpW4vZ7nT1bY6cH3jD0sA5eG2uK
 NOBODY=65534
 WORK=$(mktemp -d /tmp/cordon-demo.XXXXXX)
 chmod 755 "$WORK"
@@ -77,7 +82,7 @@ bold "a stand-in for Cursor on $STANDIN_IP:443"
 tests/standin/make-certs.sh "$WORK/certs" > /dev/null
 node tests/standin/standin.mjs --host "$STANDIN_IP" --port 443 --cert "$WORK/certs/standin.pem" \
 	--key "$WORK/certs/standin.key" --log "$WORK/standin.jsonl" --descriptors "$BUILD/cursor.desc" \
-	> "$WORK/standin.out" 2>&1 & STANDIN_PID=$!
+	--leak-text "$DEMO_GITHUB_TOKEN" --leak-pieces 3 > "$WORK/standin.out" 2>&1 & STANDIN_PID=$!
 for _ in $(seq 200); do grep -q listening "$WORK/standin.out" 2>/dev/null && break; sleep 0.05; done
 cat "$WORK/standin.out"
 
@@ -116,13 +121,24 @@ bold "the job: curl https://api2.cursor.sh/ as uid $NOBODY in cgroup $CG/job (OS
 job curl -sS --http2 https://api2.cursor.sh/
 
 bold "the job: a real Connect client, a streaming chat (aiserver.v1.ChatService/StreamUnifiedChatWithTools)"
+echo "  (it attaches deploy/aws.env, which holds an AWS key; the second prompt makes the stand-in leak a token)"
 job node "$ROOT/tests/standin/client.mjs" --descriptors "$BUILD/cursor.desc" chat \
-	--prompt "explain this repository" --prompt "now run the tests" --pause-ms 300 \
-	| node -e 'require("readline").createInterface({input: process.stdin}).on("line", l => {
+	--prompt "explain this repository" --prompt "now leak a token" --pause-ms 300 \
+	--file "deploy/aws.env=AWS_ACCESS_KEY_ID=$DEMO_AWS_KEY" \
+	| tee "$WORK/client.jsonl" | node -e 'require("readline").createInterface({input: process.stdin}).on("line", l => {
 		const e = JSON.parse(l);
 		if (e.event === "sent") console.log(`  sent     ${JSON.stringify(e.json).slice(0, 110)}`);
-		if (e.event === "recv") console.log(`  received ${JSON.stringify(e.json).slice(0, 110)}`);
+		const text = e.json?.streamUnifiedChatResponse?.text;
+		if (e.event === "recv") console.log(`  received ${text !== undefined ? JSON.stringify(text) : JSON.stringify(e.json).slice(0, 110)}`);
 	})'
+# The stand-in sends the token in pieces, so look for it in the text the job assembles.
+if node -e 'const lines = require("fs").readFileSync(process.argv[1], "utf8").trim().split("\n").map(JSON.parse);
+	const text = lines.map(e => e.json?.streamUnifiedChatResponse?.text ?? "").join("");
+	process.exit(text.includes(process.argv[2]) || !text.includes("[MASKED:github-pat]") ? 0 : 1)' \
+	"$WORK/client.jsonl" "$DEMO_GITHUB_TOKEN"; then
+	echo "demo: the token the stand-in leaked did not reach the job masked; that must not happen" >&2
+	exit 1
+fi
 sleep 0.5
 kill "$WATCH_PID" 2>/dev/null; wait "$WATCH_PID" 2>/dev/null || true
 WATCH_PID=""
@@ -130,16 +146,27 @@ WATCH_PID=""
 bold "cordonctl watch: what cordond saw, decoded (names from proto/cursor)"
 cut -c1-230 "$WORK/watch.txt"
 
-bold "what the stand-in received (its log): byte for byte what the client sent"
+bold "what the stand-in received (its log): the client's messages, with the AWS key masked"
 node -e 'const lines = require("fs").readFileSync(process.argv[1], "utf8").trim().split("\n").map(JSON.parse);
-	for (const e of lines) if (e.event === "message" && e.direction === "received" && "index" in e)
-		console.log(`  ${e.path}  #${e.index} ${e.size} B from ${e.peer} (cordond)`);' "$WORK/standin.jsonl"
+	for (const e of lines) if (e.event === "message" && e.direction === "received" && "index" in e) {
+		console.log(`  ${e.path}  #${e.index} ${e.size} B from ${e.peer} (cordond)`);
+		const file = e.json?.streamUnifiedChatRequest?.currentFile?.contents;
+		if (file !== undefined) console.log(`      deploy/aws.env as Cursor got it: ${JSON.stringify(file)}`);
+	}' "$WORK/standin.jsonl"
+if grep -q "$DEMO_AWS_KEY" "$WORK/standin.jsonl"; then
+	echo "demo: the AWS key reached the stand-in unmasked; that must not happen" >&2
+	exit 1
+fi
 
 bold "the journal: journalctl _PID=$CORDOND_PID CORDON_EVENT=request"
 journalctl --no-pager _PID="$CORDOND_PID" CORDON_EVENT=request -o cat
 echo
 journalctl --no-pager _PID="$CORDOND_PID" CORDON_EVENT=request -o verbose -n 1 \
-	--output-fields=CORDON_CONN,CORDON_PID,CORDON_UID,CORDON_COMM,CORDON_CGROUP,CORDON_SNI,CORDON_HOST,CORDON_RPC,CORDON_PROTO,CORDON_HTTP,CORDON_STATUS,CORDON_REQ_MESSAGES,CORDON_RESP_MESSAGES,CORDON_DURATION_US,CORDON_RESULT
+	--output-fields=CORDON_CONN,CORDON_PID,CORDON_UID,CORDON_COMM,CORDON_CGROUP,CORDON_SNI,CORDON_HOST,CORDON_RPC,CORDON_PROTO,CORDON_HTTP,CORDON_STATUS,CORDON_REQ_MESSAGES,CORDON_RESP_MESSAGES,CORDON_DURATION_US,CORDON_RESULT,CORDON_MASKED,CORDON_MASK_RULES
+if journalctl --no-pager _PID="$CORDOND_PID" -o json | grep -q "$DEMO_AWS_KEY\|$DEMO_GITHUB_TOKEN"; then
+	echo "demo: a secret reached the journal; that must not happen" >&2
+	exit 1
+fi
 
 bold "cordonctl status"
 ctl status

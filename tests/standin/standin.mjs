@@ -66,12 +66,14 @@
 //   RunSSE  the same turn, fed by the BidiAppends of its request id (in append_seqno order), but
 //       it waits for the exec result before turn_ended, then ends the stream.
 //   A prompt containing the word "leak" gets --leak-text (default: AWS's example key id) in the
-//   reply. --delay-ms (default 20) paces the deltas. --require-auth makes every RPC without
+//   reply, cut into --leak-pieces text deltas (default 3) at character offsets, the way a model
+//   streams tokens: the secret arrives split across messages. --delay-ms (default 20) paces the
+//   deltas. --require-auth makes every RPC without
 //   `authorization: Bearer ...` fail with unauthenticated.
 //
 //   node standin.mjs --host 127.0.0.77[,127.0.0.78...] --port 443 --cert c.pem --key k.pem
 //                    [--log requests.jsonl] [--descriptors build/cursor.desc] [--delay-ms 20]
-//                    [--require-auth] [--leak-text TEXT]
+//                    [--require-auth] [--leak-text TEXT] [--leak-pieces N]
 //
 // Without the npm packages (make standin) or the descriptor set, and without an explicit
 // --descriptors, it serves only the plain HTTP routes and says so on stderr.
@@ -93,6 +95,7 @@ const { values: opts } = parseArgs({
     'delay-ms': { type: 'string', default: '20' },
     'require-auth': { type: 'boolean', default: false },
     'leak-text': { type: 'string', default: 'AKIAIOSFODNN7EXAMPLE' },
+    'leak-pieces': { type: 'string', default: '3' },
   },
 });
 if (!opts.cert || !opts.key) {
@@ -469,12 +472,17 @@ const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 function replyDeltas(prompt, turn, attached = []) {
   let text = `Stand-in reply ${turn}: you said "${prompt}".`;
   if (attached.length) text += ` Attached: ${attached.join(', ')}.`;
-  if (/\bleak\b/i.test(prompt)) text += ` Here is a key: ${opts['leak-text']}`;
   const words = text.split(' ');
   const n = Math.min(4, words.length);
   const per = Math.ceil(words.length / n);
   const out = [];
   for (let i = 0; i < words.length; i += per) out.push(words.slice(i, i + per).join(' ') + (i + per < words.length ? ' ' : ''));
+  if (/\bleak\b/i.test(prompt)) {
+    const leak = ` Here is a key: ${opts['leak-text']}`;
+    const pieces = Math.max(1, Number(opts['leak-pieces']));
+    const size = Math.ceil(leak.length / pieces);
+    for (let i = 0; i < leak.length; i += size) out.push(leak.slice(i, i + size));
+  }
   return out;
 }
 

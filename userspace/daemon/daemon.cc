@@ -22,6 +22,7 @@
 #include "daemon/control_server.h"
 #include "daemon/event_loop.h"
 #include "daemon/journal.h"
+#include "daemon/masking.h"
 #include "daemon/relay.h"
 #include "daemon/resolver.h"
 #include "daemon/watch.h"
@@ -525,6 +526,20 @@ Status run_daemon(const DaemonOptions &options)
 	}
 	WatchHub watch(control, *decoder);
 	rs.tls.watch = &watch;
+	std::unique_ptr<MaskEngine> masking;
+	if (p.mask().enabled()) {
+		auto started = Clock::now();
+		auto engine = MaskEngine::create(p.mask(), decoder.get());
+		if (!engine)
+			return engine.error();
+		masking = std::move(*engine);
+		rs.tls.mask = masking.get();
+		auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - started).count();
+		log::info("masking " + std::to_string(masking->rule_count()) + " secret rules (compiled in " +
+		          std::to_string(ms) + " ms)");
+	} else {
+		log::warning("masking is off (mask.enabled: false): secrets pass to Cursor and back unmasked");
+	}
 	RelayServer relay(**loop, **pool, kp, journal, cgroup_paths, rs);
 	if (Status st = relay.start(); !st)
 		return st;

@@ -15,6 +15,7 @@
 
 #include "common/log.h"
 #include "daemon/journal.h"
+#include "daemon/masking.h"
 #include "daemon/relay.h"
 #include "daemon/watch.h"
 #include "proxy/http_bridge.h"
@@ -37,6 +38,7 @@ enum Op : uint8_t {
 	kSendClient,
 	kSendUpstream,
 	kCancel,
+	kHoldTimer,
 };
 
 constexpr int kClient = 0;
@@ -52,6 +54,7 @@ public:
 	RequestJournal(Journal &journal, const ConnectionIdentity &id, RelayStats &stats)
 	    : journal_(journal), id_(id), stats_(stats)
 	{}
+	void set_masker(ConnectionMasker *masker) { masker_ = masker; }
 
 	void on_complete(const proxy::RequestInfo &r, const proxy::ExchangeSummary &s) override
 	{
@@ -83,6 +86,19 @@ public:
 			e.add("CORDON_RPC", r.rpc.full());
 		if (!s.error.empty())
 			e.add("CORDON_ERROR", s.error);
+		if (masker_) {
+			// Counts and rule ids only: the secrets themselves are never written anywhere.
+			MaskTally t = masker_->take(r.number);
+			e.add("CORDON_MASKED", std::to_string(t.masked));
+			if (!t.rules.empty()) {
+				std::string ids;
+				for (const auto &id : t.rules)
+					ids += (ids.empty() ? "" : ",") + id;
+				e.add("CORDON_MASK_RULES", ids);
+			}
+			if (t.unscanned)
+				e.add("CORDON_UNSCANNED", std::to_string(t.unscanned));
+		}
 		journal_.send(std::move(e));
 	}
 
@@ -90,6 +106,7 @@ private:
 	Journal &journal_;
 	const ConnectionIdentity &id_;
 	RelayStats &stats_;
+	ConnectionMasker *masker_ = nullptr;
 };
 
 } // namespace
@@ -103,6 +120,10 @@ public:
 	{
 		if (server.settings_.tls.watch)
 			watch_ = std::make_unique<ConnectionWatch>(*server.settings_.tls.watch, id_);
+		if (server.settings_.tls.mask) {
+			masker_ = std::make_unique<ConnectionMasker>(*server.settings_.tls.mask);
+			request_journal_.set_masker(masker_.get());
+		}
 		client_ = std::move(client);
 		last_activity_ = Clock::now();
 		sides_[kClient].fd = &client_;
@@ -138,6 +159,8 @@ public:
 		case kConnectTimeout:
 		case kCancel:
 			return;
+		case kHoldTimer:
+			return on_hold_timer();
 		case kRecvClient:
 			return on_received(kClient, res, flags);
 		case kRecvUpstream:
@@ -270,6 +293,9 @@ private:
 		proxy::BridgeSettings bs;
 		bs.connection = id_.id;
 		bs.default_host = id_.sni;
+		// Masking first: every observer after it sees masked data only.
+		if (masker_)
+			bs.observers.push_back(masker_.get());
 		bs.observers.push_back(&request_journal_);
 		if (watch_)
 			bs.observers.push_back(watch_.get());
@@ -324,6 +350,7 @@ private:
 			return;
 		arm(kClient);
 		arm(kUpstream);
+		arm_hold_timer();
 		if (bridge_ && bridge_->done() && !closing_) {
 			closing_ = true;
 			client_tls_->close_notify();
@@ -419,6 +446,35 @@ private:
 		}
 		flush(side, *tls);
 		return true;
+	}
+
+	// Masking holds a streamed message back while the next one may complete a secret it ends
+	// with; if nothing follows in time, the message goes as it is. One timer per connection, for
+	// the earliest deadline.
+	void arm_hold_timer()
+	{
+		if (hold_armed_ || !bridge_ || closing_)
+			return;
+		auto due = bridge_->hold_deadline();
+		if (!due)
+			return;
+		auto wait = std::chrono::duration_cast<std::chrono::nanoseconds>(*due - Clock::now());
+		if (wait.count() < 1000000)
+			wait = std::chrono::nanoseconds(1000000);
+		hold_timeout_.tv_sec = wait.count() / 1000000000;
+		hold_timeout_.tv_nsec = wait.count() % 1000000000;
+		io_uring_prep_timeout(loop().prepare(*this, kHoldTimer), &hold_timeout_, 0, 0);
+		hold_armed_ = true;
+	}
+
+	void on_hold_timer()
+	{
+		hold_armed_ = false;
+		if (finished() || !bridge_)
+			return;
+		if (Status st = bridge_->release_held(Clock::now()); !st)
+			return fail("client_protocol_error", 0, true, st.error().message());
+		drive();
 	}
 
 	// Cursor's certificate did not verify (or its TLS failed): never talk to it, tell the job.
@@ -583,6 +639,8 @@ private:
 				loop().cancel_fd(*this, client_.get(), kCancel);
 			if (upstream_)
 				loop().cancel_fd(*this, upstream_.get(), kCancel);
+			if (hold_armed_)
+				loop().cancel_op(*this, kHoldTimer, kCancel);
 		}
 		mark_finished();
 	}
@@ -625,6 +683,7 @@ private:
 	ConnectionIdentity id_;
 	std::string hello_;
 	std::vector<std::string> offered_;
+	std::unique_ptr<ConnectionMasker> masker_;
 	RequestJournal request_journal_;
 	std::unique_ptr<ConnectionWatch> watch_;
 	UniqueFd client_, upstream_;
@@ -643,6 +702,8 @@ private:
 	sockaddr_storage connect_addr_{};
 	socklen_t connect_len_ = 0;
 	__kernel_timespec connect_timeout_{};
+	__kernel_timespec hold_timeout_{};
+	bool hold_armed_ = false;
 	Clock::time_point last_activity_;
 };
 

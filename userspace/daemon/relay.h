@@ -37,6 +37,8 @@ namespace tls {
 class LeafCache;
 }
 
+class MaskEngine;
+
 enum class SniAction { Intercept, Passthrough, Refuse };
 const char *to_string(SniAction a);
 
@@ -52,7 +54,8 @@ struct TlsSettings {
 	proxy::Limits limits;
 	// Extra observers for every intercepted exchange (later: policy, masking, recording).
 	std::vector<proxy::ExchangeObserver *> observers;
-	WatchHub *watch = nullptr; // `cordonctl watch`
+	WatchHub *watch = nullptr;  // `cordonctl watch`
+	MaskEngine *mask = nullptr; // masking; null when the policy turns it off
 };
 
 struct RelaySettings {

@@ -37,6 +37,17 @@ void set_header(Headers &headers, std::string_view name, std::string value)
 	headers.push_back(Header{std::string(name), std::move(value)});
 }
 
+Verdict inspect_headers(const std::vector<ExchangeObserver *> &observers, const RequestInfo &request,
+                        Direction direction, bool trailers, Headers &headers)
+{
+	for (ExchangeObserver *o : observers) {
+		Verdict v = o->on_headers(request, direction, trailers, headers);
+		if (v.kind == Verdict::Kind::Refuse)
+			return v;
+	}
+	return Verdict::forward();
+}
+
 Refusal render_refusal(rpc::Protocol protocol, std::string_view code, std::string_view message, bool headers_sent)
 {
 	Refusal r;
@@ -80,44 +91,58 @@ Refusal render_refusal(rpc::Protocol protocol, std::string_view code, std::strin
 }
 
 BodyPipe::BodyPipe(Direction direction, const RequestInfo &request, rpc::Protocol protocol, std::string unary_encoding,
-                   std::string stream_encoding, std::vector<ExchangeObserver *> observers, Limits limits)
+                   std::string stream_encoding, std::vector<ExchangeObserver *> observers, Limits limits,
+                   const std::string &content_type)
     : direction_(direction), request_(request), protocol_(protocol), unary_encoding_(std::move(unary_encoding)),
       stream_encoding_(std::move(stream_encoding)), observers_(std::move(observers)), limits_(limits),
       decoder_(limits.max_message)
 {
 	enveloped_ = rpc::is_enveloped(protocol);
-	// Connect unary and JSON REST bodies are one message each. Other bodies stream through
-	// untouched (no observer sees them as messages).
+	// Connect unary and JSON REST bodies are one message each. Other bodies are bytes: only a
+	// stage (masking) sees them.
 	unary_ = protocol == rpc::Protocol::ConnectUnary || protocol == rpc::Protocol::Rest;
+	for (ExchangeObserver *o : observers_) {
+		stage_ = o->make_stage(direction, request, protocol, content_type, unary_encoding_);
+		if (stage_)
+			break;
+	}
 }
 
-Verdict BodyPipe::ask(const Message &message)
+Verdict BodyPipe::ask(Message &message)
 {
-	Verdict result = Verdict::forward();
 	for (ExchangeObserver *o : observers_) {
 		Verdict v = o->on_message(request_, message);
 		if (v.kind == Verdict::Kind::Refuse)
 			return v;
-		if (v.kind == Verdict::Kind::Replace)
-			result = std::move(v); // later observers see the original; the last replacement wins
+		if (v.kind == Verdict::Kind::Replace) {
+			message.payload = std::move(v.replacement);
+			message.modified = true;
+		}
 	}
-	return result;
+	return Verdict::forward();
 }
 
-Status BodyPipe::deliver(Message &message, std::string_view original, std::string &out)
+void BodyPipe::refuse(Verdict v)
 {
-	messages_++;
+	if (!refusal_)
+		refusal_ = std::move(v);
+}
+
+Status BodyPipe::deliver(Message &message, std::string &out)
+{
+	if (refusal_)
+		return {};
 	Verdict v = ask(message);
 	if (v.kind == Verdict::Kind::Refuse) {
-		refusal_ = std::move(v);
+		refuse(std::move(v));
 		return {};
 	}
-	if (v.kind == Verdict::Kind::Forward) {
-		out.append(original); // exactly as it arrived
+	if (!message.modified) {
+		out.append(message.original); // exactly as it arrived
 		return {};
 	}
 	changed_ = true;
-	std::string payload = std::move(v.replacement);
+	std::string payload = std::move(message.payload);
 	if (message.compressed) {
 		auto z = rpc::gzip(payload);
 		if (!z)
@@ -129,6 +154,31 @@ Status BodyPipe::deliver(Message &message, std::string_view original, std::strin
 	else
 		out.append(rpc::encode_envelope(message.flags, payload));
 	return {};
+}
+
+Status BodyPipe::deliver_all(std::vector<Message> &ready, std::string &out)
+{
+	for (auto &m : ready)
+		if (Status st = deliver(m, out); !st)
+			return st;
+	ready.clear();
+	return {};
+}
+
+Status BodyPipe::take(Message message, std::string &out)
+{
+	messages_++;
+	if (!stage_) {
+		if (!message.unscannable.empty())
+			return plain_error(message.unscannable);
+		return deliver(message, out);
+	}
+	std::vector<Message> ready;
+	Verdict v = stage_->push(std::move(message), ready);
+	Status st = deliver_all(ready, out);
+	if (v.kind == Verdict::Kind::Refuse)
+		refuse(std::move(v));
+	return st;
 }
 
 Status BodyPipe::write(std::span<const uint8_t> in, std::string &out)
@@ -144,7 +194,14 @@ Status BodyPipe::write(std::span<const uint8_t> in, std::string &out)
 		return {};
 	}
 	if (!enveloped_) {
-		out.append(reinterpret_cast<const char *>(in.data()), in.size());
+		const std::string_view bytes(reinterpret_cast<const char *>(in.data()), in.size());
+		if (!stage_) {
+			out.append(bytes);
+			return {};
+		}
+		Verdict v = stage_->push_bytes(bytes, out);
+		if (v.kind == Verdict::Kind::Refuse)
+			refuse(std::move(v));
 		return {};
 	}
 	std::vector<rpc::Envelope> envelopes;
@@ -160,19 +217,24 @@ Status BodyPipe::write(std::span<const uint8_t> in, std::string &out)
 		m.end_of_stream = trailer || ((env.flags & rpc::kFlagEndStream) && protocol_ != rpc::Protocol::Grpc &&
 		                              protocol_ != rpc::Protocol::GrpcWeb);
 		m.compressed = (env.flags & rpc::kFlagCompressed) != 0;
-		const std::string original = rpc::encode_envelope(env.flags, env.payload);
+		m.original = rpc::encode_envelope(env.flags, env.payload);
 		if (m.compressed) {
-			if (stream_encoding_ != "gzip")
-				return plain_error("compressed message with unsupported encoding '" + stream_encoding_ +
-				                   "'");
-			auto plain = rpc::gunzip(env.payload, limits_.max_message);
-			if (!plain)
+			if (stream_encoding_ != "gzip") {
+				m.unscannable =
+				    "compressed message with unsupported encoding '" + stream_encoding_ + "'";
+				m.payload = std::move(env.payload);
+			} else if (auto plain = rpc::gunzip(env.payload, limits_.max_message)) {
+				m.payload = std::move(*plain);
+			} else if (stage_) {
+				m.unscannable = plain.error().message();
+				m.payload = std::move(env.payload);
+			} else {
 				return plain.error();
-			m.payload = std::move(*plain);
+			}
 		} else {
 			m.payload = std::move(env.payload);
 		}
-		if (Status d = deliver(m, original, out); !d)
+		if (Status d = take(std::move(m), out); !d)
 			return d;
 	}
 	return st;
@@ -185,14 +247,26 @@ Status BodyPipe::finish(std::string &out)
 	finished_ = true;
 	if (refusal_)
 		return {};
+	auto flush_stage = [&]() -> Status {
+		if (!stage_ || refusal_)
+			return {};
+		std::vector<Message> ready;
+		std::string bytes;
+		Verdict v = stage_->flush(true, Clock::now(), ready, bytes);
+		out.append(bytes);
+		Status st = deliver_all(ready, out);
+		if (v.kind == Verdict::Kind::Refuse)
+			refuse(std::move(v));
+		return st;
+	};
 	if (enveloped_ && !unary_) {
 		if (!decoder_.at_boundary())
 			return plain_error(std::string(to_string(direction_)) + " stream ended inside a message (" +
 			                   std::to_string(decoder_.pending_bytes()) + " bytes pending)");
-		return {};
+		return flush_stage();
 	}
 	if (!unary_)
-		return {};
+		return flush_stage();
 	// A unary RPC carries exactly one message each way, even an empty one (a protobuf message
 	// with every field at its default); a bodiless REST call carries none.
 	if (body_.empty() && protocol_ != rpc::Protocol::ConnectUnary)
@@ -201,17 +275,46 @@ Status BodyPipe::finish(std::string &out)
 	Message m;
 	m.direction = direction_;
 	m.compressed = unary_encoding_ == "gzip";
-	if (!unary_encoding_.empty() && unary_encoding_ != "gzip" && unary_encoding_ != "identity")
-		return plain_error("body with unsupported content-encoding '" + unary_encoding_ + "'");
-	if (m.compressed) {
+	m.original = body_;
+	if (!unary_encoding_.empty() && unary_encoding_ != "gzip" && unary_encoding_ != "identity") {
+		m.unscannable = "body with unsupported content-encoding '" + unary_encoding_ + "'";
+		m.payload = body_;
+	} else if (m.compressed) {
 		auto plain = rpc::gunzip(body_, limits_.max_message);
-		if (!plain)
-			return plain.error();
-		m.payload = std::move(*plain);
+		if (plain) {
+			m.payload = std::move(*plain);
+		} else {
+			m.unscannable = plain.error().message();
+			m.payload = body_;
+		}
 	} else {
 		m.payload = body_;
 	}
-	return deliver(m, body_, out);
+	if (Status st = take(std::move(m), out); !st)
+		return st;
+	return flush_stage();
+}
+
+std::optional<Clock::time_point> BodyPipe::hold_deadline() const
+{
+	if (!stage_ || refusal_ || finished_)
+		return std::nullopt;
+	return stage_->hold_deadline();
+}
+
+Status BodyPipe::release_held(Clock::time_point now, std::string &out)
+{
+	auto due = hold_deadline();
+	if (!due || *due > now)
+		return {};
+	std::vector<Message> ready;
+	std::string bytes;
+	Verdict v = stage_->flush(false, now, ready, bytes);
+	out.append(bytes);
+	Status st = deliver_all(ready, out);
+	if (v.kind == Verdict::Kind::Refuse)
+		refuse(std::move(v));
+	return st;
 }
 
 } // namespace cordon::proxy

@@ -61,6 +61,13 @@ struct Message {
 	bool end_of_stream = false; // Connect end-of-stream JSON or gRPC-web trailer frame
 	bool compressed = false;    // arrived compressed
 	std::string payload;        // decompressed
+	// Set by whoever changed `payload` (masking, an observer): the message is re-encoded.
+	// Otherwise `original` leaves exactly as it arrived.
+	bool modified = false;
+	std::string original; // the bytes as received (envelope included)
+	// Non-empty when the payload could not be decoded (corrupt compression): `payload` then holds
+	// the raw bytes, and masking's policy decides whether the message may pass unscanned.
+	std::string unscannable;
 };
 
 struct Verdict {
@@ -88,12 +95,49 @@ struct ExchangeSummary {
 	std::string error;  // the refusal or failure reason
 };
 
-// Policy, masking, recording and the journal plug in here. Called on the loop thread.
+using Clock = std::chrono::steady_clock;
+
+// Between the decoder and the observers of one direction's body: masking. It may change a
+// message (setting `modified`) and hold streamed messages back for a bounded time, so a secret
+// split across messages is seen whole before any part of it leaves.
+class MessageStage {
+public:
+	virtual ~MessageStage() = default;
+	// A whole message (an envelope, or a unary body). Appends the messages now free to go, oldest
+	// first. Refuse: the exchange ends with that error (messages already in `ready` go first).
+	virtual Verdict push(Message message, std::vector<Message> &ready) = 0;
+	// A body that is not made of messages (Protocol::Other): appends the bytes free to go. The
+	// length never changes (such bodies may be framed by content-length).
+	virtual Verdict push_bytes(std::string_view in, std::string &out) = 0;
+	// `end`: the body is complete, everything held goes. Otherwise the hold deadline passed at
+	// `now`: what has waited long enough goes.
+	virtual Verdict flush(bool end, Clock::time_point now, std::vector<Message> &ready, std::string &bytes_out) = 0;
+	virtual size_t held_bytes() const = 0;
+	// When what is held must go even if nothing follows it; nullopt when nothing is held.
+	virtual std::optional<Clock::time_point> hold_deadline() const = 0;
+};
+
+// Policy, masking, recording and the journal plug in here. Called on the loop thread, in order:
+// each observer sees messages and headers as the observers before it left them.
 class ExchangeObserver {
 public:
 	virtual ~ExchangeObserver() = default;
+	// Header values may be rewritten in place (masking); names are lower case, pseudo-headers
+	// (":path") included. Refuse ends the exchange.
+	virtual Verdict on_headers(const RequestInfo &, Direction, bool /*trailers*/, Headers &)
+	{
+		return Verdict::forward();
+	}
+	// One direction's body stage (masking), or null. The first observer to return one owns it.
+	virtual std::unique_ptr<MessageStage> make_stage(Direction, const RequestInfo &, rpc::Protocol,
+	                                                 const std::string & /*content_type*/,
+	                                                 const std::string & /*content_encoding*/)
+	{
+		return nullptr;
+	}
 	// Refuse here and nothing is sent upstream.
 	virtual Verdict on_request(const RequestInfo &) { return Verdict::forward(); }
+	// Replace: later observers see the replacement.
 	virtual Verdict on_message(const RequestInfo &, const Message &) { return Verdict::forward(); }
 	virtual void on_response(const RequestInfo &, const ResponseInfo &) {}
 	virtual void on_complete(const RequestInfo &, const ExchangeSummary &) {}
@@ -103,6 +147,10 @@ struct Limits {
 	size_t max_message = 16 << 20; // one message, decompressed
 	size_t max_unary_body = 16 << 20;
 };
+
+// Runs every observer's on_headers in order; the first refusal wins.
+Verdict inspect_headers(const std::vector<ExchangeObserver *> &observers, const RequestInfo &request,
+                        Direction direction, bool trailers, Headers &headers);
 
 // A refusal, rendered the way the client's protocol expects it.
 struct Refusal {
@@ -118,12 +166,16 @@ Refusal render_refusal(rpc::Protocol protocol, std::string_view code, std::strin
 class BodyPipe {
 public:
 	BodyPipe(Direction direction, const RequestInfo &request, rpc::Protocol protocol, std::string unary_encoding,
-	         std::string stream_encoding, std::vector<ExchangeObserver *> observers, Limits limits);
+	         std::string stream_encoding, std::vector<ExchangeObserver *> observers, Limits limits,
+	         const std::string &content_type = {});
 
 	// Appends what may be forwarded now to `out`.
 	Status write(std::span<const uint8_t> in, std::string &out);
 	// End of body: appends the rest.
 	Status finish(std::string &out);
+	// Messages the stage held back whose deadline passed (`now` >= hold_deadline()).
+	Status release_held(Clock::time_point now, std::string &out);
+	std::optional<Clock::time_point> hold_deadline() const;
 
 	// Unary bodies are held until complete (so a replacement can fix content-length); the
 	// headers must wait for finish().
@@ -134,18 +186,25 @@ public:
 	uint64_t bytes_in() const { return bytes_in_; }
 	// Bytes taken in but not yet passed on (a held unary body, a partial envelope): the bridges
 	// count them against flow-control windows and a per-connection budget.
-	size_t held_bytes() const { return body_.size() + decoder_.pending_bytes(); }
+	size_t held_bytes() const
+	{
+		return body_.size() + decoder_.pending_bytes() + (stage_ ? stage_->held_bytes() : 0);
+	}
 	uint64_t messages() const { return messages_; }
 
 private:
-	Status deliver(Message &message, std::string_view original, std::string &out);
-	Verdict ask(const Message &message);
+	Status take(Message message, std::string &out);
+	Status deliver(Message &message, std::string &out);
+	Status deliver_all(std::vector<Message> &ready, std::string &out);
+	Verdict ask(Message &message);
+	void refuse(Verdict v);
 
 	Direction direction_;
 	const RequestInfo &request_;
 	rpc::Protocol protocol_;
 	std::string unary_encoding_, stream_encoding_;
 	std::vector<ExchangeObserver *> observers_;
+	std::unique_ptr<MessageStage> stage_;
 	Limits limits_;
 	bool unary_ = false;
 	bool enveloped_ = false;

@@ -183,6 +183,47 @@ public:
 	std::string protocol() const override { return "http/1.1"; }
 	uint64_t exchanges() const override { return exchanges_; }
 
+	std::optional<Clock::time_point> hold_deadline() const override
+	{
+		if (!ex_ || ex_->refused)
+			return std::nullopt;
+		std::optional<Clock::time_point> earliest;
+		for (const auto *pipe : {ex_->request_pipe.get(), ex_->response_pipe.get()})
+			if (auto due = pipe ? pipe->hold_deadline() : std::nullopt;
+			    due && (!earliest || *due < *earliest))
+				earliest = due;
+		return earliest;
+	}
+
+	Status release_held(Clock::time_point now) override
+	{
+		if (!ex_ || ex_->refused)
+			return take_error();
+		Exchange &e = *ex_;
+		if (e.request_pipe && !e.request_done && !e.request_pipe->holds_whole_body()) {
+			std::string out;
+			Status st = e.request_pipe->release_held(now, out);
+			if (!st)
+				bad_input(e, Direction::Request, st.error().message());
+			else if (e.request_pipe->refusal())
+				refuse(e, *e.request_pipe->refusal());
+			else
+				append_body(upstream_out_, e.request_framing, out);
+		}
+		if (!e.refused && e.response_pipe && !e.response_done && !e.response_pipe->holds_whole_body()) {
+			std::string out;
+			Status st = e.response_pipe->release_held(now, out);
+			if (!st)
+				bad_input(e, Direction::Response, st.error().message());
+			else if (e.response_pipe->refusal())
+				refuse(e, *e.response_pipe->refusal());
+			else
+				append_body(client_out_, e.response_framing, out);
+		}
+		settle();
+		return take_error();
+	}
+
 private:
 	struct Exchange {
 		RequestInfo request;
@@ -294,15 +335,48 @@ private:
 			return refuse(
 			    e, Verdict::refuse("permission_denied",
 			                       "cordon: protocol upgrades and tunnels are not allowed to Cursor"));
+		if (Verdict v = inspect_head(e, Direction::Request); v.kind == Verdict::Kind::Refuse)
+			return refuse(e, v);
 		for (ExchangeObserver *o : settings_.observers) {
 			Verdict v = o->on_request(r);
 			if (v.kind == Verdict::Kind::Refuse)
 				return refuse(e, v);
 		}
-		e.request_pipe = std::make_unique<BodyPipe>(Direction::Request, r, r.protocol, r.content_encoding,
-		                                            r.stream_encoding, settings_.observers, settings_.limits);
+		e.request_pipe =
+		    std::make_unique<BodyPipe>(Direction::Request, r, r.protocol, r.content_encoding, r.stream_encoding,
+		                               settings_.observers, settings_.limits, r.content_type);
 		if (!e.request_pipe->holds_whole_body())
 			forward_request_head(e, std::nullopt);
+	}
+
+	// Lets observers rewrite header values (and the request target, as ":path"); what they changed
+	// is what gets forwarded.
+	Verdict inspect_head(Exchange &e, Direction d)
+	{
+		const bool request = d == Direction::Request;
+		Headers &lowered = request ? e.request_headers : e.response_headers;
+		auto &fields = request ? e.request_fields : e.response_fields;
+		Headers inspected;
+		if (request)
+			inspected.push_back({":path", e.target});
+		inspected.insert(inspected.end(), lowered.begin(), lowered.end());
+		Verdict v = inspect_headers(settings_.observers, e.request, d, false, inspected);
+		if (v.kind == Verdict::Kind::Refuse)
+			return v;
+		const size_t skip = request ? 1 : 0;
+		if (inspected.size() != lowered.size() + skip)
+			return Verdict::refuse("internal", "cordon: header inspection changed the header count");
+		if (request) {
+			e.target = inspected[0].value;
+			e.request.path = e.target;
+		}
+		for (size_t i = 0; i < lowered.size(); i++) {
+			if (inspected[i + skip].value == lowered[i].value)
+				continue;
+			lowered[i].value = inspected[i + skip].value;
+			fields[i].second = lowered[i].value; // fields[i] is where lowered[i] came from
+		}
+		return Verdict::forward();
 	}
 
 	// Sends the request line and headers upstream. `length`: the final body length when known
@@ -468,13 +542,15 @@ private:
 		if (lower(header_value(e.response_headers, "connection")).find("close") != std::string::npos ||
 		    e.response_version < 11)
 			e.keep_alive = false;
+		if (Verdict v = inspect_head(e, Direction::Response); v.kind == Verdict::Kind::Refuse)
+			return refuse(e, v);
 		for (ExchangeObserver *o : settings_.observers)
 			o->on_response(e.request, r);
 		if (e.refused)
 			return;
-		e.response_pipe =
-		    std::make_unique<BodyPipe>(Direction::Response, e.request, r.protocol, r.content_encoding,
-		                               r.stream_encoding, settings_.observers, settings_.limits);
+		e.response_pipe = std::make_unique<BodyPipe>(Direction::Response, e.request, r.protocol,
+		                                             r.content_encoding, r.stream_encoding, settings_.observers,
+		                                             settings_.limits, r.content_type);
 		if (!e.response_pipe->holds_whole_body())
 			send_response_head(e, std::nullopt);
 	}

@@ -181,6 +181,64 @@ public:
 	std::string protocol() const override { return "h2"; }
 	uint64_t exchanges() const override { return exchanges_; }
 
+	std::optional<Clock::time_point> hold_deadline() const override
+	{
+		std::optional<Clock::time_point> earliest;
+		auto consider = [&](const std::unique_ptr<BodyPipe> &pipe) {
+			if (auto due = pipe ? pipe->hold_deadline() : std::nullopt;
+			    due && (!earliest || *due < *earliest))
+				earliest = due;
+		};
+		for (const auto &[id, s] : streams_) {
+			if (s->refused)
+				continue;
+			consider(s->request_pipe);
+			consider(s->response_pipe);
+		}
+		return earliest;
+	}
+
+	Status release_held(Clock::time_point now) override
+	{
+		std::vector<Stream *> due;
+		for (auto &[id, s] : streams_)
+			if (!s->refused)
+				due.push_back(s.get());
+		for (Stream *s : due) {
+			if (s->request_pipe && !s->request_eof) {
+				std::string out;
+				Status st = s->request_pipe->release_held(now, out);
+				s->request_out.append(out);
+				if (!st) {
+					fail_bad_input(*s, Direction::Request, st.error().message());
+					continue;
+				}
+				if (s->request_pipe->refusal()) {
+					refuse(*s, *s->request_pipe->refusal());
+					continue;
+				}
+				if (s->request_submitted && !out.empty())
+					resume(up_, s->up, s->up_deferred);
+			}
+			if (s->response_pipe && !s->response_eof && !s->refused) {
+				std::string out;
+				Status st = s->response_pipe->release_held(now, out);
+				s->response_out.append(out);
+				if (!st) {
+					fail_bad_input(*s, Direction::Response, st.error().message());
+					continue;
+				}
+				if (s->response_pipe->refusal()) {
+					refuse(*s, *s->response_pipe->refusal());
+					continue;
+				}
+				if (s->response_submitted && !out.empty())
+					resume(down_, s->down, s->down_deferred);
+			}
+		}
+		return take_error();
+	}
+
 private:
 	struct Stream {
 		int32_t down = -1, up = -1;
@@ -472,13 +530,18 @@ private:
 			s.result = "refused_stream";
 			return;
 		}
+		if (Verdict v = inspect_headers(settings_.observers, r, Direction::Request, false, s.request_headers);
+		    v.kind == Verdict::Kind::Refuse)
+			return refuse(s, v);
+		r.path = header_value(s.request_headers, ":path"); // as masked
 		for (ExchangeObserver *o : settings_.observers) {
 			Verdict v = o->on_request(r);
 			if (v.kind == Verdict::Kind::Refuse)
 				return refuse(s, v);
 		}
-		s.request_pipe = std::make_unique<BodyPipe>(Direction::Request, r, r.protocol, r.content_encoding,
-		                                            r.stream_encoding, settings_.observers, settings_.limits);
+		s.request_pipe =
+		    std::make_unique<BodyPipe>(Direction::Request, r, r.protocol, r.content_encoding, r.stream_encoding,
+		                               settings_.observers, settings_.limits, r.content_type);
 		if (!s.request_pipe->holds_whole_body())
 			submit_request(s);
 	}
@@ -530,6 +593,12 @@ private:
 		s.request_ended = true;
 		if (!s.request_pipe || s.refused)
 			return;
+		if (!s.request_trailers.empty()) {
+			Verdict v = inspect_headers(settings_.observers, s.request, Direction::Request, true,
+			                            s.request_trailers);
+			if (v.kind == Verdict::Kind::Refuse)
+				return refuse(s, v);
+		}
 		std::string out;
 		Status st = s.request_pipe->finish(out);
 		s.request_out.append(out);
@@ -594,13 +663,17 @@ private:
 		if (r.stream_encoding.empty())
 			r.stream_encoding = header_value(s.response_headers, "grpc-encoding");
 		r.protocol = rpc::classify_response(s.request.protocol, r.status, r.content_type);
+		if (Verdict v =
+		        inspect_headers(settings_.observers, s.request, Direction::Response, false, s.response_headers);
+		    v.kind == Verdict::Kind::Refuse)
+			return refuse(s, v);
 		for (ExchangeObserver *o : settings_.observers)
 			o->on_response(s.request, r);
 		if (s.refused)
 			return;
-		s.response_pipe =
-		    std::make_unique<BodyPipe>(Direction::Response, s.request, r.protocol, r.content_encoding,
-		                               r.stream_encoding, settings_.observers, settings_.limits);
+		s.response_pipe = std::make_unique<BodyPipe>(Direction::Response, s.request, r.protocol,
+		                                             r.content_encoding, r.stream_encoding, settings_.observers,
+		                                             settings_.limits, r.content_type);
 		if (!s.response_pipe->holds_whole_body())
 			submit_response(s);
 	}
@@ -666,6 +739,12 @@ private:
 	{
 		if (!s.response_pipe || s.refused)
 			return;
+		if (!s.response_trailers.empty()) {
+			Verdict v = inspect_headers(settings_.observers, s.request, Direction::Response, true,
+			                            s.response_trailers);
+			if (v.kind == Verdict::Kind::Refuse)
+				return refuse(s, v);
+		}
 		std::string out;
 		Status st = s.response_pipe->finish(out);
 		s.response_out.append(out);

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -45,6 +46,10 @@ public:
 	// After a data-path error: a word for the journal.
 	virtual std::string protocol() const = 0;
 	virtual uint64_t exchanges() const = 0;
+	// Masking may hold streamed messages back briefly (a secret split across messages): when the
+	// earliest held one must go, and the call that lets everything due go (then produce output).
+	virtual std::optional<Clock::time_point> hold_deadline() const = 0;
+	virtual Status release_held(Clock::time_point now) = 0;
 };
 
 std::unique_ptr<HttpBridge> make_h2_bridge(BridgeSettings settings, Status *error);

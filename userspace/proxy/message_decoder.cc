@@ -1091,6 +1091,22 @@ std::unique_ptr<MessageDecoder> MessageDecoder::generic_only()
 	return std::unique_ptr<MessageDecoder>(new MessageDecoder(nullptr));
 }
 
+const google::protobuf::Descriptor *MessageDecoder::descriptor(const rpc::RpcName &rpc, Direction direction) const
+{
+	if (!schema_ || rpc.empty())
+		return nullptr;
+	const pb::ServiceDescriptor *service = schema_->pool.FindServiceByName(rpc.service);
+	const pb::MethodDescriptor *method = service ? service->FindMethodByName(rpc.method) : nullptr;
+	if (!method)
+		return nullptr;
+	return direction == Direction::Request ? method->input_type() : method->output_type();
+}
+
+const std::unordered_set<const google::protobuf::FieldDescriptor *> *MessageDecoder::string_fields() const
+{
+	return schema_ ? &schema_->string_fields : nullptr;
+}
+
 std::string MessageDecoder::message_type(const rpc::RpcName &rpc, Direction direction) const
 {
 	if (!schema_)

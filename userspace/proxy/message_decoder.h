@@ -10,10 +10,16 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <unordered_set>
 
 #include "common/result.h"
 #include "proxy/exchange.h"
 #include "proxy/rpc.h"
+
+namespace google::protobuf {
+class Descriptor;
+class FieldDescriptor;
+} // namespace google::protobuf
 
 namespace cordon::proxy {
 
@@ -63,6 +69,12 @@ public:
 	// no control characters at all is taken as text first: short words parse as messages ("hi" is
 	// field 13 = 105), while a real message nearly always has a tag or length byte below 0x20.
 	std::string to_json_generic(std::string_view payload) const;
+
+	// For walkers that read payloads by their schema (masking): the type of an RPC's message
+	// (null if unknown), and the fields declared `string` (the pool holds every string field as
+	// bytes, so that text that is not UTF-8 still decodes).
+	const google::protobuf::Descriptor *descriptor(const rpc::RpcName &rpc, Direction direction) const;
+	const std::unordered_set<const google::protobuf::FieldDescriptor *> *string_fields() const;
 
 	// Plumbing of the implementation (message_decoder.cc).
 	struct Schema;

@@ -1,0 +1,345 @@
+// Masking on the data path, with the real engine (built-in rules, vectorscan, RE2): header
+// values, each carrier inside a BodyPipe, secrets split across streamed messages, the policy for
+// what cannot be inspected, and the tally the journal reports.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+
+#include "config/policy.h"
+#include "daemon/masking.h"
+#include "proxy/message_decoder.h"
+#include "proxy/rpc.h"
+
+using namespace cordon;
+using proxy::BodyPipe;
+using proxy::Direction;
+using proxy::Limits;
+using rpc::Protocol;
+
+namespace {
+
+const std::string kAwsKey = "AKIAQYLPMN5HFIQR7XYZ";
+const std::string kGithubToken = "ghp_R8fK2mQ9xLpW4vZ7nT1bY6cH3jD0sA5eG2uK";
+
+// Cursor's message shapes, as `make` builds them next to the test binary (build/cursor.desc).
+const proxy::MessageDecoder *decoder()
+{
+	static std::unique_ptr<proxy::MessageDecoder> loaded = [] {
+		std::error_code ec;
+		auto exe = std::filesystem::read_symlink("/proc/self/exe", ec);
+		auto d = proxy::MessageDecoder::load((exe.parent_path() / "cursor.desc").string());
+		if (!d)
+			throw std::runtime_error("masking tests need build/cursor.desc (make all): " +
+			                         d.error().message());
+		return std::move(*d);
+	}();
+	return loaded.get();
+}
+
+// Compiling the rules takes a while: once for the whole file.
+MaskEngine &engine(bool block_unscannable = true, bool typed = true)
+{
+	static std::unique_ptr<MaskEngine> slots[2][2];
+	auto &slot = slots[block_unscannable][typed];
+	if (!slot) {
+		auto p = default_policy();
+		if (!block_unscannable)
+			p.mutable_mask()->set_unscannable(config::PASS);
+		auto e = MaskEngine::create(p.mask(), typed ? decoder() : nullptr);
+		if (!e)
+			throw std::runtime_error(e.error().message());
+		slot = std::move(*e);
+	}
+	return *slot;
+}
+
+std::string varint(uint64_t v)
+{
+	std::string out;
+	while (v >= 0x80) {
+		out.push_back(static_cast<char>((v & 0x7f) | 0x80));
+		v >>= 7;
+	}
+	out.push_back(static_cast<char>(v));
+	return out;
+}
+// A length-delimited protobuf field.
+std::string field(uint32_t number, const std::string &bytes)
+{
+	return varint((uint64_t{number} << 3) | 2) + varint(bytes.size()) + bytes;
+}
+// StreamUnifiedChatResponseWithTools { stream_unified_chat_response (2) { text (1) } }
+std::string chat_text(const std::string &text)
+{
+	return field(2, field(1, text));
+}
+// ... { stream_unified_chat_response (2) { thinking (25) { text (1) } } }
+std::string chat_thinking(const std::string &text)
+{
+	return field(2, field(25, field(1, text)));
+}
+std::string text_of(const std::string &message) // inverse of chat_text for the tests' messages
+{
+	// 0x12 len 0x0a len text
+	size_t at = 1;
+	while (static_cast<uint8_t>(message[at]) & 0x80)
+		at++;
+	at += 2;
+	while (static_cast<uint8_t>(message[at]) & 0x80)
+		at++;
+	return message.substr(at + 1);
+}
+
+struct Harness {
+	ConnectionMasker masker;
+	proxy::RequestInfo request;
+	explicit Harness(MaskEngine &e) : masker(e)
+	{
+		request.number = 1;
+		request.rpc = {"aiserver.v1.ChatService", "StreamUnifiedChatWithTools"};
+	}
+
+	std::unique_ptr<BodyPipe> pipe(Direction d, Protocol p, const std::string &type,
+	                               const std::string &encoding = "")
+	{
+		return std::make_unique<BodyPipe>(d, request, p, encoding, "",
+		                                  std::vector<proxy::ExchangeObserver *>{&masker}, Limits{}, type);
+	}
+};
+
+std::span<const uint8_t> bytes(const std::string &s)
+{
+	return {reinterpret_cast<const uint8_t *>(s.data()), s.size()};
+}
+
+// The payloads of the envelopes in `stream`.
+std::vector<std::string> payloads(const std::string &stream)
+{
+	rpc::EnvelopeDecoder decoder(1 << 20);
+	std::vector<rpc::Envelope> envs;
+	EXPECT_TRUE(decoder.feed(bytes(stream), envs));
+	std::vector<std::string> out;
+	for (auto &e : envs)
+		out.push_back(e.payload);
+	return out;
+}
+
+} // namespace
+
+TEST(Masking, HeaderValuesAreMaskedExceptCursorsOwnCredentials)
+{
+	Harness h(engine());
+	proxy::Headers headers = {{":path", "/v0/me?token=" + kGithubToken},
+	                          {"authorization", "Bearer " + kGithubToken},
+	                          {"x-debug", "key " + kAwsKey},
+	                          {"content-type", "application/json"}};
+	auto v = h.masker.on_headers(h.request, Direction::Request, false, headers);
+	EXPECT_EQ(v.kind, proxy::Verdict::Kind::Forward);
+	EXPECT_EQ(headers[0].value, "/v0/me?token=[MASKED:github-pat]");
+	EXPECT_EQ(headers[1].value, "Bearer " + kGithubToken) << "the job's credential for Cursor is exempt";
+	EXPECT_EQ(headers[2].value, "key [MASKED:aws-access-key-id]");
+	auto t = h.masker.take(1);
+	EXPECT_EQ(t.masked, 2u);
+	EXPECT_EQ(t.rules, (std::set<std::string>{"aws-access-key-id", "github-pat"}));
+	EXPECT_EQ(h.masker.take(1).masked, 0u) << "taken once";
+}
+
+TEST(Masking, ResponseHeadersAreMaskedToo)
+{
+	Harness h(engine());
+	proxy::Headers headers = {{"authorization", "Bearer " + kGithubToken}};
+	h.masker.on_headers(h.request, Direction::Response, false, headers);
+	EXPECT_EQ(headers[0].value, "Bearer [MASKED:github-pat]") << "the exemption is for requests only";
+}
+
+TEST(Masking, UnaryProtobufIsRewrittenAndReframed)
+{
+	Harness h(engine());
+	auto pipe = h.pipe(Direction::Request, Protocol::ConnectUnary, "application/proto");
+	const std::string body = field(1, "export AWS_ACCESS_KEY_ID=" + kAwsKey + "\n") + field(2, "model");
+	std::string out;
+	ASSERT_TRUE(pipe->write(bytes(body), out));
+	ASSERT_TRUE(pipe->finish(out));
+	EXPECT_EQ(out, field(1, "export AWS_ACCESS_KEY_ID=[MASKED:aws-access-key-id]\n") + field(2, "model"));
+	EXPECT_TRUE(pipe->changed());
+}
+
+TEST(Masking, GzipUnaryJsonIsDecompressedMaskedAndRecompressed)
+{
+	Harness h(engine());
+	auto pipe = h.pipe(Direction::Request, Protocol::ConnectUnary, "application/json", "gzip");
+	const std::string json = R"({"text":"token )" + kGithubToken + R"(","n":1})";
+	std::string out;
+	ASSERT_TRUE(pipe->write(bytes(*rpc::gzip(json)), out));
+	ASSERT_TRUE(pipe->finish(out));
+	auto plain = rpc::gunzip(out, 1 << 20);
+	ASSERT_TRUE(plain);
+	EXPECT_EQ(*plain, R"({"text":"token [MASKED:github-pat]","n":1})");
+}
+
+TEST(Masking, UntouchedMessagesLeaveByteForByte)
+{
+	Harness h(engine());
+	auto pipe = h.pipe(Direction::Response, Protocol::ConnectStream, "application/connect+proto");
+	const std::string stream =
+	    rpc::encode_envelope(0, chat_text("hello world\n")) + rpc::encode_envelope(rpc::kFlagEndStream, "{}");
+	std::string out;
+	ASSERT_TRUE(pipe->write(bytes(stream), out));
+	ASSERT_TRUE(pipe->finish(out));
+	EXPECT_EQ(out, stream);
+	EXPECT_FALSE(pipe->changed());
+}
+
+TEST(Masking, KeySplitAcrossStreamedMessagesIsMaskedWhereItStarts)
+{
+	Harness h(engine());
+	auto pipe = h.pipe(Direction::Response, Protocol::ConnectStream, "application/connect+proto");
+	std::string out;
+	ASSERT_TRUE(pipe->write(bytes(rpc::encode_envelope(0, chat_text("Here is a key: AKIAQYLP"))), out));
+	EXPECT_TRUE(out.empty()) << "held: its end could begin a secret";
+	EXPECT_TRUE(pipe->hold_deadline().has_value());
+	EXPECT_GT(pipe->held_bytes(), 0u);
+	ASSERT_TRUE(pipe->write(bytes(rpc::encode_envelope(0, chat_text("MN5HFIQR7XYZ and more "))), out));
+	auto got = payloads(out);
+	ASSERT_EQ(got.size(), 2u);
+	EXPECT_EQ(text_of(got[0]), "Here is a key: [MASKED:aws-access-key-id]");
+	EXPECT_EQ(text_of(got[1]), " and more ");
+	EXPECT_FALSE(pipe->hold_deadline().has_value());
+	auto t = h.masker.take(1);
+	EXPECT_EQ(t.masked, 1u);
+}
+
+TEST(Masking, ThinkingInBetweenDoesNotHideASplitKey)
+{
+	Harness h(engine());
+	auto pipe = h.pipe(Direction::Response, Protocol::ConnectStream, "application/connect+proto");
+	std::string out;
+	ASSERT_TRUE(pipe->write(bytes(rpc::encode_envelope(0, chat_text("key: AKIAQYLPMN5H"))), out));
+	ASSERT_TRUE(pipe->write(bytes(rpc::encode_envelope(0, chat_thinking("still thinking "))), out));
+	ASSERT_TRUE(pipe->write(bytes(rpc::encode_envelope(0, chat_text("FIQR7XYZ\n"))), out));
+	auto got = payloads(out);
+	ASSERT_EQ(got.size(), 3u);
+	EXPECT_EQ(text_of(got[0]), "key: [MASKED:aws-access-key-id]");
+	EXPECT_EQ(got[1], chat_thinking("still thinking "));
+	EXPECT_EQ(text_of(got[2]), "\n");
+}
+
+TEST(Masking, AHeldMessageGoesAtItsDeadlineAsItIs)
+{
+	Harness h(engine());
+	auto pipe = h.pipe(Direction::Response, Protocol::ConnectStream, "application/connect+proto");
+	std::string out;
+	const std::string first = rpc::encode_envelope(0, chat_text("partial AKIA"));
+	ASSERT_TRUE(pipe->write(bytes(first), out));
+	ASSERT_TRUE(out.empty());
+	auto due = *pipe->hold_deadline();
+	ASSERT_TRUE(pipe->release_held(due - std::chrono::milliseconds(1), out));
+	EXPECT_TRUE(out.empty()) << "not yet due";
+	ASSERT_TRUE(pipe->release_held(due, out));
+	EXPECT_EQ(out, first);
+}
+
+TEST(Masking, EndOfStreamReleasesEverything)
+{
+	Harness h(engine());
+	auto pipe = h.pipe(Direction::Response, Protocol::ConnectStream, "application/connect+proto");
+	std::string out;
+	ASSERT_TRUE(pipe->write(bytes(rpc::encode_envelope(0, chat_text("tail AKIAQYLPMN5HFIQR7XYZ"))), out));
+	ASSERT_TRUE(out.empty());
+	ASSERT_TRUE(pipe->write(bytes(rpc::encode_envelope(rpc::kFlagEndStream, "{}")), out));
+	auto got = payloads(out);
+	ASSERT_EQ(got.size(), 2u);
+	EXPECT_EQ(text_of(got[0]), "tail [MASKED:aws-access-key-id]");
+	EXPECT_EQ(got[1], "{}");
+}
+
+TEST(Masking, ConnectErrorAtTheEndIsJsonAndMasked)
+{
+	Harness h(engine());
+	auto pipe = h.pipe(Direction::Response, Protocol::ConnectStream, "application/connect+proto");
+	std::string out;
+	const std::string end = R"({"error":{"code":"internal","message":"bad token )" + kGithubToken + R"("}})";
+	ASSERT_TRUE(pipe->write(bytes(rpc::encode_envelope(rpc::kFlagEndStream, end)), out));
+	auto got = payloads(out);
+	ASSERT_EQ(got.size(), 1u);
+	EXPECT_EQ(got[0], R"({"error":{"code":"internal","message":"bad token [MASKED:github-pat]"}})");
+}
+
+TEST(Masking, MalformedProtobufIsBlockedByDefault)
+{
+	Harness h(engine());
+	auto pipe = h.pipe(Direction::Request, Protocol::ConnectStream, "application/connect+proto");
+	std::string out;
+	ASSERT_TRUE(pipe->write(bytes(rpc::encode_envelope(0, "\x0a\x50 too short")), out));
+	ASSERT_TRUE(pipe->refusal().has_value());
+	EXPECT_NE(pipe->refusal()->reason.find("cannot inspect the request"), std::string::npos)
+	    << pipe->refusal()->reason;
+	EXPECT_TRUE(out.empty()) << "nothing of it leaves";
+}
+
+TEST(Masking, MalformedJsonPassesUnscannedWhenThePolicySaysSo)
+{
+	Harness h(engine(false));
+	auto pipe = h.pipe(Direction::Request, Protocol::ConnectUnary, "application/json");
+	std::string out;
+	ASSERT_TRUE(pipe->write(bytes(std::string("{\"a\": ")), out));
+	ASSERT_TRUE(pipe->finish(out));
+	EXPECT_FALSE(pipe->refusal().has_value());
+	EXPECT_EQ(out, "{\"a\": ");
+	EXPECT_EQ(h.masker.take(1).unscanned, 1u);
+}
+
+TEST(Masking, CorruptGzipEnvelopeIsBlocked)
+{
+	Harness h(engine());
+	auto pipe = std::make_unique<BodyPipe>(Direction::Request, h.request, Protocol::ConnectStream, "", "gzip",
+	                                       std::vector<proxy::ExchangeObserver *>{&h.masker}, Limits{},
+	                                       "application/connect+proto");
+	std::string out;
+	ASSERT_TRUE(pipe->write(bytes(rpc::encode_envelope(rpc::kFlagCompressed, "not gzip at all")), out));
+	ASSERT_TRUE(pipe->refusal().has_value());
+	EXPECT_TRUE(out.empty());
+}
+
+TEST(Masking, PlainBodiesAreMaskedInPlaceKeepingTheirLength)
+{
+	Harness h(engine());
+	auto pipe = h.pipe(Direction::Request, Protocol::Other, "text/plain");
+	const std::string body = "line one\nAWS_ACCESS_KEY_ID=" + kAwsKey + "\nline three\n";
+	std::string out;
+	// One byte at a time: a secret split across every read.
+	for (char c : body)
+		ASSERT_TRUE(pipe->write(bytes(std::string(1, c)), out));
+	ASSERT_TRUE(pipe->finish(out));
+	EXPECT_EQ(out.size(), body.size());
+	EXPECT_EQ(out, "line one\nAWS_ACCESS_KEY_ID=" + std::string(kAwsKey.size(), '*') + "\nline three\n");
+	EXPECT_EQ(h.masker.take(1).masked, 1u);
+}
+
+TEST(Masking, CompressedPlainRequestBodiesAreBlocked)
+{
+	Harness h(engine());
+	auto pipe = h.pipe(Direction::Request, Protocol::Other, "application/octet-stream", "br");
+	std::string out;
+	ASSERT_TRUE(pipe->write(bytes(std::string("whatever")), out));
+	ASSERT_TRUE(pipe->refusal().has_value());
+	EXPECT_TRUE(out.empty());
+}
+
+TEST(Masking, EverySplitOfAKeyAcrossTwoMessages)
+{
+	const std::string text = "export AWS_ACCESS_KEY_ID=" + kAwsKey + "\n";
+	for (size_t cut = 1; cut < text.size(); cut++) {
+		Harness h(engine());
+		auto pipe = h.pipe(Direction::Request, Protocol::ConnectStream, "application/connect+proto");
+		std::string out;
+		ASSERT_TRUE(pipe->write(bytes(rpc::encode_envelope(0, chat_text(text.substr(0, cut))) +
+		                              rpc::encode_envelope(0, chat_text(text.substr(cut)))),
+		                        out));
+		ASSERT_TRUE(pipe->finish(out));
+		std::string joined;
+		for (auto &p : payloads(out))
+			joined += text_of(p);
+		EXPECT_EQ(joined, "export AWS_ACCESS_KEY_ID=[MASKED:aws-access-key-id]\n") << "cut " << cut;
+	}
+}
