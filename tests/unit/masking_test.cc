@@ -343,3 +343,26 @@ TEST(Masking, EverySplitOfAKeyAcrossTwoMessages)
 		EXPECT_EQ(joined, "export AWS_ACCESS_KEY_ID=[MASKED:aws-access-key-id]\n") << "cut " << cut;
 	}
 }
+
+// Without Cursor's schema, a slice of streamed base64 can parse as a protobuf message by chance
+// ("0A0B" are two varint fields, "b " a 32-byte string field). It is still the text of the field
+// that carried the key's start, so it is joined to it and masked with it.
+TEST(Masking, AStreamedPieceThatAlsoParsesAsAMessageStaysText)
+{
+	const std::string ambiguous_piece = "0A0Bb MIICeAIBADANBgkqhkiG9w0BAQEFAASC";
+	ASSERT_EQ(ambiguous_piece.size(), 6u + 32u);
+	const std::vector<std::string> pieces = {
+	    "Here is a key: -----BEGIN PRIVATE KEY-----\nMIICdwIBADANBgkqhkiG9w0BAQEFAASCAmEwggJdAgEAAoGBAL",
+	    ambiguous_piece, "\nAmIwggJeAgEAAoGBALZ2NQKGROs058L6 4eH9al3wLNdQuCe2d2/6Z3wA1OqATZ0G6P7FApgLA4AY",
+	    "\n-----END PRIVATE KEY-----"};
+	Harness h(engine(true, false));
+	auto pipe = h.pipe(Direction::Response, Protocol::ConnectStream, "application/connect+proto");
+	std::string out;
+	for (const auto &piece : pieces)
+		ASSERT_TRUE(pipe->write(bytes(rpc::encode_envelope(0, chat_text(piece))), out));
+	ASSERT_TRUE(pipe->finish(out));
+	std::string joined;
+	for (auto &p : payloads(out))
+		joined += p.find("MIIC") == std::string::npos ? text_of(p) : "<" + p + ">";
+	EXPECT_EQ(joined, "Here is a key: [MASKED:private-key-pkcs8]");
+}

@@ -116,14 +116,14 @@ public:
 				message.unscannable = std::string("not valid ") + to_string(h.carrier) + ": " +
 				                      collected.error().message();
 			} else if (h.carrier == Carrier::Protobuf) {
-				drop_container_readings(h.leaves);
+				choose_readings(h.leaves);
 			}
 		}
 		if (!message.unscannable.empty()) {
 			if (engine_.block_unscannable()) {
 				flush(true, Clock::now(), ready, ignored_);
-				return Verdict::refuse("invalid_argument",
-				                       unscannable_reason(direction_, message.unscannable));
+				return Verdict::refuse_bad_input("invalid_argument",
+				                                 unscannable_reason(direction_, message.unscannable));
 			}
 			tally_->unscanned++;
 			h.opaque = true;
@@ -179,24 +179,31 @@ private:
 	};
 
 	// Without a schema, protobuf bytes that are both text and a message reach the rewriter both
-	// ways: as text at "2", then as the message's fields at "2.1". The fields are what a reader
-	// of the message sees and what continues across messages; the outer reading would show
-	// every secret twice (with tag bytes in between). The rebuild still masks that reading on
-	// its own if the carrier keeps it.
-	static void drop_container_readings(std::vector<mask::Leaf> &leaves)
+	// ways: as text at "2", then as the message's fields at "2.1". One reading is kept:
+	//   - the text, when the same field carried text in the stream's earlier messages: a piece
+	//     of streamed text (a slice of a private key's base64) can parse as a message by chance,
+	//     and reading it as fields would break the text the stream is joining;
+	//   - otherwise the fields: they are what a reader of the message sees, and the outer
+	//     reading would show every secret twice (with tag bytes in between).
+	// The rebuild still masks the other reading on its own if the carrier keeps it.
+	void choose_readings(std::vector<mask::Leaf> &leaves) const
 	{
+		const auto inside = [](const std::string &inner, const std::string &outer) {
+			return inner.size() > outer.size() + 1 && inner.compare(0, outer.size(), outer) == 0 &&
+			       inner[outer.size()] == '.' &&
+			       std::isdigit(static_cast<unsigned char>(inner[outer.size() + 1]));
+		};
 		std::vector<mask::Leaf> kept;
 		kept.reserve(leaves.size());
 		for (size_t i = 0; i < leaves.size(); i++) {
-			const std::string &path = leaves[i].path;
-			if (i + 1 < leaves.size()) {
-				const std::string &next = leaves[i + 1].path;
-				if (next.size() > path.size() + 1 && next.compare(0, path.size(), path) == 0 &&
-				    next[path.size()] == '.' &&
-				    std::isdigit(static_cast<unsigned char>(next[path.size() + 1])))
-					continue;
-			}
-			kept.push_back(std::move(leaves[i]));
+			const bool container = i + 1 < leaves.size() && inside(leaves[i + 1].path, leaves[i].path);
+			if (container && !stream_.follows(leaves[i].path))
+				continue;
+			mask::Leaf leaf = std::move(leaves[i]);
+			if (container) // the text: skip its fields
+				while (i + 1 < leaves.size() && inside(leaves[i + 1].path, leaf.path))
+					i++;
+			kept.push_back(std::move(leaf));
 		}
 		leaves = std::move(kept);
 	}
@@ -294,7 +301,7 @@ public:
 	Verdict push_bytes(std::string_view in, std::string &out) override
 	{
 		if (!refuse_reason_.empty())
-			return Verdict::refuse("invalid_argument", refuse_reason_);
+			return Verdict::refuse_bad_input("invalid_argument", refuse_reason_);
 		if (!masker_) {
 			out.append(in);
 			return Verdict::forward();

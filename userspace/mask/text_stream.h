@@ -77,6 +77,8 @@ public:
 	std::vector<Settled> take_settled();
 
 	size_t held_bytes() const { return held_bytes_; }
+	// Whether texts were added at `path` before (its run is followed).
+	bool follows(const std::string &path) const { return runs_.count(path) != 0; }
 	// Messages added and not yet taken.
 	size_t pending() const { return pending_.size(); }
 
