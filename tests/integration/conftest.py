@@ -54,10 +54,30 @@ def _root_and_build():
 
 
 class Journal:
-    """Reads cordond's structured entries back with journalctl."""
+    """Reads cordond's structured entries back with journalctl.
+
+    PIDs wrap (pid_max is 32768 on small hosts) and the journal keeps earlier runs, so an
+    entry is only taken from a process's own lifetime: since it started, while it is alive,
+    or since it was last seen alive (at worst, since this session began)."""
+
+    def __init__(self):
+        self.session_start = time.time()
+        self.started = {}  # pid -> start time of the process last seen with that pid
+
+    def _since(self, pid):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22, starttime
+            with open("/proc/stat") as f:
+                boot = next(int(line.split()[1]) for line in f if line.startswith("btime "))
+            self.started[pid] = boot + ticks / os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError, IndexError, StopIteration):
+            pass  # gone: the last start seen, if any
+        # btime is whole seconds: a second of slack, far less than any pid reuse here.
+        return max(self.started.get(pid, self.session_start), self.session_start) - 1
 
     def entries(self, pid, **match):
-        args = ["journalctl", "--no-pager", "-o", "json", f"_PID={pid}"]
+        args = ["journalctl", "--no-pager", "-o", "json", f"_PID={pid}", f"--since=@{self._since(pid):.3f}"]
         args += [f"{k}={v}" for k, v in match.items()]
         out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
         return [json.loads(line) for line in out.splitlines() if line.strip()]

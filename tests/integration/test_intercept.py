@@ -438,10 +438,15 @@ def test_a_request_for_another_host_on_an_intercepted_connection_is_refused(inte
 @pytest.mark.parametrize("flag", ["--http2", "--http1.1"])
 def test_a_large_unary_upload_goes_through(intercept, journal, tmp_path, flag):
     """Several megabytes in one unary message: held whole (it may be rewritten), forwarded when
-    complete, nothing stranded between TLS reads."""
+    complete, nothing stranded between TLS reads. The message is valid protobuf (one field of
+    random bytes, unknown to the schema, so the stand-in skips it), so masking inspects it and
+    lets it through."""
     d, jobs = intercept()
     body = tmp_path / "big.bin"
-    body.write_bytes(os.urandom(3 << 20))
+    length = (3 << 20) - 5  # field tag (1 byte) + a 4-byte varint length + the bytes
+    varint = bytes([(length & 0x7f) | 0x80, ((length >> 7) & 0x7f) | 0x80, ((length >> 14) & 0x7f) | 0x80,
+                    length >> 21])
+    body.write_bytes(b"\x7a" + varint + os.urandom(length))  # field 15, length-delimited
     os.chmod(body, 0o644)
     r = jobs.run(["curl", "-sS", flag, "--max-time", "30", "-X", "POST", "--data-binary", f"@{body}",
                   "-H", "content-type: application/proto", "-H", "connect-protocol-version: 1",
@@ -450,7 +455,23 @@ def test_a_large_unary_upload_goes_through(intercept, journal, tmp_path, flag):
     assert r.returncode == 0, r.stderr
     req = entries(journal, d, "request")[0]
     assert req["CORDON_REQ_BYTES"] == str(3 << 20)
-    assert req["CORDON_STATUS"] == r.stdout
+    assert r.stdout == "200" and req["CORDON_STATUS"] == "200", (r.stdout, req.get("CORDON_ERROR"))
+
+
+@pytest.mark.parametrize("flag", ["--http2", "--http1.1"])
+def test_a_refused_request_is_journaled_with_the_status_the_client_got(intercept, journal, tmp_path, flag):
+    """A unary message that is not the protobuf it claims to be cannot be inspected: it is
+    blocked (the default policy), and the journal says so with the client's status."""
+    d, jobs = intercept()
+    r = jobs.run(["curl", "-sS", flag, "--max-time", "30", "-X", "POST", "--data-binary", "\xff\xff not protobuf",
+                  "-H", "content-type: application/proto", "-H", "connect-protocol-version: 1",
+                  "https://api2.cursor.sh/aiserver.v1.AiService/AvailableModels", "-w", "\n%{http_code}"],
+                 check=False)
+    assert r.returncode == 0, r.stderr
+    assert "cannot inspect the request" in r.stdout, r.stdout
+    req = entries(journal, d, "request")[0]
+    assert req["CORDON_STATUS"] == r.stdout.rsplit("\n", 1)[1] != "200"
+    assert req["CORDON_RESULT"] == "bad_input" and "cannot inspect" in req["CORDON_ERROR"]
 
 
 def test_grpc_calls_and_trailers_only_errors_pass_intact(intercept, journal):

@@ -76,12 +76,17 @@ struct Verdict {
 	std::string replacement;                // Replace: the new payload, uncompressed
 	std::string code = "permission_denied"; // Refuse: a Connect error code
 	std::string reason;                     // Refuse: says why (names the rule)
+	bool bad_input = false;                 // Refuse: the data could not be inspected (journaled as bad_input)
 
 	static Verdict forward() { return {}; }
 	static Verdict replace(std::string payload) { return {Kind::Replace, std::move(payload), {}, {}}; }
 	static Verdict refuse(std::string code, std::string reason)
 	{
 		return {Kind::Refuse, {}, std::move(code), std::move(reason)};
+	}
+	static Verdict refuse_bad_input(std::string code, std::string reason)
+	{
+		return {Kind::Refuse, {}, std::move(code), std::move(reason), true};
 	}
 };
 

@@ -708,7 +708,7 @@ private:
 		if (e.refused)
 			return;
 		e.refused = true;
-		e.result = result;
+		e.result = v.bad_input ? "bad_input" : result;
 		e.error = v.reason;
 		const rpc::Protocol protocol = e.response_started ? e.response.protocol : e.request.protocol;
 		Refusal r = render_refusal(protocol, v.code, v.reason, e.response_head_sent);

@@ -765,7 +765,7 @@ private:
 		if (s.refused)
 			return;
 		s.refused = true;
-		s.result = result;
+		s.result = v.bad_input ? "bad_input" : result;
 		s.error = v.reason;
 		if (s.up > 0 && !s.up_closed)
 			nghttp2_submit_rst_stream(up_, NGHTTP2_FLAG_NONE, s.up, NGHTTP2_CANCEL);
@@ -780,6 +780,7 @@ private:
 			return;
 		}
 		s.response_submitted = true;
+		s.response.status = r.status; // what the client got, for the journal
 		s.response_out.clear();
 		s.response_out.append(r.body);
 		s.response_eof = true;
