@@ -171,8 +171,9 @@ demo:
 
 bench:
 	./scripts/install-deps.sh
-	$(MAKE) all $(BUILD)/cordon-bench
+	$(MAKE) all $(BUILD)/cordon-bench $(BUILD)/cordon-microbench
 	./bench/run.sh
+	./bench/run-tls.sh
 
 fmt:
 	clang-format -i $(shell find userspace tests bench -name '*.cc' -o -name '*.h') bpf/*.c bpf/*.h include/cordon/*.h

@@ -8,8 +8,25 @@
 //                                                  end-of-stream envelope "{}"
 //   anything else                                  404
 //
-// Request bodies are read and discarded. Usage: upstream CERT KEY ADDR:PORT [ADDR:PORT...]
+// Request bodies are read and discarded. Usage: upstream [--payload=random|text] CERT KEY ADDR:PORT...
 // Prints "ready" on stdout once every listener is up; runs until killed.
+//
+// Payloads (the content of protobuf field 1; the sizes are the same for both):
+//   random  (default) pseudo-random bytes: one unary body and one streamed message, repeated. Not
+//           UTF-8, so a masking proxy has no text to scan.
+//   text    source-code-like ASCII text (C++, Python, YAML and JSON lines, generated
+//           deterministically) in which one AWS access key id and one GitHub token appear per
+//           1 MiB: the stream cycles through 64 different messages (1 MiB), the unary responses
+//           through 1024 different bodies taken from the same text. A masking proxy scans all of
+//           it and rewrites two secrets per MiB.
+// Helpers for the benchmark script (they print and exit):
+//   upstream --payload=text --request-body   a 1 KiB protobuf request body of the payload
+//   upstream --payload=text --secrets N [--replacement=TEMPLATE]
+//                                            the secrets in a stream of N messages, one line per
+//                                            rule: "RULE LENGTH COUNT"; with a replacement (as in
+//                                            the mask policy, {rule} = the rule id), then the
+//                                            stream's body size were each secret replaced: "= BYTES"
+//   upstream --payload=text --corpus         the text the stream cycles through
 //
 // Built by bench/run-tls.sh itself: g++ -O2 -std=c++20 upstream.cc -lssl -lcrypto -lnghttp2
 #include <arpa/inet.h>
@@ -25,13 +42,18 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
+#include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <iterator>
 #include <map>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -44,8 +66,28 @@ const std::string kUnaryPath = "/aiserver.v1.AiService/AvailableModels";
 const std::string kStreamPath = "/aiserver.v1.AiService/StreamCpp";
 const std::string kEndStream = std::string("\x02\x00\x00\x00\x02{}", 7);
 
-std::string g_unary_body; // protobuf: field 1 (bytes), 1021 bytes of content -> 1024 bytes
-std::string g_envelope;   // one streamed envelope: flags 0, length, protobuf field 1 of 16381 bytes
+constexpr size_t kUnaryText = 1021;    // field 1's content in a unary body (1024 with tag and length)
+constexpr size_t kMessageText = 16381; // field 1's content in a streamed message (16384)
+constexpr size_t kStreamPool = 64;     // text: distinct streamed messages (1 MiB of text), cycled
+constexpr size_t kUnaryPool = 1024;    // text: distinct unary bodies, cycled request by request
+constexpr size_t kCorpus = kStreamPool * kMessageText;
+
+enum class Payload { Random, Text };
+Payload g_payload = Payload::Random;
+
+// protobuf: field 1 (bytes), kUnaryText bytes of content -> kUnaryBody bytes. Random: one body.
+std::vector<std::string> g_unary_bodies;
+size_t g_unary_next = 0;
+// streamed envelopes: flags 0, length, protobuf field 1 of kMessageText bytes. Random: one.
+std::vector<std::string> g_envelopes;
+std::string g_corpus; // text: what the streamed messages carry, in order
+
+struct Secret {
+	size_t offset; // in g_corpus
+	std::string rule, text;
+};
+std::vector<Secret> g_secrets;
+
 SSL_CTX *g_ctx = nullptr;
 int g_epoll = -1;
 
@@ -66,23 +108,214 @@ void fill_pattern(std::string &s, size_t n)
 	}
 }
 
+// splitmix64: the text is the same in every run.
+struct Rng {
+	uint64_t state;
+	uint64_t next()
+	{
+		uint64_t z = (state += 0x9e3779b97f4a7c15ull);
+		z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+		z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+		return z ^ (z >> 31);
+	}
+	size_t below(size_t n) { return static_cast<size_t>(next() % n); }
+};
+
+// Code-like text: files of C++, Python, YAML and JSON in turn, the way an editor's context looks.
+// Templates: {w} a word, {W} the word capitalized, {U} upper case, {n} a number. No line holds
+// anything a secret scanner should find (verify with `cordonctl mask --explain`).
+class TextGen {
+public:
+	explicit TextGen(uint64_t seed) : rng_{seed} {}
+
+	std::string line()
+	{
+		static const std::vector<std::vector<const char *>> files = {
+		    {"// src/{w}/{w}_{w}.cc\n", "#include \"{w}/{w}.h\"\n", "#include <vector>\n", "\n",
+		     "namespace {w} {\n", "\n", "static int {w}_{w}(const std::vector<int> &{w}, size_t {w})\n", "{\n",
+		     "\tfor (size_t i = 0; i < {w}.size(); ++i) {\n", "\t\tif ({w}[i] > {n})\n",
+		     "\t\t\treturn {w}_{w}({w}, i + {n});\n", "\t}\n",
+		     "\tauto {w} = std::make_unique<{W}>({w}, {n});\n",
+		     "\t// {w} the {w} before the {w} is flushed (see {W}::{w})\n",
+		     "\tstd::printf(\"%s: %zu {w}s\\n\", __func__, {w}.size());\n",
+		     "\treturn static_cast<int>({w}.size()) * {n};\n", "}\n", "\n", "} // namespace {w}\n"},
+		    {"# {w}/{w}_{w}.py\n", "import logging\n", "from {w}.{w} import {W}, {W}\n", "\n", "\n",
+		     "class {W}{W}:\n", "    \"\"\"{W} the {w} of a {w}, {n} at a time.\"\"\"\n", "\n",
+		     "    def __init__(self, {w}, {w}={n}):\n", "        self.{w} = {w}\n",
+		     "        self.{w} = [{n}, {n}, {n}]\n", "\n", "    def {w}_{w}(self, items):\n",
+		     "        result = [x * {n} for x in items if x.{w} > {n}]\n",
+		     "        logging.info(\"%d {w} items in %s\", len(result), self.{w})\n",
+		     "        return sorted(result, key=lambda x: x.{w})\n", "\n"},
+		    {"# deploy/{w}-{w}.yaml\n", "{w}:\n", "  name: {w}-{w}\n", "  replicas: {n}\n",
+		     "  image: registry.example.com/{w}/{w}:{n}.{n}.{n}\n", "  env:\n", "    - name: {U}_{U}\n",
+		     "      value: \"{w}\"\n", "    - name: {U}_TIMEOUT_MS\n", "      value: \"{n}\"\n",
+		     "  resources:\n", "    limits: {cpu: \"{n}m\", memory: \"{n}Mi\"}\n",
+		     "  labels: [{w}, {w}, {w}]\n"},
+		    {"{\n", "  \"{w}\": {\n", "    \"enabled\": true,\n", "    \"{w}\": {n},\n",
+		     "    \"{w}\": \"{w}-{w}\",\n", "    \"tags\": [\"{w}\", \"{w}\", \"{w}\"]\n", "  },\n",
+		     "  \"{w}_{w}\": [{n}, {n}, {n}, {n}],\n", "  \"{w}\": null\n", "}\n"},
+		};
+		const auto &file = files[file_];
+		std::string out = expand(file[line_]);
+		if (++line_ == file.size()) {
+			line_ = 0;
+			file_ = (file_ + 1) % files.size();
+		}
+		return out;
+	}
+
+	Rng &rng() { return rng_; }
+
+private:
+	std::string expand(const char *t)
+	{
+		static const char *words[] = {"buffer",  "request", "handler", "index",  "cache",   "session", "stream",
+		                              "message", "parser",  "node",    "value",  "result",  "count",   "offset",
+		                              "target",  "route",   "client",  "server", "timeout", "retry",   "batch",
+		                              "queue",   "worker",  "payload", "schema", "record",  "metrics", "path",
+		                              "layout",  "render",  "widget",  "span",   "trace",   "shard",   "lease"};
+		std::string out;
+		for (const char *p = t; *p; p++) {
+			if (p[0] == '{' && p[1] && p[2] == '}') {
+				std::string w = words[rng_.below(std::size(words))];
+				switch (p[1]) {
+				case 'W':
+					w[0] = static_cast<char>(std::toupper(static_cast<unsigned char>(w[0])));
+					break;
+				case 'U':
+					for (auto &ch : w)
+						ch = static_cast<char>(std::toupper(static_cast<unsigned char>(ch)));
+					break;
+				case 'n':
+					w = std::to_string(rng_.below(100000));
+					break;
+				}
+				out += w;
+				p += 2;
+				continue;
+			}
+			out += *p;
+		}
+		return out;
+	}
+
+	Rng rng_;
+	size_t file_ = 0, line_ = 0;
+};
+
+double entropy(const std::string &s)
+{
+	double counts[256] = {}, h = 0;
+	for (unsigned char ch : s)
+		counts[ch]++;
+	for (double c : counts)
+		if (c > 0)
+			h -= c / static_cast<double>(s.size()) * std::log2(c / static_cast<double>(s.size()));
+	return h;
+}
+
+std::string random_token(Rng &rng, const char *alphabet, size_t n)
+{
+	std::string out;
+	const size_t k = std::strlen(alphabet);
+	for (size_t i = 0; i < n; i++)
+		out += alphabet[rng.below(k)];
+	return out;
+}
+
+// The line a leaked secret sits in, and the secret (high entropy, no placeholder).
+std::pair<std::string, Secret> secret_line(Rng &rng, int which)
+{
+	for (;;) {
+		Secret s;
+		std::string line;
+		if (which == 0) {
+			s.rule = "aws-access-key-id";
+			s.text = "AKIA" + random_token(rng, "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", 16);
+			line = "        os.environ[\"AWS_ACCESS_KEY_ID\"] = \"" + s.text + "\"\n";
+		} else {
+			s.rule = "github-pat";
+			s.text =
+			    "ghp_" +
+			    random_token(rng, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789", 36);
+			line = "      GITHUB_TOKEN: " + s.text + "\n";
+		}
+		if (entropy(s.text) >= 3.5 && s.text.find("EXAMPLE") == std::string::npos) {
+			s.offset = line.find(s.text);
+			return {line, s};
+		}
+	}
+}
+
+// The text the stream cycles through: kCorpus bytes, with an AWS key id at about 30% and a
+// GitHub token at about 70%, each line of them inside one streamed message and one unary body.
+void build_corpus()
+{
+	TextGen gen(0xc0d0);
+	const size_t at[] = {kCorpus * 3 / 10, kCorpus * 7 / 10};
+	size_t next = 0;
+	auto crosses = [](size_t from, size_t len, size_t unit) { return from / unit != (from + len - 1) / unit; };
+	while (g_corpus.size() < kCorpus) {
+		if (next < std::size(at) && g_corpus.size() >= at[next]) {
+			auto [line, secret] = secret_line(gen.rng(), static_cast<int>(next));
+			while (crosses(g_corpus.size(), line.size(), kMessageText) ||
+			       crosses(g_corpus.size(), line.size(), kUnaryText))
+				g_corpus += '\n';
+			secret.offset += g_corpus.size();
+			g_corpus += line;
+			g_secrets.push_back(secret);
+			next++;
+			continue;
+		}
+		g_corpus += gen.line();
+	}
+	g_corpus.resize(kCorpus);
+}
+
+// tag 1, wire type 2, then the length as a varint
+std::string field1(size_t len)
+{
+	std::string out = "\x0a";
+	for (; len >= 0x80; len >>= 7)
+		out.push_back(static_cast<char>(0x80 | (len & 0x7f)));
+	out.push_back(static_cast<char>(len));
+	return out;
+}
+
+std::string envelope_head()
+{
+	std::string out(1, '\0');
+	for (int shift = 24; shift >= 0; shift -= 8)
+		out.push_back(static_cast<char>((kMessage >> shift) & 0xff));
+	return out;
+}
+
 void build_bodies()
 {
-	// 1024 = tag (1) + varint length (2) + 1021 bytes.
-	g_unary_body = "\x0a";
-	g_unary_body.push_back(static_cast<char>(0x80 | (1021 & 0x7f)));
-	g_unary_body.push_back(static_cast<char>(1021 >> 7));
-	fill_pattern(g_unary_body, 1021);
-	// 16384 = tag (1) + varint length (2) + 16381 bytes.
-	g_envelope.push_back(0);
-	for (int shift = 24; shift >= 0; shift -= 8)
-		g_envelope.push_back(static_cast<char>((kMessage >> shift) & 0xff));
-	g_envelope += "\x0a";
-	g_envelope.push_back(static_cast<char>(0x80 | (16381 & 0x7f)));
-	g_envelope.push_back(static_cast<char>(16381 >> 7));
-	fill_pattern(g_envelope, 16381);
-	if (g_unary_body.size() != kUnaryBody || g_envelope.size() != kEnvelope)
-		std::abort();
+	if (g_payload == Payload::Random) {
+		g_unary_bodies.push_back(field1(kUnaryText));
+		fill_pattern(g_unary_bodies.back(), kUnaryText);
+		g_envelopes.push_back(envelope_head() + field1(kMessageText));
+		fill_pattern(g_envelopes.back(), kMessageText);
+	} else {
+		build_corpus();
+		for (size_t i = 0; i < kStreamPool; i++)
+			g_envelopes.push_back(envelope_head() + field1(kMessageText) +
+			                      g_corpus.substr(i * kMessageText, kMessageText));
+		for (size_t i = 0; i < kUnaryPool; i++)
+			g_unary_bodies.push_back(field1(kUnaryText) + g_corpus.substr(i * kUnaryText, kUnaryText));
+	}
+	for (const auto &b : g_unary_bodies)
+		if (b.size() != kUnaryBody)
+			std::abort();
+	for (const auto &e : g_envelopes)
+		if (e.size() != kEnvelope)
+			std::abort();
+}
+
+const std::string *next_unary_body()
+{
+	return &g_unary_bodies[g_unary_next++ % g_unary_bodies.size()];
 }
 
 // The streamed body: `messages` envelopes, then the end-of-stream envelope. Produces bytes from
@@ -100,7 +333,7 @@ struct StreamBody {
 			size_t avail;
 			if (offset < main) {
 				size_t at = offset % kEnvelope;
-				src = g_envelope.data() + at;
+				src = g_envelopes[offset / kEnvelope % g_envelopes.size()].data() + at;
 				avail = kEnvelope - at;
 			} else {
 				size_t at = offset - main;
@@ -121,6 +354,7 @@ struct Request {
 	uint64_t bench_bytes = 0;
 	// HTTP/2 response state
 	size_t unary_offset = 0;
+	const std::string *unary_body = nullptr;
 	StreamBody stream;
 	bool is_stream = false;
 };
@@ -170,7 +404,7 @@ ssize_t read_unary(nghttp2_session *, int32_t, uint8_t *buf, size_t len, uint32_
 {
 	auto *r = static_cast<Request *>(src->ptr);
 	size_t n = std::min(len, kUnaryBody - r->unary_offset);
-	std::memcpy(buf, g_unary_body.data() + r->unary_offset, n);
+	std::memcpy(buf, r->unary_body->data() + r->unary_offset, n);
 	r->unary_offset += n;
 	if (r->unary_offset == kUnaryBody)
 		*flags |= NGHTTP2_DATA_FLAG_EOF;
@@ -202,6 +436,7 @@ void h2_respond(Conn *c, int32_t id, Request *r)
 	dp.source.ptr = r;
 	if (r->path == kUnaryPath) {
 		nghttp2_nv h[] = {nv(":status", s200), nv("content-type", proto), nv("content-length", len1k)};
+		r->unary_body = next_unary_body();
 		dp.read_callback = read_unary;
 		nghttp2_submit_response(c->session, id, h, 3, &dp);
 	} else if (r->path == kStreamPath) {
@@ -295,7 +530,7 @@ void h1_respond(Conn *c)
 		head += "200 OK\r\ncontent-type: application/proto\r\ncontent-length: 1024\r\n";
 		head += c->h1_close_after ? "connection: close\r\n\r\n" : "\r\n";
 		c->out += head;
-		c->out += g_unary_body;
+		c->out += *next_unary_body();
 	} else if (r.path == kStreamPath) {
 		c->h1_stream = StreamBody{};
 		c->h1_stream.messages = r.bench_bytes / kMessage;
@@ -622,8 +857,90 @@ int listen_on(const std::string &spec)
 
 int main(int argc, char **argv)
 {
-	if (argc < 4) {
-		std::fprintf(stderr, "usage: %s CERT KEY ADDR:PORT [ADDR:PORT...]\n", argv[0]);
+	int first = 1;
+	enum class Mode { Serve, RequestBody, Secrets, Corpus } mode = Mode::Serve;
+	uint64_t messages = 0;
+	std::string replacement;
+	bool predict = false;
+	for (; first < argc && std::strncmp(argv[first], "--", 2) == 0; first++) {
+		const std::string a = argv[first];
+		if (a == "--payload=random") {
+			g_payload = Payload::Random;
+		} else if (a == "--payload=text") {
+			g_payload = Payload::Text;
+		} else if (a == "--request-body") {
+			mode = Mode::RequestBody;
+		} else if (a == "--corpus") {
+			mode = Mode::Corpus;
+		} else if (a.rfind("--replacement=", 0) == 0) {
+			replacement = a.substr(std::strlen("--replacement="));
+			predict = true;
+		} else if (a == "--secrets" && first + 1 < argc) {
+			mode = Mode::Secrets;
+			messages = std::strtoull(argv[++first], nullptr, 10);
+		} else {
+			std::fprintf(stderr, "%s: unknown option %s\n", argv[0], argv[first]);
+			return 2;
+		}
+	}
+	if (mode != Mode::Serve) {
+		build_bodies();
+		if (mode == Mode::RequestBody) {
+			// Text: from a generator of its own, without a secret; random: the usual pattern.
+			std::string body = field1(kUnaryText);
+			if (g_payload == Payload::Text) {
+				TextGen gen(0x5eed);
+				std::string text;
+				while (text.size() < kUnaryText)
+					text += gen.line();
+				body += text.substr(0, kUnaryText);
+			} else {
+				fill_pattern(body, kUnaryText);
+			}
+			std::fwrite(body.data(), 1, body.size(), stdout);
+		} else if (mode == Mode::Corpus) {
+			std::fwrite(g_corpus.data(), 1, g_corpus.size(), stdout);
+		} else {
+			// Secret i is in message offset / kMessageText of every cycle of kStreamPool messages.
+			std::map<std::string, std::pair<size_t, uint64_t>> rules; // rule -> (length, count)
+			for (const auto &s : g_secrets) {
+				uint64_t m = s.offset / kMessageText;
+				auto &[length, count] = rules[s.rule];
+				length = s.text.size();
+				count += messages > m ? (messages - 1 - m) / kStreamPool + 1 : 0;
+			}
+			for (const auto &[rule, lc] : rules)
+				std::printf("%s %zu %llu\n", rule.c_str(), lc.first,
+				            static_cast<unsigned long long>(lc.second));
+			if (predict) {
+				// Each pool message's size with its secrets replaced: the text, field 1's length
+				// varint (16381 + a few bytes needs 3 bytes instead of 2) and the envelope.
+				std::vector<int64_t> text(kStreamPool, kMessageText);
+				for (const auto &s : g_secrets) {
+					std::string r;
+					for (size_t i = 0; i < replacement.size();) {
+						if (replacement.compare(i, 6, "{rule}") == 0) {
+							r += s.rule;
+							i += 6;
+						} else {
+							r += replacement[i++];
+						}
+					}
+					text[s.offset / kMessageText] +=
+					    static_cast<int64_t>(r.size()) - static_cast<int64_t>(s.text.size());
+				}
+				uint64_t total = kEndStream.size();
+				for (uint64_t m = 0; m < messages; m++) {
+					const auto n = static_cast<size_t>(text[m % kStreamPool]);
+					total += 5 + field1(n).size() + n;
+				}
+				std::printf("= %llu\n", static_cast<unsigned long long>(total));
+			}
+		}
+		return 0;
+	}
+	if (argc - first < 3) {
+		std::fprintf(stderr, "usage: %s [--payload=random|text] CERT KEY ADDR:PORT [ADDR:PORT...]\n", argv[0]);
 		return 2;
 	}
 	signal(SIGPIPE, SIG_IGN);
@@ -636,8 +953,8 @@ int main(int argc, char **argv)
 #ifdef SSL_OP_IGNORE_UNEXPECTED_EOF
 	SSL_CTX_set_options(g_ctx, SSL_OP_IGNORE_UNEXPECTED_EOF); // a peer closing without close_notify is just EOF
 #endif
-	if (SSL_CTX_use_certificate_chain_file(g_ctx, argv[1]) != 1 ||
-	    SSL_CTX_use_PrivateKey_file(g_ctx, argv[2], SSL_FILETYPE_PEM) != 1) {
+	if (SSL_CTX_use_certificate_chain_file(g_ctx, argv[first]) != 1 ||
+	    SSL_CTX_use_PrivateKey_file(g_ctx, argv[first + 1], SSL_FILETYPE_PEM) != 1) {
 		ERR_print_errors_fp(stderr);
 		return 1;
 	}
@@ -645,7 +962,7 @@ int main(int argc, char **argv)
 
 	g_epoll = epoll_create1(EPOLL_CLOEXEC);
 	std::vector<int> listeners;
-	for (int i = 3; i < argc; i++) {
+	for (int i = first + 2; i < argc; i++) {
 		int fd = listen_on(argv[i]);
 		listeners.push_back(fd);
 		epoll_event ev{};
