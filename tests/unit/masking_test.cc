@@ -4,9 +4,11 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <nlohmann/json.hpp>
 
 #include "config/policy.h"
 #include "daemon/masking.h"
+#include "mask_examples.h"
 #include "proxy/message_decoder.h"
 #include "proxy/rpc.h"
 
@@ -365,4 +367,165 @@ TEST(Masking, AStreamedPieceThatAlsoParsesAsAMessageStaysText)
 	for (auto &p : payloads(out))
 		joined += p.find("MIIC") == std::string::npos ? text_of(p) : "<" + p + ">";
 	EXPECT_EQ(joined, "Here is a key: [MASKED:private-key-pkcs8]");
+}
+
+// ---- every built-in rule in every carrier ----
+
+namespace {
+
+using cordon::mask::testing::all_examples;
+using cordon::mask::testing::Example;
+
+std::string masked_text(const Example &e)
+{
+	return e.prefix + "[MASKED:" + e.rule + "]" + e.suffix;
+}
+
+// Reads a top-level length-delimited field `number` of a protobuf message (the tests' own
+// messages: one-byte tags).
+std::string read_field(const std::string &message, uint32_t number)
+{
+	for (size_t at = 0; at < message.size();) {
+		const uint32_t tag = static_cast<uint8_t>(message[at++]);
+		uint64_t length = 0;
+		for (int shift = 0; at < message.size(); shift += 7) {
+			const uint8_t b = static_cast<uint8_t>(message[at++]);
+			length |= uint64_t{b & 0x7fu} << shift;
+			if (!(b & 0x80))
+				break;
+		}
+		if (tag == ((number << 3) | 2))
+			return message.substr(at, length);
+		at += length;
+	}
+	ADD_FAILURE() << "no field " << number;
+	return {};
+}
+
+std::string hex(const std::string &bytes)
+{
+	static const char digits[] = "0123456789abcdef";
+	std::string out;
+	for (unsigned char c : bytes) {
+		out += digits[c >> 4];
+		out += digits[c & 15];
+	}
+	return out;
+}
+
+std::string unhex(const std::string &text)
+{
+	std::string out;
+	for (size_t i = 0; i + 1 < text.size(); i += 2)
+		out += static_cast<char>(std::stoi(text.substr(i, 2), nullptr, 16));
+	return out;
+}
+
+// What each carrier makes of `text`, as the reader on the other side decodes it again.
+struct Carrier {
+	const char *name;
+	std::function<std::string(const std::string &text)> roundtrip;
+};
+
+std::string through(BodyPipe &pipe, const std::string &body)
+{
+	std::string out;
+	EXPECT_TRUE(pipe.write(bytes(body), out));
+	EXPECT_TRUE(pipe.finish(out));
+	EXPECT_FALSE(pipe.refusal().has_value()) << pipe.refusal()->reason;
+	return out;
+}
+
+std::vector<Carrier> carriers()
+{
+	return {
+	    {"header value",
+	     [](const std::string &text) {
+		     Harness h(engine());
+		     proxy::Headers headers = {{"x-note", text}};
+		     h.masker.on_headers(h.request, Direction::Request, false, headers);
+		     return headers[0].value;
+	     }},
+	    {"JSON (Connect unary)",
+	     [](const std::string &text) {
+		     Harness h(engine());
+		     auto pipe = h.pipe(Direction::Request, Protocol::ConnectUnary, "application/json");
+		     const std::string out = through(*pipe, nlohmann::json{{"text", text}, {"n", 1}}.dump());
+		     return nlohmann::json::parse(out).at("text").get<std::string>();
+	     }},
+	    {"protobuf (Connect stream, Cursor's schema)",
+	     [](const std::string &text) {
+		     Harness h(engine());
+		     auto pipe = h.pipe(Direction::Response, Protocol::ConnectStream, "application/connect+proto");
+		     const auto got = payloads(through(*pipe, rpc::encode_envelope(0, chat_text(text))));
+		     return got.size() == 1 ? read_field(read_field(got[0], 2), 1)
+		                            : "<" + std::to_string(got.size()) + ">";
+	     }},
+	    {"gzip envelope (Connect stream)",
+	     [](const std::string &text) {
+		     Harness h(engine());
+		     BodyPipe pipe(Direction::Request, h.request, Protocol::ConnectStream, "", "gzip",
+		                   std::vector<proxy::ExchangeObserver *>{&h.masker}, Limits{},
+		                   "application/connect+proto");
+		     rpc::EnvelopeDecoder decoder(1 << 20);
+		     std::vector<rpc::Envelope> envs;
+		     const std::string out =
+		         through(pipe, rpc::encode_envelope(rpc::kFlagCompressed, *rpc::gzip(chat_text(text))));
+		     EXPECT_TRUE(decoder.feed(bytes(out), envs));
+		     if (envs.size() != 1)
+			     return std::string("<no envelope>");
+		     std::string payload = envs[0].payload;
+		     if (envs[0].flags & rpc::kFlagCompressed)
+			     payload = *rpc::gunzip(payload, 1 << 20);
+		     return read_field(read_field(payload, 2), 1);
+	     }},
+	    {"hex (a message inside a text field)",
+	     [](const std::string &text) {
+		     Harness h(engine(true, false));
+		     auto pipe = h.pipe(Direction::Request, Protocol::ConnectUnary, "application/proto");
+		     const std::string out = through(*pipe, field(1, hex(field(1, text))));
+		     return read_field(unhex(read_field(out, 1)), 1);
+	     }},
+	    {"SSE (Cursor's HTTP/1.1 fallback)",
+	     [](const std::string &text) {
+		     Harness h(engine());
+		     auto pipe = h.pipe(Direction::Response, Protocol::Sse, "text/event-stream");
+		     const auto got = payloads(through(*pipe, rpc::encode_envelope(0, chat_text(text))));
+		     return got.size() == 1 ? read_field(read_field(got[0], 2), 1)
+		                            : "<" + std::to_string(got.size()) + ">";
+	     }},
+	};
+}
+
+} // namespace
+
+TEST(Masking, EveryRulePositiveAndNegativeInEveryCarrier)
+{
+	for (const auto &carrier : carriers())
+		for (const auto &e : all_examples()) {
+			SCOPED_TRACE(std::string(carrier.name) + ", rule " + e.rule);
+			const bool header = std::string_view(carrier.name) == "header value";
+			// A header value is one line.
+			const auto fit = [&](std::string s) {
+				if (header)
+					for (char &c : s)
+						if (c == '\r' || c == '\n')
+							c = ' ';
+				return s;
+			};
+			EXPECT_EQ(carrier.roundtrip(fit(e.positive())), fit(masked_text(e)));
+			EXPECT_EQ(carrier.roundtrip(fit(e.negative)), fit(e.negative));
+		}
+}
+
+TEST(Masking, EveryRulePositiveAndNegativeInAPlainTextBody)
+{
+	for (const auto &e : all_examples()) {
+		SCOPED_TRACE(e.rule);
+		Harness h(engine());
+		auto pipe = h.pipe(Direction::Request, Protocol::Other, "text/plain");
+		EXPECT_EQ(through(*pipe, e.positive()), e.prefix + std::string(e.secret.size(), '*') + e.suffix);
+		auto negative = h.pipe(Direction::Request, Protocol::Other, "text/plain");
+		EXPECT_EQ(through(*negative, e.negative), e.negative);
+	}
 }

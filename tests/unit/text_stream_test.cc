@@ -344,3 +344,34 @@ TEST(TextStream, AQuietFieldGoesAfterItsIdleTimeWhileAnotherIsStillHeld)
 	          "The answer is [MASKED:aws-access-key-id] done ");
 	EXPECT_FALSE(ts.oldest_quiet().has_value());
 }
+
+TEST(TextStream, AMentionOfTheKeyMarkerIsNotHeldButAKeyHeaderIs)
+{
+	auto ts = make_stream();
+	ts.add({{"2.1", "if (s.starts_with(\"-----BEGIN RSA PRIVATE KEY-----\")) {\n"}});
+	auto out = ts.take_settled();
+	ASSERT_EQ(out.size(), 1u) << "code that names the marker goes at once";
+	EXPECT_FALSE(out[0].changed);
+
+	ts.add({{"2.1", "key:\n-----BEGIN RSA PRIVATE KEY-----\nMIIEpAIBAAKCAQEA3Tz2mr7SZiAMfQyuvBjM\n"}});
+	EXPECT_TRUE(ts.take_settled().empty()) << "an open key waits for its END line";
+}
+
+TEST(TextStream, TheEndOfTheDataCutsNothing)
+{
+	// A marker at the very end of the data: the scanner saw all there is, and it is no key.
+	auto ts = make_stream();
+	ts.add({{"2.1", "the header reads -----BEGIN RSA PRIVATE KEY-----"}});
+	EXPECT_TRUE(ts.take_settled().empty()) << "it could still be a key";
+	ts.finish();
+	auto out = ts.take_settled();
+	ASSERT_EQ(out.size(), 1u);
+	EXPECT_EQ(out[0].texts[0], "the header reads -----BEGIN RSA PRIVATE KEY-----");
+	// Held too long instead, the same text is cut: more of a key may follow.
+	auto held = make_stream();
+	held.add({{"2.1", "the header reads -----BEGIN RSA PRIVATE KEY-----"}});
+	held.settle_all();
+	auto cut = held.take_settled();
+	ASSERT_EQ(cut.size(), 1u);
+	EXPECT_EQ(cut[0].texts[0], "the header reads [MASKED:private-key]");
+}

@@ -136,7 +136,7 @@ public:
 		held_.push_back(std::move(h));
 		stream_.add(std::move(leaves), now);
 		if (!streamed_ || last)
-			stream_.settle_all();
+			stream_.finish();
 		return release(ready);
 	}
 
@@ -149,7 +149,7 @@ public:
 	Verdict flush(bool end, Clock::time_point now, std::vector<Message> &ready, std::string &) override
 	{
 		if (end)
-			stream_.settle_all();
+			stream_.finish();
 		else
 			stream_.settle_idle(now, engine_.hold());
 		return release(ready);

@@ -1,6 +1,8 @@
 #include "mask/text_stream.h"
 
 #include <algorithm>
+#include <cctype>
+#include <cstring>
 #include <set>
 
 namespace cordon::mask {
@@ -46,6 +48,16 @@ size_t TextStream::open_tail(std::string_view text, size_t from)
 	return i;
 }
 
+// Base64 lines, and the "Proc-Type: 4,ENCRYPTED" / "DEK-Info:" / "Version: ... (...)" header
+// lines that PEM and PGP blocks may carry.
+static bool key_body_so_far(std::string_view body)
+{
+	for (char c : body)
+		if (!std::isalnum(static_cast<unsigned char>(c)) && !std::strchr("+/=:,.()- \t\r\n", c))
+			return false;
+	return true;
+}
+
 size_t TextStream::unclosed_begin(std::string_view text, size_t from)
 {
 	// A marker may straddle into settled text ("-----BEG" left before "IN" arrived).
@@ -58,6 +70,17 @@ size_t TextStream::unclosed_begin(std::string_view text, size_t from)
 		std::string_view marker = text.substr(at + 5);
 		if (marker.starts_with("BEGIN")) {
 			open_begin = at;
+			const size_t header_end = text.find("-----", at + 10);
+			if (header_end == std::string_view::npos)
+				break; // the header line is still arriving
+			// What follows the header up to the next marker (or the end) must read like a key:
+			// a mention in code or prose ("-----BEGIN RSA PRIVATE KEY-----") is not held.
+			const size_t next = text.find("-----", header_end + 5);
+			if (!key_body_so_far(text.substr(header_end + 5, next == std::string_view::npos
+			                                                     ? std::string_view::npos
+			                                                     : next - header_end - 5)))
+				open_begin = std::string_view::npos;
+			at = header_end;
 		} else if (open_begin != std::string_view::npos && marker.starts_with("END")) {
 			// Closed once the END line's own dashes arrived.
 			const size_t close = text.find("-----", at + 8);
@@ -157,6 +180,13 @@ void TextStream::append(Run &run, uint64_t seq, size_t leaf, const std::string &
 		hits.insert(hits.end(), run.block_hits.begin(), run.block_hits.end());
 	}
 	run.hits = merge_hits(std::move(hits));
+}
+
+void TextStream::finish()
+{
+	// Nothing follows: the scanner has seen every block whole, so nothing is cut.
+	for (auto &[path, run] : runs_)
+		settle_run(run);
 }
 
 void TextStream::settle_all()

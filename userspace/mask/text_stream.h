@@ -59,8 +59,11 @@ public:
 	// `now`: when the message arrived; a field that stops being continued is settled by
 	// settle_idle() (its run went idle), so one quiet field does not hold up the others.
 	uint64_t add(std::vector<Leaf> leaves, Clock::time_point now = {});
-	// Settles everything held (end of stream, or held too long).
+	// Settles everything held because it was held too long: a private key still open is cut,
+	// and the rest of it is removed as it comes.
 	void settle_all();
+	// The end of the data: settles everything held as the scanner sees it.
+	void finish();
 	// Settles the runs that hold text and had nothing added for `idle` (at `now`).
 	void settle_idle(Clock::time_point now, Clock::duration idle);
 	// The earliest time a run holding text went quiet (its last addition), if any holds text.
