@@ -529,3 +529,35 @@ TEST(Masking, EveryRulePositiveAndNegativeInAPlainTextBody)
 		EXPECT_EQ(through(*negative, e.negative), e.negative);
 	}
 }
+
+// Streamed messages: every example cut at every offset across two messages, and sent one byte
+// per message. What the client assembles reads exactly as the whole text masked.
+TEST(Masking, EveryRuleSplitAtEveryOffsetAcrossMessagesAndOneBytePerMessage)
+{
+	const auto assembled = [](const std::vector<std::string> &pieces) {
+		Harness h(engine());
+		auto pipe = h.pipe(Direction::Response, Protocol::ConnectStream, "application/connect+proto");
+		std::string stream;
+		for (const auto &piece : pieces)
+			stream += rpc::encode_envelope(0, chat_text(piece));
+		std::string joined;
+		for (const auto &p : payloads(through(*pipe, stream)))
+			joined += read_field(read_field(p, 2), 1);
+		return joined;
+	};
+	for (const auto &e : all_examples()) {
+		SCOPED_TRACE(e.rule);
+		const std::string text = e.positive();
+		for (size_t cut = 1; cut < text.size(); cut++) {
+			const std::string got = assembled({text.substr(0, cut), text.substr(cut)});
+			if (got != masked_text(e)) {
+				ADD_FAILURE() << "cut at " << cut << ": " << got;
+				break;
+			}
+		}
+		std::vector<std::string> bytes_one_by_one;
+		for (char c : text)
+			bytes_one_by_one.emplace_back(1, c);
+		EXPECT_EQ(assembled(bytes_one_by_one), masked_text(e)) << "one byte per message";
+	}
+}

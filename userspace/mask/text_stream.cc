@@ -48,12 +48,14 @@ size_t TextStream::open_tail(std::string_view text, size_t from)
 	return i;
 }
 
-// Base64 lines, and the "Proc-Type: 4,ENCRYPTED" / "DEK-Info:" / "Version: ... (...)" header
-// lines that PEM and PGP blocks may carry.
+// Base64 lines, the "Proc-Type: 4,ENCRYPTED" / "DEK-Info:" / "Version: ... (...)" header lines
+// that PEM and PGP blocks may carry, and newlines escaped as "\n" (a key inside a JSON string,
+// as in a GCP service-account file).
 static bool key_body_so_far(std::string_view body)
 {
 	for (char c : body)
-		if (!std::isalnum(static_cast<unsigned char>(c)) && !std::strchr("+/=:,.()- \t\r\n", c))
+		if (!std::isalnum(static_cast<unsigned char>(c)) &&
+		    (c == '\0' || !std::strchr("+/=:,.()\\- \t\r\n", c)))
 			return false;
 	return true;
 }
