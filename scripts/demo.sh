@@ -124,7 +124,9 @@ bold "the job: a real Connect client, a streaming chat (aiserver.v1.ChatService/
 echo "  (it attaches deploy/aws.env, which holds an AWS key; the second prompt makes the stand-in leak a token)"
 job node "$ROOT/tests/standin/client.mjs" --descriptors "$BUILD/cursor.desc" chat \
 	--prompt "explain this repository" --prompt "now leak a token" --pause-ms 300 \
-	--file "deploy/aws.env=AWS_ACCESS_KEY_ID=$DEMO_AWS_KEY" \
+	--file "deploy/aws.env=AWS_ACCESS_KEY_ID=$DEMO_AWS_KEY
+AWS_REGION=eu-west-1
+" \
 	| tee "$WORK/client.jsonl" | node -e 'require("readline").createInterface({input: process.stdin}).on("line", l => {
 		const e = JSON.parse(l);
 		if (e.event === "sent") console.log(`  sent     ${JSON.stringify(e.json).slice(0, 110)}`);
