@@ -20,6 +20,8 @@
 #include <unordered_set>
 #include <vector>
 
+#include "common/utf8.h"
+
 namespace cordon::proxy {
 
 namespace pb = google::protobuf;
@@ -53,41 +55,6 @@ constexpr size_t kMaxParseCost = size_t{64} << 20;
 constexpr int kMaxParseDepth = 100; // protobuf's own recursion limit
 
 // ---- text ----
-
-// Length of the well-formed UTF-8 sequence at s[i] (no overlongs, surrogates or > U+10FFFF), or 0.
-size_t utf8_sequence(std::string_view s, size_t i)
-{
-	const auto c = static_cast<unsigned char>(s[i]);
-	if (c < 0x80)
-		return 1;
-	size_t n;
-	uint32_t cp;
-	if (c >= 0xc2 && c <= 0xdf) {
-		n = 2;
-		cp = c & 0x1f;
-	} else if (c >= 0xe0 && c <= 0xef) {
-		n = 3;
-		cp = c & 0x0f;
-	} else if (c >= 0xf0 && c <= 0xf4) {
-		n = 4;
-		cp = c & 0x07;
-	} else {
-		return 0;
-	}
-	if (n > s.size() - i)
-		return 0;
-	for (size_t k = 1; k < n; k++) {
-		const auto d = static_cast<unsigned char>(s[i + k]);
-		if ((d & 0xc0) != 0x80)
-			return 0;
-		cp = cp << 6 | (d & 0x3f);
-	}
-	if (n == 3 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff)))
-		return 0;
-	if (n == 4 && (cp < 0x10000 || cp > 0x10ffff))
-		return 0;
-	return n;
-}
 
 enum class TextKind {
 	Printable, // UTF-8 without any control character
