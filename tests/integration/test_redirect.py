@@ -2,6 +2,7 @@
 journal read back with journalctl."""
 import json
 import os
+import shutil
 import socket
 import subprocess
 import time
@@ -30,7 +31,10 @@ def test_curl_is_redirected_and_journaled_with_its_identity(cgroups, cordond, up
         assert e["CORDON_PID"] == str(p.pid)
         assert e["CORDON_UID"] == str(NOBODY)
         assert e["CORDON_COMM"] == "curl"
+        assert e["CORDON_USER"] == "nobody"
+        assert e["CORDON_EXE"] == os.path.realpath(shutil.which("curl"))
         assert e["CORDON_CGROUP"] == cgroups.path("job")
+        assert "CORDON_CONTAINER" not in e and "CORDON_UNIT" not in e
         assert e["CORDON_DST"] == "127.77.1.1:80"
         assert e["SYSLOG_IDENTIFIER"] == "cordond"
     c = closed[0]
@@ -61,6 +65,20 @@ def test_node_client_is_redirected(cgroups, cordond, upstream, journal):
     closed = close_entries(journal, d)
     assert closed[0]["CORDON_COMM"] == "node"
     assert closed[0]["CORDON_UID"] == str(NOBODY)
+
+
+def test_a_container_scope_names_the_container_and_its_unit(cgroups, cordond, upstream, journal):
+    """A job in a docker-style scope (systemd cgroup driver): the journal names the container."""
+    server = upstream("127.77.1.3", 80, http_handler)
+    d = cordond(["127.77.1.3/32"])
+    container = "5e" * 32
+    scope = f"docker-{container}.scope"
+    (cgroups.base / "job" / scope).mkdir()
+    cgroups.run(f"job/{scope}", ["curl", "-sS", "--max-time", "10", "http://127.77.1.3/"], user=NOBODY)
+    e = close_entries(journal, d)[0]
+    assert e["CORDON_CGROUP"] == cgroups.path(f"job/{scope}")
+    assert e["CORDON_CONTAINER"] == container and e["CORDON_UNIT"] == scope
+    assert e["CORDON_EXE"] == os.path.realpath(shutil.which("curl"))
 
 
 def test_python_client_sees_original_peer(cgroups, cordond, upstream, journal):

@@ -25,6 +25,11 @@ struct JournalEntry {
 		fields.emplace_back(std::move(name), std::move(value));
 		return *this;
 	}
+	// Only when there is something to say: an empty journal field is noise.
+	JournalEntry &add_if(std::string name, std::string value)
+	{
+		return value.empty() ? *this : add(std::move(name), std::move(value));
+	}
 };
 
 class Journal {

@@ -131,6 +131,11 @@ void ConnectionIdentity::add_to(JournalEntry &e) const
 	    .add("CORDON_GID", std::to_string(origin.gid))
 	    .add("CORDON_COMM", comm())
 	    .add("CORDON_CGROUP", cgroup)
+	    .add_if("CORDON_USER", user)
+	    .add_if("CORDON_EXE", exe)
+	    .add_if("CORDON_UNIT", workload.unit)
+	    .add_if("CORDON_CONTAINER", workload.container)
+	    .add_if("CORDON_POD", workload.pod)
 	    .add("CORDON_CGROUP_ID", std::to_string(origin.cgroup_id))
 	    .add("CORDON_NETNS_COOKIE", std::to_string(origin.netns_cookie))
 	    .add("CORDON_CLIENT", client.to_string())
@@ -811,6 +816,14 @@ void RelayServer::on_accepted(int raw_fd, const SocketAddress &local)
 	std::memcpy(dst.bytes.data(), id.origin.dst_addr, 16);
 	id.destination = SocketAddress{dst, id.origin.dst_port};
 	id.cgroup = cgroups_.lookup(id.origin.cgroup_id);
+	id.workload = describe_cgroup(id.cgroup);
+	id.user = users_.name(id.origin.uid);
+	// Read now, while the caller is most likely still there; the start-time guard makes sure a
+	// recycled pid never lends its binary to someone else's connection.
+	if (auto exe = caller_executable(id.origin.tgid, id.origin.connect_boot_ns))
+		id.exe = std::move(*exe);
+	else
+		log::debug("connection " + id.id + ": caller's executable unknown: " + exe.error().message());
 	id.started = Clock::now();
 	auto conn = std::make_unique<RelayConnection>(*this, std::move(fd), std::move(id));
 	RelayConnection *raw = conn.get();

@@ -20,6 +20,7 @@
 #include "common/host_pattern.h"
 #include "common/result.h"
 #include "common/unique_fd.h"
+#include "common/workload.h"
 #include "cordon/bpf_shared.h"
 #include "daemon/event_loop.h"
 #include "proxy/exchange.h"
@@ -38,6 +39,12 @@ class LeafCache;
 }
 
 class MaskEngine;
+namespace policy {
+class Rules;
+}
+namespace proxy {
+class MessageDecoder;
+}
 
 enum class SniAction { Intercept, Passthrough, Refuse };
 const char *to_string(SniAction a);
@@ -54,8 +61,10 @@ struct TlsSettings {
 	proxy::Limits limits;
 	// Extra observers for every intercepted exchange (later: policy, masking, recording).
 	std::vector<proxy::ExchangeObserver *> observers;
-	WatchHub *watch = nullptr;  // `cordonctl watch`
-	MaskEngine *mask = nullptr; // masking; null when the policy turns it off
+	WatchHub *watch = nullptr;                      // `cordonctl watch`
+	MaskEngine *mask = nullptr;                     // masking; null when the policy turns it off
+	std::shared_ptr<const policy::Rules> rules;     // who may do what
+	const proxy::MessageDecoder *decoder = nullptr; // field names for content rules
 };
 
 struct RelaySettings {
@@ -92,6 +101,9 @@ struct ConnectionIdentity {
 	cordon_origin origin{};
 	SocketAddress client, destination;
 	std::string cgroup;
+	CgroupWorkload workload; // what the cgroup path says: unit, container, pod
+	std::string exe;         // the caller's executable ("" when it could not be read safely)
+	std::string user;        // the uid's name ("" when it has none)
 	std::string sni;
 	std::chrono::steady_clock::time_point started;
 
@@ -145,6 +157,7 @@ private:
 	KernelPrograms &kernel_;
 	Journal &journal_;
 	CgroupPathCache &cgroups_;
+	UserNames users_;
 	RelaySettings settings_;
 	RelayStats stats_;
 	std::vector<SocketAddress> listening_;
