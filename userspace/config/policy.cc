@@ -76,6 +76,14 @@ Result<std::string> check_rule_regex(const std::string &v)
 	return v;
 }
 
+Result<std::string> check_host_pattern(const std::string &v)
+{
+	auto p = HostPattern::parse(v);
+	if (!p)
+		return p.error();
+	return p->to_string();
+}
+
 Result<std::string> check_re2(const std::string &v)
 {
 	RE2 re(v, RE2::Quiet);
@@ -87,13 +95,19 @@ Result<std::string> check_re2(const std::string &v)
 const std::map<std::string, Validator> &validators()
 {
 	static const std::map<std::string, Validator> table = {
-	    {"cordon.config.Capture.hosts",
+	    {"cordon.config.Capture.hosts", check_host_pattern},
+	    {"cordon.config.RuleMatch.hosts", check_host_pattern},
+	    {"cordon.config.Rule.name", check_rule_id},
+	    {"cordon.config.ContentMatch.regex", check_re2},
+	    {"cordon.config.RuleMatch.users",
 	     [](const std::string &v) -> Result<std::string> {
-		     auto p = HostPattern::parse(v);
-		     if (!p)
-			     return p.error();
-		     return p->to_string();
+		     if (v.empty() || v.size() > 64 || !std::all_of(v.begin(), v.end(), [](unsigned char c) {
+			         return std::isalnum(c) || c == '_' || c == '-' || c == '.' || c == '$';
+		         }))
+			     return plain_error("'" + v + "' is not a user name or uid");
+		     return v;
 	     }},
+	    {"cordon.config.RuleMatch.cgroups", check_absolute_path},
 	    {"cordon.config.Capture.cidrs",
 	     [](const std::string &v) -> Result<std::string> {
 		     auto c = Cidr::parse(v);
@@ -367,6 +381,17 @@ Status check_whole(const config::Policy &p, const std::string &source)
 	if (p.mask().enabled())
 		if (auto checked = check_mask_policy(p.mask()); !checked)
 			return plain_error(source + ": " + checked.error().message());
+	std::set<std::string> rule_names;
+	for (const auto &rule : p.rules()) {
+		if (rule.name().empty())
+			return plain_error(source + ": every rule needs a name");
+		if (!rule_names.insert(rule.name()).second)
+			return plain_error(source + ": two rules are named '" + rule.name() + "'");
+		if (rule.action() == config::Rule::ACTION_UNSPECIFIED)
+			return plain_error(source + ": rule '" + rule.name() + "' needs an action (allow or block)");
+	}
+	if (p.default_action() == config::Rule::ACTION_UNSPECIFIED)
+		return plain_error(source + ": default_action must be allow or block");
 	if (p.capture().refresh_min_seconds() > p.capture().refresh_max_seconds())
 		return plain_error(source + ": capture.refresh_min_seconds exceeds capture.refresh_max_seconds");
 	if (p.enforce().cgroups().empty())

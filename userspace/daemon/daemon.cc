@@ -26,6 +26,7 @@
 #include "daemon/relay.h"
 #include "daemon/resolver.h"
 #include "daemon/watch.h"
+#include "policy/rules.h"
 #include "proxy/message_decoder.h"
 #include "proxy/tls_endpoint.h"
 #include "tls/certificate_authority.h"
@@ -540,6 +541,13 @@ Status run_daemon(const DaemonOptions &options)
 	} else {
 		log::warning("masking is off (mask.enabled: false): secrets pass to Cursor and back unmasked");
 	}
+	auto rules = policy::Rules::compile(p);
+	if (!rules)
+		return plain_error("rules: " + rules.error().message());
+	rs.tls.rules = *rules;
+	rs.tls.decoder = decoder.get();
+	log::info(std::to_string((*rules)->size()) + " policy rules; default action " +
+	          (p.default_action() == config::Rule::BLOCK ? "block" : "allow"));
 	RelayServer relay(**loop, **pool, kp, journal, cgroup_paths, rs);
 	if (Status st = relay.start(); !st)
 		return st;

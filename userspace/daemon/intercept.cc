@@ -16,6 +16,7 @@
 #include "common/log.h"
 #include "daemon/journal.h"
 #include "daemon/masking.h"
+#include "daemon/policy_observer.h"
 #include "daemon/relay.h"
 #include "daemon/watch.h"
 #include "proxy/http_bridge.h"
@@ -55,6 +56,7 @@ public:
 	    : journal_(journal), id_(id), stats_(stats)
 	{}
 	void set_masker(ConnectionMasker *masker) { masker_ = masker; }
+	void set_policy(PolicyObserver *policy) { policy_ = policy; }
 
 	void on_complete(const proxy::RequestInfo &r, const proxy::ExchangeSummary &s) override
 	{
@@ -86,6 +88,10 @@ public:
 			e.add("CORDON_RPC", r.rpc.full());
 		if (!s.error.empty())
 			e.add("CORDON_ERROR", s.error);
+		if (policy_) {
+			const policy::Decision d = policy_->take(r.number);
+			e.add("CORDON_RULE", d.rule).add("CORDON_ACTION", policy::to_string(d.action));
+		}
 		if (masker_) {
 			// Counts and rule ids only: the secrets themselves are never written anywhere.
 			MaskTally t = masker_->take(r.number);
@@ -107,6 +113,7 @@ private:
 	const ConnectionIdentity &id_;
 	RelayStats &stats_;
 	ConnectionMasker *masker_ = nullptr;
+	PolicyObserver *policy_ = nullptr;
 };
 
 } // namespace
@@ -123,6 +130,12 @@ public:
 		if (server.settings_.tls.mask) {
 			masker_ = std::make_unique<ConnectionMasker>(*server.settings_.tls.mask);
 			request_journal_.set_masker(masker_.get());
+		}
+		if (server.settings_.tls.rules) {
+			policy::Caller caller{id_.cgroup, id_.user, id_.origin.uid, id_.exe};
+			policy_ = std::make_unique<PolicyObserver>(server.settings_.tls.rules, std::move(caller),
+			                                           server.settings_.tls.decoder);
+			request_journal_.set_policy(policy_.get());
 		}
 		client_ = std::move(client);
 		last_activity_ = Clock::now();
@@ -299,6 +312,9 @@ private:
 		bs.observers.push_back(&request_journal_);
 		if (watch_)
 			bs.observers.push_back(watch_.get());
+		// After watch, so a message the policy blocks is still shown.
+		if (policy_)
+			bs.observers.push_back(policy_.get());
 		for (auto *o : server_.settings_.tls.observers)
 			bs.observers.push_back(o);
 		bs.limits = server_.settings_.tls.limits;
@@ -684,6 +700,7 @@ private:
 	std::string hello_;
 	std::vector<std::string> offered_;
 	std::unique_ptr<ConnectionMasker> masker_;
+	std::unique_ptr<PolicyObserver> policy_;
 	RequestJournal request_journal_;
 	std::unique_ptr<ConnectionWatch> watch_;
 	UniqueFd client_, upstream_;

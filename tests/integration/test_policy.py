@@ -1,0 +1,122 @@
+"""Policy rules end to end: a real Connect client in an enforced cgroup, the Cursor stand-in, and
+cordond deciding per caller, RPC and message. A block is a protocol-correct refusal that names
+the rule, nothing of it reaches the stand-in, and the journal says which rule decided."""
+import json
+
+import pytest
+
+from test_intercept import INTERCEPT_HOSTS, Jobs, entries, tls_yaml, work  # noqa: F401
+from test_standin import Standin
+
+# This file's addresses: 127.77.80.0/24.
+STANDIN_IP = "127.77.80.1"
+CAPTURED = [f"{STANDIN_IP}/32"]
+MODELS = "/aiserver.v1.AiService/AvailableModels"
+CHAT = "/aiserver.v1.ChatService/StreamUnifiedChatWithTools"
+
+
+@pytest.fixture(scope="module")
+def standin(work):
+    s = Standin(work, STANDIN_IP)
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def governed(cgroups, cordond, standin, work, tmp_path):
+    def start(rules_yaml):
+        tls = tls_yaml(work, extra=f"  descriptors: {work / 'cursor.desc'}\n")
+        d = cordond(CAPTURED, ports=(443,), hosts=INTERCEPT_HOSTS, tls_yaml=tls, extra_yaml=rules_yaml)
+        jobs = Jobs(cgroups, d, work, tmp_path)
+        jobs.map_hosts(STANDIN_IP)
+        return d, jobs
+    return start
+
+
+def errors(events):
+    return [e for e in events if e["event"] == "error"]
+
+
+@pytest.mark.parametrize("command,path", [("models", MODELS), ("chat", CHAT)])
+def test_a_blocked_rpc_is_refused_by_name_and_never_reaches_cursor(governed, standin, journal, cgroups, command,
+                                                                   path):
+    d, jobs = governed(f"""rules:
+  - name: no-{command}-in-ci
+    match:
+      cgroups: ["{cgroups.path('job')}*"]
+      rpcs: ["{path.lstrip('/')}"]
+    action: block
+    message: ask the platform team
+default_action: allow
+""")
+    before = len(standin.requests(path))
+    args = ["--prompt", "hello"] if command == "chat" else []
+    events, r = jobs.client(command, *args, check=False)
+    err = errors(events)
+    assert err, (events, r.stderr)
+    assert err[0]["code"] == "permission_denied"
+    assert f"blocked by policy rule 'no-{command}-in-ci': ask the platform team" in err[0]["message"]
+    assert len(standin.requests(path)) == before, "the blocked call reached the stand-in"
+    req = entries(journal, d, "request")[0]
+    assert req["CORDON_RULE"] == f"no-{command}-in-ci" and req["CORDON_ACTION"] == "block"
+    assert req["CORDON_RESULT"] == "refused"
+
+
+def test_rules_decide_by_executable_first_match_wins(governed, journal):
+    d, jobs = governed("""rules:
+  - name: curl-may-not
+    match:
+      exes: ["*/curl"]
+    action: block
+  - name: everything-else
+    match: {}
+    action: allow
+default_action: block
+""")
+    r = jobs.run(["curl", "-sS", "--max-time", "10", "https://api2.cursor.sh/", "-w", "\n%{http_code}"], check=False)
+    assert r.stdout.endswith("\n403"), r.stdout
+    assert "blocked by policy rule 'curl-may-not'" in r.stdout
+    events, _ = jobs.client("models")
+    assert not errors(events) and any(e["event"] == "response" for e in events), events
+    reqs = {e["CORDON_COMM"]: e for e in entries(journal, d, "request", count=2)}
+    assert reqs["curl"]["CORDON_RULE"] == "curl-may-not" and reqs["curl"]["CORDON_ACTION"] == "block"
+    assert reqs["node"]["CORDON_RULE"] == "everything-else" and reqs["node"]["CORDON_ACTION"] == "allow"
+
+
+def test_a_dangerous_command_from_cursor_is_blocked_before_the_job_sees_it(governed, journal):
+    d, jobs = governed(r"""rules:
+  - name: no-rm-rf
+    match:
+      direction: response
+      content:
+        - field: exec_server_message.shell_args.command
+          regex: 'rm\s+-rf\s+/'
+    action: block
+    message: destructive command
+default_action: allow
+""")
+    events, _ = jobs.client("run", "--prompt", "please rm -rf / now", base_url="https://agentn.api5.cursor.sh",
+                            check=False)
+    # The stand-in echoes the prompt in text deltas; the exec message itself must never arrive.
+    assert not [e for e in events if e["event"] == "recv" and "execServerMessage" in json.dumps(e)], events
+    err = errors(events)
+    assert err and err[0]["code"] == "permission_denied" and "no-rm-rf" in err[0]["message"], events
+    req = entries(journal, d, "request")[0]
+    assert req["CORDON_RULE"] == "no-rm-rf" and req["CORDON_ACTION"] == "block"
+
+    # A harmless command passes the same rule.
+    events, _ = jobs.client("run", "--prompt", "please run it", base_url="https://agentn.api5.cursor.sh")
+    execs = [e for e in events if e["event"] == "recv" and "execServerMessage" in json.dumps(e)]
+    assert execs and "ls -la" in json.dumps(execs[0]), events
+    reqs = entries(journal, d, "request", count=2)
+    assert reqs[1]["CORDON_RULE"] == "default" and reqs[1]["CORDON_ACTION"] == "allow"
+
+
+def test_a_broken_rule_is_reported_with_file_and_line(cordond, tmp_path):
+    from conftest import CORDOND
+    import subprocess
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("rules:\n  - name: bad\n    action: block\n    match:\n      content: [{regex: '(unclosed'}]\n")
+    r = subprocess.run([str(CORDOND), "--config", str(policy), "--check-config"], capture_output=True, text=True)
+    assert r.returncode != 0
+    assert f"{policy}:5:" in r.stderr, r.stderr

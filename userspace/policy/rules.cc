@@ -1,0 +1,190 @@
+#include "policy/rules.h"
+
+#include <fnmatch.h>
+#include <re2/re2.h>
+
+#include <nlohmann/json.hpp>
+
+#include "common/host_pattern.h"
+
+namespace cordon::policy {
+
+const char *to_string(Action a)
+{
+	return a == Action::Block ? "block" : "allow";
+}
+
+struct Rules::Compiled {
+	struct Content {
+		std::string field;
+		std::unique_ptr<RE2> regex;
+	};
+	struct Rule {
+		Decision decision;
+		std::vector<std::string> cgroups, users, exes, rpcs, paths; // globs and names
+		std::vector<HostPattern> hosts;
+		config::MaskDirection direction = config::BOTH;
+		std::vector<Content> content;
+	};
+	std::vector<Rule> rules;
+	Decision fallback;
+};
+
+namespace {
+
+bool glob_any(const std::vector<std::string> &globs, const std::string &value)
+{
+	if (globs.empty())
+		return true;
+	for (const auto &g : globs)
+		if (fnmatch(g.c_str(), value.c_str(), 0) == 0)
+			return true;
+	return false;
+}
+
+bool applies(config::MaskDirection rule, proxy::Direction d)
+{
+	return rule == config::BOTH || rule == config::MASK_DIRECTION_UNSPECIFIED ||
+	       (rule == config::REQUEST) == (d == proxy::Direction::Request);
+}
+
+void collect(const nlohmann::json &node, const std::vector<std::string> &path, size_t depth, bool everywhere,
+             std::vector<std::string> &out)
+{
+	if (node.is_array()) {
+		for (const auto &element : node)
+			collect(element, path, depth, everywhere, out);
+		return;
+	}
+	if (everywhere && node.is_object()) {
+		for (const auto &[key, value] : node.items())
+			collect(value, path, depth, everywhere, out);
+		return;
+	}
+	if (depth < path.size()) {
+		if (!node.is_object())
+			return;
+		auto it = node.find(path[depth]);
+		if (it != node.end())
+			collect(*it, path, depth + 1, everywhere, out);
+		return;
+	}
+	if (node.is_string())
+		out.push_back(node.get<std::string>());
+	else if (node.is_number() || node.is_boolean())
+		out.push_back(node.dump());
+}
+
+} // namespace
+
+std::vector<std::string> strings_at(const nlohmann::json &message, const std::string &path)
+{
+	std::vector<std::string> parts;
+	for (size_t start = 0; start < path.size();) {
+		size_t dot = path.find('.', start);
+		if (dot == std::string::npos)
+			dot = path.size();
+		parts.push_back(path.substr(start, dot - start));
+		start = dot + 1;
+	}
+	std::vector<std::string> out;
+	collect(message, parts, 0, path.empty(), out);
+	return out;
+}
+
+Rules::~Rules() = default;
+
+Result<std::shared_ptr<const Rules>> Rules::compile(const config::Policy &policy)
+{
+	auto rules = std::shared_ptr<Rules>(new Rules());
+	rules->compiled_ = std::make_unique<Compiled>();
+	Compiled &c = *rules->compiled_;
+	const auto action = [](config::Rule::Action a) {
+		return a == config::Rule::BLOCK ? Action::Block : Action::Allow;
+	};
+	for (const auto &r : policy.rules()) {
+		Compiled::Rule rule;
+		rule.decision = {r.name(), action(r.action()), r.message()};
+		const auto &m = r.match();
+		rule.cgroups.assign(m.cgroups().begin(), m.cgroups().end());
+		rule.users.assign(m.users().begin(), m.users().end());
+		rule.exes.assign(m.exes().begin(), m.exes().end());
+		rule.rpcs.assign(m.rpcs().begin(), m.rpcs().end());
+		rule.paths.assign(m.paths().begin(), m.paths().end());
+		for (const auto &h : m.hosts()) {
+			auto pattern = HostPattern::parse(h);
+			if (!pattern)
+				return plain_error("rule '" + r.name() + "': " + pattern.error().message());
+			rule.hosts.push_back(std::move(*pattern));
+		}
+		rule.direction = m.direction();
+		for (const auto &content : m.content()) {
+			auto re = std::make_unique<RE2>(content.regex(), RE2::Quiet);
+			if (!re->ok())
+				return plain_error("rule '" + r.name() + "': bad regex '" + content.regex() +
+				                   "': " + re->error());
+			rule.content.push_back({content.field(), std::move(re)});
+		}
+		c.rules.push_back(std::move(rule));
+	}
+	c.fallback.action = action(policy.default_action());
+	return std::shared_ptr<const Rules>(std::move(rules));
+}
+
+size_t Rules::size() const
+{
+	return compiled_->rules.size();
+}
+
+Rules::Plan Rules::plan(const Caller &caller, const proxy::RequestInfo &request) const
+{
+	Plan plan;
+	plan.decision = compiled_->fallback;
+	const std::string rpc = request.rpc.empty() ? std::string() : request.rpc.full();
+	const std::string path = request.path.substr(0, request.path.find('?'));
+	const std::string uid = std::to_string(caller.uid);
+	for (size_t i = 0; i < compiled_->rules.size(); i++) {
+		const auto &r = compiled_->rules[i];
+		const bool user_ok =
+		    r.users.empty() || std::any_of(r.users.begin(), r.users.end(), [&](const std::string &u) {
+			    return u == uid || (!caller.user.empty() && u == caller.user);
+		    });
+		const bool host_ok =
+		    r.hosts.empty() || std::any_of(r.hosts.begin(), r.hosts.end(),
+		                                   [&](const HostPattern &h) { return h.matches(request.host); });
+		const bool matches = user_ok && host_ok && glob_any(r.cgroups, caller.cgroup) &&
+		                     (r.exes.empty() || (!caller.exe.empty() && glob_any(r.exes, caller.exe))) &&
+		                     (r.rpcs.empty() || (!rpc.empty() && glob_any(r.rpcs, rpc))) &&
+		                     glob_any(r.paths, path);
+		if (!matches)
+			continue;
+		if (!r.content.empty()) {
+			plan.content_rules.push_back(i);
+			continue;
+		}
+		plan.decision = r.decision;
+		break;
+	}
+	return plan;
+}
+
+std::optional<Decision> Rules::decide_message(const Plan &plan, proxy::Direction direction,
+                                              const nlohmann::json &message) const
+{
+	for (size_t i : plan.content_rules) {
+		const auto &r = compiled_->rules[i];
+		if (!applies(r.direction, direction))
+			continue;
+		const bool all = std::all_of(r.content.begin(), r.content.end(), [&](const Compiled::Content &c) {
+			for (const auto &s : strings_at(message, c.field))
+				if (RE2::PartialMatch(s, *c.regex))
+					return true;
+			return false;
+		});
+		if (all)
+			return r.decision;
+	}
+	return std::nullopt;
+}
+
+} // namespace cordon::policy

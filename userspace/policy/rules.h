@@ -1,0 +1,68 @@
+// The policy's rules: who may do what. First matching rule wins, `default_action` otherwise.
+//
+// A rule without `content` conditions matches a request when it starts (caller, host, RPC,
+// path). The first such rule that matches decides the request. Rules with `content` conditions
+// match single messages. Only those listed before the deciding rule can still decide a message
+// of that request, since a rule listed later was never the first match.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <nlohmann/json_fwd.hpp>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "common/result.h"
+#include "cordon/config.pb.h"
+#include "proxy/exchange.h"
+
+namespace cordon::policy {
+
+// Who is calling, as the rules see it.
+struct Caller {
+	std::string cgroup; // path
+	std::string user;   // name ("" if the uid has none)
+	uint32_t uid = 0;
+	std::string exe; // "" if unknown: then no `exes` condition matches
+};
+
+enum class Action { Allow, Block };
+const char *to_string(Action a);
+
+struct Decision {
+	std::string rule = "default"; // the deciding rule's name
+	Action action = Action::Allow;
+	std::string message; // the rule's message for the client
+};
+
+class Rules {
+public:
+	// The policy's rules, compiled (globs, host patterns, RE2). Errors name the rule.
+	static Result<std::shared_ptr<const Rules>> compile(const config::Policy &policy);
+	~Rules();
+	Rules(const Rules &) = delete;
+	Rules &operator=(const Rules &) = delete;
+
+	struct Plan {
+		Decision decision;                 // from the first request-level rule that matched
+		std::vector<size_t> content_rules; // content rules before it that matched the request
+	};
+	Plan plan(const Caller &caller, const proxy::RequestInfo &request) const;
+	// The first of the plan's content rules matching `message` (decoded to JSON), if any.
+	std::optional<Decision> decide_message(const Plan &plan, proxy::Direction direction,
+	                                       const nlohmann::json &message) const;
+	size_t size() const;
+
+private:
+	Rules() = default;
+	struct Compiled;
+	std::unique_ptr<Compiled> compiled_;
+};
+
+// The strings at a decoded field path ("a.b.c"; arrays are searched element by element), or
+// every string value in the message when `path` is empty. Numbers and booleans count as their
+// JSON text.
+std::vector<std::string> strings_at(const nlohmann::json &message, const std::string &path);
+
+} // namespace cordon::policy
