@@ -3,6 +3,7 @@
 #include <fnmatch.h>
 #include <re2/re2.h>
 
+#include <map>
 #include <nlohmann/json.hpp>
 
 #include "common/host_pattern.h"
@@ -171,12 +172,20 @@ Rules::Plan Rules::plan(const Caller &caller, const proxy::RequestInfo &request)
 std::optional<Decision> Rules::decide_message(const Plan &plan, proxy::Direction direction,
                                               const nlohmann::json &message) const
 {
+	// Rules tend to read the same few fields: each field's strings are gathered once.
+	std::map<std::string, std::vector<std::string>, std::less<>> fields;
+	const auto strings = [&](const std::string &field) -> const std::vector<std::string> & {
+		auto it = fields.find(field);
+		if (it == fields.end())
+			it = fields.emplace(field, strings_at(message, field)).first;
+		return it->second;
+	};
 	for (size_t i : plan.content_rules) {
 		const auto &r = compiled_->rules[i];
 		if (!applies(r.direction, direction))
 			continue;
 		const bool all = std::all_of(r.content.begin(), r.content.end(), [&](const Compiled::Content &c) {
-			for (const auto &s : strings_at(message, c.field))
+			for (const auto &s : strings(c.field))
 				if (RE2::PartialMatch(s, *c.regex))
 					return true;
 			return false;
