@@ -13,6 +13,7 @@
 #include "ctl/control_client.h"
 #include "ctl/mask_command.h"
 #include "daemon/daemon.h"
+#include "policy/rules.h"
 
 namespace po = boost::program_options;
 using nlohmann::json;
@@ -32,6 +33,8 @@ commands:
   version    print the version
   ca init | show | install | uninstall | issue HOST
              the host CA in DIR/ca and the host trust stores (root only; `cordonctl ca` for more)
+  policy check FILE
+             validate a policy file as cordond would load it (errors name file:line)
   mask [FILE] | --list | --explain [FILE]
              FILE (or stdin) with its secrets masked; the rule ids; the findings (`cordonctl mask --help`)
 )";
@@ -187,6 +190,29 @@ int report_not_running(const std::string &socket, const std::string &pin_dir, co
 
 } // namespace
 
+// `cordonctl policy check FILE`: the file loaded and compiled as cordond would, without a daemon.
+static int run_policy_check(const std::vector<std::string> &args)
+{
+	if (args.size() != 2 || args[0] != "check") {
+		std::cerr << "usage: cordonctl policy check FILE\n";
+		return 2;
+	}
+	auto policy = load_policy_file(args[1]);
+	if (!policy) {
+		std::cerr << "cordonctl: " << policy.error().message() << "\n";
+		return 1;
+	}
+	auto rules = policy::Rules::compile(*policy);
+	if (!rules) {
+		std::cerr << "cordonctl: " << args[1] << ": " << rules.error().message() << "\n";
+		return 1;
+	}
+	std::cout << args[1] << ": ok: " << (*rules)->size() << " rules, default action "
+	          << (policy->default_action() == config::Rule::BLOCK ? "block" : "allow") << ", masking "
+	          << (policy->mask().enabled() ? "on" : "off") << "\n";
+	return 0;
+}
+
 // `cordonctl mask` has flags of its own (--list, --explain), so it is dispatched before the global
 // parser would reject them. Global options may come first; those taking a value skip it.
 static int find_mask_command(int argc, char **argv)
@@ -249,6 +275,8 @@ int main(int argc, char **argv)
 
 	if (command == "ca")
 		return run_ca_command(args, vm["state-dir"].as<std::string>(), std::cout, std::cerr);
+	if (command == "policy")
+		return run_policy_check(args);
 	if (!args.empty()) {
 		std::cerr << "cordonctl: unexpected argument '" << args[0] << "'\n" << kUsage;
 		return 2;

@@ -2,9 +2,11 @@
 cordond deciding per caller, RPC and message. A block is a protocol-correct refusal that names
 the rule, nothing of it reaches the stand-in, and the journal says which rule decided."""
 import json
+import subprocess
 
 import pytest
 
+from conftest import CORDOND, CORDONCTL
 from test_intercept import INTERCEPT_HOSTS, Jobs, entries, tls_yaml, work  # noqa: F401
 from test_standin import Standin
 
@@ -112,11 +114,19 @@ default_action: allow
     assert reqs[1]["CORDON_RULE"] == "default" and reqs[1]["CORDON_ACTION"] == "allow"
 
 
-def test_a_broken_rule_is_reported_with_file_and_line(cordond, tmp_path):
-    from conftest import CORDOND
-    import subprocess
+def test_a_broken_rule_is_reported_with_file_and_line(tmp_path):
     policy = tmp_path / "policy.yaml"
     policy.write_text("rules:\n  - name: bad\n    action: block\n    match:\n      content: [{regex: '(unclosed'}]\n")
-    r = subprocess.run([str(CORDOND), "--config", str(policy), "--check-config"], capture_output=True, text=True)
-    assert r.returncode != 0
-    assert f"{policy}:5:" in r.stderr, r.stderr
+    for argv in ([str(CORDOND), "--config", str(policy), "--check-config"],
+                 [str(CORDONCTL), "policy", "check", str(policy)]):
+        r = subprocess.run(argv, capture_output=True, text=True)
+        assert r.returncode != 0 and f"{policy}:5:" in r.stderr, (argv, r.stderr)
+
+
+def test_policy_check_accepts_a_good_policy(tmp_path):
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("rules:\n  - name: no-agents\n    action: block\n    match: {rpcs: ['agent.v1.AgentService/*']}\n"
+                      "default_action: allow\n")
+    r = subprocess.run([str(CORDONCTL), "policy", "check", str(policy)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == f"{policy}: ok: 1 rules, default action allow, masking on\n"
