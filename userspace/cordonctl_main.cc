@@ -29,6 +29,8 @@ commands:
   status     what cordond is doing: programs, listeners, counters, live connections
   watch      every intercepted request and message, decoded, as it happens (root only)
              --json: one JSON event per line; --count N: stop after N messages; --seconds S
+  reload     read the policy file again: its rules and masking apply to new connections (root
+             only; SIGHUP does the same)
   detach     detach and unpin cordon's BPF programs (root only); traffic then flows unseen
   version    print the version
   ca init | show | install | uninstall | issue HOST
@@ -303,6 +305,26 @@ int main(int argc, char **argv)
 		else
 			print_status(*reply);
 		return 0;
+	}
+	if (command == "reload") {
+		auto reply = control_request(socket, json{{"command", "reload"}});
+		if (!reply)
+			return report_not_running(socket, pin_dir, reply.error().message(), as_json);
+		if (as_json) {
+			std::cout << reply->dump(2) << "\n";
+		} else if (reply->value("ok", false)) {
+			std::cout << reply->value("message", std::string("reloaded")) << ": "
+			          << reply->value("rules", 0) << " rules, masking "
+			          << (reply->value("masking", false) ? "on" : "off") << "\n";
+			for (const auto &section : reply->value("needs_restart", json::array()))
+				std::cout
+				    << "  " << section.get<std::string>()
+				    << ": changed, but takes a restart (`systemctl restart cordon`); not applied\n";
+		} else {
+			std::cerr << "cordonctl: reload failed, the running policy stays: "
+			          << reply->value("error", std::string("request failed")) << "\n";
+		}
+		return reply->value("ok", false) ? 0 : 1;
 	}
 	if (command == "watch") {
 		const long count = vm["count"].as<long>();

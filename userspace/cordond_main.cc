@@ -120,7 +120,8 @@ int main(int argc, char **argv)
 		options.policy = *loaded;
 		options.policy_source = path;
 	}
-	if (Status st = apply_policy_yaml(options.policy, overrides_yaml(vm), "command line"); !st) {
+	options.overrides_yaml = overrides_yaml(vm);
+	if (Status st = apply_policy_yaml(options.policy, options.overrides_yaml, "command line"); !st) {
 		std::cerr << "cordond: " << st.error().message() << "\n";
 		return 2;
 	}

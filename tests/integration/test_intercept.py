@@ -106,7 +106,8 @@ class Jobs:
                               f"{OTHER_IP} other.example\n" + extra)
         os.chmod(self.hosts, 0o644)
 
-    def run(self, argv, check=True, timeout=60, user=NOBODY):
+    def spawn(self, argv, user=NOBODY):
+        """Starts `argv` as the job; the caller collects it."""
         wrapped = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
                    'mount --bind "$0" /etc/hosts && mount --bind "$1" /etc/ssl/certs/ca-certificates.crt && '
                    'shift && exec "$@"', str(self.hosts), str(self.bundle)]
@@ -114,18 +115,26 @@ class Jobs:
         if user is not None:
             env_argv = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", "--"] + env_argv
         # Responses may be binary (Connect envelopes): decode what is text, keep the rest visible.
-        p = self.cgroups.spawn("job", wrapped + env_argv + list(argv), stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, encoding="utf-8", errors="replace")
+        return self.cgroups.spawn("job", wrapped + env_argv + list(argv), stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, encoding="utf-8", errors="replace")
 
+    def run(self, argv, check=True, timeout=60, user=NOBODY):
+        p = self.spawn(argv, user=user)
         out, err = p.communicate(timeout=timeout)
         if check and p.returncode != 0:
             raise AssertionError(f"{argv} exited {p.returncode}\nstdout: {out}\nstderr: {err}\n"
                                  f"cordond: {self.d.log_text()[-3000:]}")
         return subprocess.CompletedProcess(argv, p.returncode, out, err)
 
+    def client_argv(self, *args, base_url="https://api2.cursor.sh", http="2"):
+        return ["node", str(CLIENT), "--base-url", base_url, "--http", http, "--descriptors",
+                str(self.work / "cursor.desc"), *map(str, args)]
+
+    def spawn_client(self, *args, **kwargs):
+        return self.spawn(self.client_argv(*args, **kwargs))
+
     def client(self, *args, base_url="https://api2.cursor.sh", http="2", check=True):
-        r = self.run(["node", str(CLIENT), "--base-url", base_url, "--http", http, "--descriptors",
-                      str(self.work / "cursor.desc"), *map(str, args)], check=check)
+        r = self.run(self.client_argv(*args, base_url=base_url, http=http), check=check)
         return [json.loads(line) for line in r.stdout.splitlines() if line.strip()], r
 
 

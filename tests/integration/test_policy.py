@@ -2,7 +2,10 @@
 cordond deciding per caller, RPC and message. A block is a protocol-correct refusal that names
 the rule, nothing of it reaches the stand-in, and the journal says which rule decided."""
 import json
+import os
+import signal
 import subprocess
+import time
 
 import pytest
 
@@ -130,3 +133,58 @@ def test_policy_check_accepts_a_good_policy(tmp_path):
     r = subprocess.run([str(CORDONCTL), "policy", "check", str(policy)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert r.stdout == f"{policy}: ok: 1 rules, default action allow, masking on\n"
+
+
+BLOCK_MODELS = """rules:
+  - name: no-models
+    match:
+      rpcs: ["aiserver.v1.AiService/AvailableModels"]
+    action: block
+default_action: allow
+"""
+
+
+def test_reload_applies_new_rules_keeps_live_streams_and_survives_a_broken_file(governed, journal):
+    d, jobs = governed("default_action: allow\n")
+    events, _ = jobs.client("models")
+    assert not errors(events)
+    # A chat stream that is live across the reloads: it must finish unharmed.
+    chat = jobs.spawn_client("chat", "--prompt", "one", "--prompt", "two", "--pause-ms", "1500")
+    time.sleep(0.5)
+
+    text = d.policy.read_text()
+    d.policy.write_text(text.replace("default_action: allow\n", BLOCK_MODELS))
+    r = d.ctl("reload")
+    assert r.returncode == 0 and "1 rules, masking on" in r.stdout, (r.stdout, r.stderr)
+    events, _ = jobs.client("models", check=False)
+    assert errors(events) and "no-models" in errors(events)[0]["message"], events
+
+    # A broken file changes nothing, and says where.
+    good = d.policy.read_text()
+    d.policy.write_text(good.replace("action: block", "action: nuke"))
+    r = d.ctl("reload", check=False)
+    assert r.returncode == 1 and f"{d.policy}:" in r.stderr and "nuke" in r.stderr, r.stderr
+    events, _ = jobs.client("models", check=False)
+    assert errors(events) and "no-models" in errors(events)[0]["message"], "the running rules stay"
+
+    # SIGHUP reloads too: back to allowing.
+    d.policy.write_text(text)
+    os.kill(d.pid, signal.SIGHUP)
+    reloads = journal.wait_for(d.pid, count=3, CORDON_EVENT="policy_reload")
+    assert [e["CORDON_RESULT"] for e in reloads[:3]] == ["ok", "failed", "ok"], reloads
+    assert "nuke" in reloads[1]["CORDON_ERROR"]
+    events, _ = jobs.client("models")
+    assert not errors(events)
+
+    out, err = chat.communicate(timeout=60)
+    assert chat.returncode == 0, err
+    received = [json.loads(line) for line in out.splitlines() if line.strip()]
+    assert not errors(received) and sum(e["event"] == "recv" for e in received) > 4, received
+
+
+def test_reload_reports_settings_that_need_a_restart(governed):
+    d, jobs = governed("default_action: allow\n")
+    d.policy.write_text(d.policy.read_text().replace("daemon:\n", "daemon:\n  connect_timeout_ms: 4321\n"))
+    r = d.ctl("reload")
+    assert r.returncode == 0, r.stderr
+    assert "daemon: changed, but takes a restart" in r.stdout, r.stdout

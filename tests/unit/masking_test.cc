@@ -95,7 +95,8 @@ std::string text_of(const std::string &message) // inverse of chat_text for the 
 struct Harness {
 	ConnectionMasker masker;
 	proxy::RequestInfo request;
-	explicit Harness(MaskEngine &e) : masker(e)
+	// The tests' engines live for the whole run: shared without ownership.
+	explicit Harness(MaskEngine &e) : masker(std::shared_ptr<MaskEngine>(&e, [](MaskEngine *) {}))
 	{
 		request.number = 1;
 		request.rpc = {"aiserver.v1.ChatService", "StreamUnifiedChatWithTools"};

@@ -19,6 +19,7 @@
 #include "common/cgroup.h"
 #include "common/host_pattern.h"
 #include "common/log.h"
+#include "config/policy.h"
 #include "daemon/control_server.h"
 #include "daemon/event_loop.h"
 #include "daemon/journal.h"
@@ -226,6 +227,78 @@ struct Runtime {
 	RelayServer *relay = nullptr;
 	TargetResolver *resolver = nullptr;
 	BufferPool *pool = nullptr;
+	const proxy::MessageDecoder *decoder = nullptr;
+	// The policy in force: the startup one, with the reloadable sections as last reloaded.
+	config::Policy running = options.policy;
+
+	// SIGHUP and `cordonctl reload`: the policy file read again. Its rules and masking apply to
+	// connections accepted from now on; live connections keep theirs, and nothing is dropped. A
+	// file that does not load changes nothing. Capture, enforcement, daemon and TLS settings
+	// need a restart: a change to them is reported, not applied.
+	json reload()
+	{
+		const std::string &source = options.policy_source;
+		JournalEntry e;
+		e.add("CORDON_EVENT", "policy_reload").add("CORDON_POLICY", source);
+		auto fail = [&](const std::string &why) {
+			e.priority = 3;
+			e.message = "policy reload failed; the running policy stays: " + why;
+			e.add("CORDON_RESULT", "failed").add("CORDON_ERROR", why);
+			log::error(e.message);
+			journal.send(std::move(e));
+			return json{{"ok", false}, {"error", why}};
+		};
+		if (source.empty() || source.front() == '<')
+			return fail(
+			    "cordond runs on the embedded default policy: start it with --config FILE to reload");
+		auto loaded = load_policy_file(source);
+		if (!loaded)
+			return fail(loaded.error().message());
+		if (Status st = apply_policy_yaml(*loaded, options.overrides_yaml, "command line"); !st)
+			return fail(st.error().message());
+		auto rules = policy::Rules::compile(*loaded);
+		if (!rules)
+			return fail("rules: " + rules.error().message());
+		std::shared_ptr<MaskEngine> mask;
+		if (loaded->mask().enabled()) {
+			auto engine = MaskEngine::create(loaded->mask(), decoder);
+			if (!engine)
+				return fail(engine.error().message());
+			mask = std::move(*engine);
+		}
+		std::vector<std::string> restart;
+		const auto note = [&](const char *name, const google::protobuf::Message &now,
+		                      const google::protobuf::Message &was) {
+			if (now.SerializeAsString() != was.SerializeAsString())
+				restart.push_back(name);
+		};
+		note("capture", loaded->capture(), running.capture());
+		note("enforce", loaded->enforce(), running.enforce());
+		note("daemon", loaded->daemon(), running.daemon());
+		note("tls", loaded->tls(), running.tls());
+		relay->reload(*rules, mask);
+		*running.mutable_rules() = loaded->rules();
+		running.set_default_action(loaded->default_action());
+		*running.mutable_mask() = loaded->mask();
+		std::string needs_restart;
+		for (const auto &r : restart)
+			needs_restart += (needs_restart.empty() ? "" : ",") + r;
+		e.message =
+		    "policy reloaded from " + source + ": " + std::to_string((*rules)->size()) + " rules, masking " +
+		    (mask ? "on" : "off") +
+		    (restart.empty() ? "" : "; changes to " + needs_restart + " need a restart and were not applied");
+		e.priority = restart.empty() ? 6 : 4;
+		e.add("CORDON_RESULT", "ok")
+		    .add("CORDON_RULES", std::to_string((*rules)->size()))
+		    .add_if("CORDON_NEEDS_RESTART", needs_restart);
+		log::info(e.message);
+		journal.send(std::move(e));
+		return json{{"ok", true},
+		            {"rules", (*rules)->size()},
+		            {"masking", mask != nullptr},
+		            {"needs_restart", restart},
+		            {"message", "policy reloaded from " + source}};
+	}
 
 	json status() const
 	{
@@ -322,7 +395,7 @@ struct Runtime {
 		return j;
 	}
 
-	ControlReply handle_control(const std::string &line, const ControlPeer &peer) const
+	ControlReply handle_control(const std::string &line, const ControlPeer &peer)
 	{
 		auto answer = [](const json &j) {
 			// Strings from jobs (comm, cgroup names) need not be UTF-8: replace, never throw.
@@ -345,6 +418,11 @@ struct Runtime {
 			ControlReply r = answer({{"ok", true}, {"event", "watching"}, {"pid", ::getpid()}});
 			r.subscribe = true;
 			return r;
+		}
+		if (command == "reload") {
+			if (peer.uid != 0)
+				return answer({{"ok", false}, {"error", "permission denied: reload is for root"}});
+			return answer(reload());
 		}
 		return answer({{"ok", false}, {"error", "unknown command '" + command + "'"}});
 	}
@@ -527,14 +605,14 @@ Status run_daemon(const DaemonOptions &options)
 	}
 	WatchHub watch(control, *decoder);
 	rs.tls.watch = &watch;
-	std::unique_ptr<MaskEngine> masking;
+	std::shared_ptr<MaskEngine> masking;
 	if (p.mask().enabled()) {
 		auto started = Clock::now();
 		auto engine = MaskEngine::create(p.mask(), decoder.get());
 		if (!engine)
 			return engine.error();
 		masking = std::move(*engine);
-		rs.tls.mask = masking.get();
+		rs.tls.mask = masking;
 		auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - started).count();
 		log::info("masking " + std::to_string(masking->rule_count()) + " secret rules (compiled in " +
 		          std::to_string(ms) + " ms)");
@@ -565,6 +643,7 @@ Status run_daemon(const DaemonOptions &options)
 	runtime.relay = &relay;
 	runtime.resolver = &resolver;
 	runtime.pool = pool->get();
+	runtime.decoder = decoder.get();
 	if (Status st = control.start(); !st)
 		return st;
 
@@ -574,7 +653,7 @@ Status run_daemon(const DaemonOptions &options)
 	EventLoop &ev = **loop;
 	auto &sig = static_cast<SignalHandler &>(ev.add(std::make_unique<SignalHandler>(std::move(sfd), [&](int signo) {
 		if (signo == SIGHUP) {
-			log::info("SIGHUP: nothing to reload in this version; the policy is read at start");
+			runtime.reload();
 			return;
 		}
 		log::info(std::string("received ") + strsignal(signo) + ", stopping");

@@ -14,7 +14,8 @@ inline constexpr const char *kCordonVersion = "0.1.0";
 
 struct DaemonOptions {
 	config::Policy policy;
-	std::string policy_source; // file path, or "<embedded default policy>"
+	std::string policy_source;  // file path, or "<embedded default policy>"
+	std::string overrides_yaml; // command-line settings laid over the file, again at each reload
 	// cgroup (relative to the cgroup2 mount) cordond moves itself into; created if missing and
 	// removed at exit if cordond created it. Empty: stay where started unless that would put
 	// cordond inside an enforced subtree, then use /cordond.

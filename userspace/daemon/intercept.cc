@@ -128,7 +128,7 @@ public:
 		if (server.settings_.tls.watch)
 			watch_ = std::make_unique<ConnectionWatch>(*server.settings_.tls.watch, id_);
 		if (server.settings_.tls.mask) {
-			masker_ = std::make_unique<ConnectionMasker>(*server.settings_.tls.mask);
+			masker_ = std::make_unique<ConnectionMasker>(server.settings_.tls.mask);
 			request_journal_.set_masker(masker_.get());
 		}
 		if (server.settings_.tls.rules) {

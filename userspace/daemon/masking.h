@@ -63,7 +63,8 @@ struct MaskTally {
 // masking stage. Must come first among the observers, so the rest only ever see masked data.
 class ConnectionMasker : public proxy::ExchangeObserver {
 public:
-	explicit ConnectionMasker(MaskEngine &engine) : engine_(engine) {}
+	// Holds the engine: a reload may replace it for new connections while this one lives on.
+	explicit ConnectionMasker(std::shared_ptr<MaskEngine> engine) : keep_(std::move(engine)), engine_(*keep_) {}
 
 	proxy::Verdict on_headers(const proxy::RequestInfo &, proxy::Direction, bool trailers,
 	                          proxy::Headers &headers) override;
@@ -77,6 +78,7 @@ public:
 private:
 	std::shared_ptr<MaskTally> tally(uint64_t number);
 
+	std::shared_ptr<MaskEngine> keep_;
 	MaskEngine &engine_;
 	std::map<uint64_t, std::shared_ptr<MaskTally>> tallies_;
 };

@@ -62,7 +62,7 @@ struct TlsSettings {
 	// Extra observers for every intercepted exchange (later: policy, masking, recording).
 	std::vector<proxy::ExchangeObserver *> observers;
 	WatchHub *watch = nullptr;                      // `cordonctl watch`
-	MaskEngine *mask = nullptr;                     // masking; null when the policy turns it off
+	std::shared_ptr<MaskEngine> mask;               // masking; null when the policy turns it off
 	std::shared_ptr<const policy::Rules> rules;     // who may do what
 	const proxy::MessageDecoder *decoder = nullptr; // field names for content rules
 };
@@ -139,6 +139,13 @@ public:
 	const std::vector<SocketAddress> &listening() const { return listening_; }
 	size_t active() const { return live_.size(); }
 	const RelaySettings &settings() const { return settings_; }
+	// A reloaded policy's rules and masking, for connections accepted from now on; live ones
+	// keep what they started with.
+	void reload(std::shared_ptr<const policy::Rules> rules, std::shared_ptr<MaskEngine> mask)
+	{
+		settings_.tls.rules = std::move(rules);
+		settings_.tls.mask = std::move(mask);
+	}
 
 private:
 	friend class RelayConnection;
