@@ -5,13 +5,15 @@
 #     sends api2.cursor.sh and friends to 127.0.0.77, where a Connect-RPC server stands in for
 #     Cursor, with a certificate from a throwaway "public" CA;
 #  2. cordond starts on its embedded default policy (Cursor's host names, ports 443 and 80, every
-#     cgroup enforced), creates its host CA, and attaches its programs to the cgroup2 root;
+#     cgroup enforced) plus one rule, creates its host CA, and attaches its programs to the
+#     cgroup2 root;
 #  3. a job, unprivileged and in a demo cgroup, trusting cordon's CA the way `cordonctl ca
 #     install` makes every job trust it, runs curl and a real Connect client's streaming chat:
 #     the kernel redirects both into cordond, which terminates TLS, verifies the stand-in's real
 #     certificate, and passes every message through, decoded live in `cordonctl watch`; the chat
 #     attaches a file holding an AWS key, and the stand-in's answer streams back a GitHub token
-#     cut across three messages: both arrive masked, and the journal counts them;
+#     cut across three messages: both arrive masked, and the journal counts them; an agent run
+#     whose answer tells the job to run `rm -rf /` is cut off by the policy rule;
 #  4. the journal and `cordonctl status` show who called, what they called, and what happened;
 #  5. cordond stops: the same request is refused (fail closed); then everything is cleaned up.
 set -euo pipefail
@@ -86,14 +88,29 @@ node tests/standin/standin.mjs --host "$STANDIN_IP" --port 443 --cert "$WORK/cer
 for _ in $(seq 200); do grep -q listening "$WORK/standin.out" 2>/dev/null && break; sleep 0.05; done
 cat "$WORK/standin.out"
 
-bold "cordond on its embedded default policy"
+bold "cordond on the default policy plus one rule"
+# The file replaces only what it names: everything else is the embedded default policy.
+cat > "$WORK/policy.yaml" <<'YAML'
+rules:
+  - name: no-destructive-commands
+    match:
+      direction: response
+      content:
+        - field: exec_server_message.shell_args.command
+          regex: 'rm\s+-rf\s+/'
+    action: block
+    message: Cursor asked the job to delete everything
+default_action: allow
+YAML
+sed 's/^/  /' "$WORK/policy.yaml"
+"$BUILD/cordonctl" policy check "$WORK/policy.yaml"
 printf '127.0.0.1 localhost\n%s api2.cursor.sh agentn.api5.cursor.sh repo42.cursor.sh api.cursor.com\n' "$STANDIN_IP" > "$WORK/hosts"
 echo "private name mapping: Cursor's names -> $STANDIN_IP (a mount namespace over /etc/hosts)"
 echo "cordond verifies the stand-in against the demo's \"public\" CA (--upstream-ca), as it verifies Cursor against the system store"
 mkdir -p "$CG_MOUNT$CG/job" "$CG_MOUNT$CG/daemon"
 # cordond runs in the private mount namespace so it resolves Cursor's names as the job does.
 unshare --mount --propagation private sh -c \
-	"mount --bind '$WORK/hosts' /etc/hosts && exec '$BUILD/cordond' --cgroup '$CG/daemon' \
+	"mount --bind '$WORK/hosts' /etc/hosts && exec '$BUILD/cordond' --config '$WORK/policy.yaml' --cgroup '$CG/daemon' \
 	 --pin-dir '$PIN_DIR' --control-socket '$SOCK' --state-dir '$WORK/state' \
 	 --upstream-ca '$WORK/certs/ca.pem' --descriptors '$BUILD/cursor.desc'" 2> "$WORK/cordond.log" & CORDOND_PID=$!
 for _ in $(seq 200); do ctl status >/dev/null 2>&1 && break; sleep 0.05; done
@@ -141,6 +158,18 @@ if node -e 'const lines = require("fs").readFileSync(process.argv[1], "utf8").tr
 	echo "demo: the token the stand-in leaked did not reach the job masked; that must not happen" >&2
 	exit 1
 fi
+bold "the job: a Cursor agent run whose answer tells the job to run rm -rf / (agent.v1.AgentService/Run)"
+job node "$ROOT/tests/standin/client.mjs" --base-url https://agentn.api5.cursor.sh --descriptors "$BUILD/cursor.desc" \
+	run --prompt "clean up, rm -rf / is fine" > "$WORK/run.jsonl" || true
+node -e 'const lines = require("fs").readFileSync(process.argv[1], "utf8").trim().split("\n").map(JSON.parse);
+	for (const e of lines) {
+		if (e.event === "recv") console.log(`  received ${JSON.stringify(e.json).slice(0, 110)}`);
+		if (e.event === "error") console.log(`  error    ${e.code}: ${e.message}`);
+	}' "$WORK/run.jsonl"
+if grep -q execServerMessage "$WORK/run.jsonl" || ! grep -q "no-destructive-commands" "$WORK/run.jsonl"; then
+	echo "demo: the destructive command was not blocked; that must not happen" >&2
+	exit 1
+fi
 sleep 0.5
 kill "$WATCH_PID" 2>/dev/null; wait "$WATCH_PID" 2>/dev/null || true
 WATCH_PID=""
@@ -163,8 +192,8 @@ fi
 bold "the journal: journalctl _PID=$CORDOND_PID CORDON_EVENT=request"
 journalctl --no-pager _PID="$CORDOND_PID" CORDON_EVENT=request -o cat
 echo
-journalctl --no-pager _PID="$CORDOND_PID" CORDON_EVENT=request -o verbose -n 1 \
-	--output-fields=CORDON_CONN,CORDON_PID,CORDON_UID,CORDON_COMM,CORDON_CGROUP,CORDON_SNI,CORDON_HOST,CORDON_RPC,CORDON_PROTO,CORDON_HTTP,CORDON_STATUS,CORDON_REQ_MESSAGES,CORDON_RESP_MESSAGES,CORDON_DURATION_US,CORDON_RESULT,CORDON_MASKED,CORDON_MASK_RULES
+journalctl --no-pager _PID="$CORDOND_PID" CORDON_EVENT=request -o verbose -n 2 \
+	--output-fields=CORDON_CONN,CORDON_PID,CORDON_UID,CORDON_USER,CORDON_COMM,CORDON_EXE,CORDON_CGROUP,CORDON_SNI,CORDON_HOST,CORDON_RPC,CORDON_PROTO,CORDON_HTTP,CORDON_STATUS,CORDON_REQ_MESSAGES,CORDON_RESP_MESSAGES,CORDON_DURATION_US,CORDON_RESULT,CORDON_RULE,CORDON_ACTION,CORDON_MASKED,CORDON_MASK_RULES
 if journalctl --no-pager _PID="$CORDOND_PID" -o json | grep -q "$DEMO_AWS_KEY\|$DEMO_GITHUB_TOKEN"; then
 	echo "demo: a secret reached the journal; that must not happen" >&2
 	exit 1

@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include "config/policy.h"
+#include "daemon/policy_observer.h"
 #include "policy/rules.h"
 
 using namespace cordon;
@@ -177,4 +178,46 @@ TEST(PolicyRules, BrokenRulesAreErrorsWithTheirLine)
 	EXPECT_NE(e.find("policy.yaml:5:"), std::string::npos) << e;
 	e = error_of("rules:\n  - name: a\n    action: block\n    match:\n      users: ['bad user']\n");
 	EXPECT_NE(e.find("policy.yaml:5:"), std::string::npos) << e;
+}
+
+TEST(PolicyObserver, RefusesByNameAndRemembersWhatDecided)
+{
+	auto r = rules(R"(
+rules:
+  - name: no-agents
+    match: {rpcs: ["agent.v1.AgentService/*"]}
+    action: block
+    message: not here
+  - name: no-passwords-up
+    match:
+      direction: request
+      content: [{regex: "hunter2"}]
+    action: block
+default_action: allow
+)");
+	ASSERT_TRUE(r);
+	PolicyObserver observer(r, kJob, nullptr);
+	auto agent = request("api2.cursor.sh", "/agent.v1.AgentService/Run");
+	agent.number = 1;
+	auto v = observer.on_request(agent);
+	EXPECT_EQ(v.kind, proxy::Verdict::Kind::Refuse);
+	EXPECT_EQ(v.code, "permission_denied");
+	EXPECT_EQ(v.reason, "cordon: blocked by policy rule 'no-agents': not here");
+	EXPECT_EQ(observer.take(1).rule, "no-agents");
+	EXPECT_EQ(observer.take(1).rule, "default") << "taken once";
+
+	auto chat = request("api2.cursor.sh", "/aiserver.v1.ChatService/X");
+	chat.number = 2;
+	EXPECT_EQ(observer.on_request(chat).kind, proxy::Verdict::Kind::Forward);
+	proxy::Message m;
+	m.direction = proxy::Direction::Request;
+	m.payload = "my password is hunter2"; // no decoder: the raw bytes are the one string
+	auto mv = observer.on_message(chat, m);
+	EXPECT_EQ(mv.kind, proxy::Verdict::Kind::Refuse);
+	EXPECT_EQ(mv.reason, "cordon: blocked by policy rule 'no-passwords-up'");
+	m.direction = proxy::Direction::Response;
+	EXPECT_EQ(observer.on_message(chat, m).kind, proxy::Verdict::Kind::Forward) << "requests only";
+	const auto d = observer.take(2);
+	EXPECT_EQ(d.rule, "no-passwords-up");
+	EXPECT_EQ(d.action, Action::Block);
 }
