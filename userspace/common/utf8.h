@@ -1,4 +1,4 @@
-// UTF-8 validation shared by the message decoder and the masking carriers.
+// Text helpers shared by the message decoder and the masking carriers: UTF-8 validation, hex.
 #pragma once
 
 #include <cstddef>
@@ -47,6 +47,18 @@ inline size_t utf8_sequence(std::string_view s, size_t i, bool wtf8 = false)
 	if (n == 4 && (cp < 0x10000 || cp > 0x10ffff))
 		return 0;
 	return n;
+}
+
+// The value of a hex digit (either case), or -1.
+inline int hex_digit(char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	if (c >= 'A' && c <= 'F')
+		return c - 'A' + 10;
+	return -1;
 }
 
 } // namespace cordon

@@ -146,22 +146,9 @@ public:
 	void start()
 	{
 		state_ = "connecting";
-		upstream_.reset(::socket(id_.destination.family(), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
-		if (!upstream_)
-			return fail("error", errno, true);
-		uint32_t mark = server_.settings_.upstream_mark;
-		if (::setsockopt(upstream_.get(), SOL_SOCKET, SO_MARK, &mark, sizeof(mark)) != 0)
-			return fail("error", errno, true);
-		set_nodelay(upstream_.get());
-		connect_len_ = id_.destination.to_sockaddr(connect_addr_);
-		loop().reserve(2); // the connect and its linked timeout go in together
-		io_uring_sqe *sqe = loop().prepare(*this, kConnect);
-		io_uring_prep_connect(sqe, upstream_.get(), reinterpret_cast<sockaddr *>(&connect_addr_), connect_len_);
-		sqe->flags |= IOSQE_IO_LINK;
-		auto ms = server_.settings_.connect_timeout.count();
-		connect_timeout_.tv_sec = ms / 1000;
-		connect_timeout_.tv_nsec = (ms % 1000) * 1000000;
-		io_uring_prep_link_timeout(loop().prepare(*this, kConnectTimeout), &connect_timeout_, 0);
+		if (int err = connect_.start(loop(), *this, upstream_, id_.destination, server_.settings_.upstream_mark,
+		                             server_.settings_.connect_timeout, kConnect, kConnectTimeout))
+			return fail("error", err, true);
 	}
 
 	void on_completion(uint8_t op, int res, uint32_t flags) override
@@ -716,9 +703,7 @@ private:
 	std::string result_, reason_;
 	int error_ = 0;
 	bool abortive_ = false;
-	sockaddr_storage connect_addr_{};
-	socklen_t connect_len_ = 0;
-	__kernel_timespec connect_timeout_{};
+	UpstreamConnect connect_;
 	__kernel_timespec hold_timeout_{};
 	bool hold_armed_ = false;
 	Clock::time_point last_activity_;

@@ -72,6 +72,28 @@ void reset_on_close(int fd)
 		::setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
 }
 
+int UpstreamConnect::start(EventLoop &loop, IoHandler &handler, UniqueFd &fd, const SocketAddress &destination,
+                           uint32_t mark, std::chrono::milliseconds connect_timeout, uint8_t connect_op,
+                           uint8_t timeout_op)
+{
+	fd.reset(::socket(destination.family(), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+	if (!fd)
+		return errno;
+	if (::setsockopt(fd.get(), SOL_SOCKET, SO_MARK, &mark, sizeof(mark)) != 0)
+		return errno;
+	set_nodelay(fd.get());
+	len = destination.to_sockaddr(addr);
+	loop.reserve(2); // the connect and its linked timeout go in together
+	io_uring_sqe *sqe = loop.prepare(handler, connect_op);
+	io_uring_prep_connect(sqe, fd.get(), reinterpret_cast<sockaddr *>(&addr), len);
+	sqe->flags |= IOSQE_IO_LINK;
+	const auto ms = connect_timeout.count();
+	timeout.tv_sec = ms / 1000;
+	timeout.tv_nsec = (ms % 1000) * 1000000;
+	io_uring_prep_link_timeout(loop.prepare(handler, timeout_op), &timeout, 0);
+	return 0;
+}
+
 void set_nodelay(int fd)
 {
 	// The relay must not add Nagle delays the client did not ask for.
@@ -446,22 +468,9 @@ private:
 	void connect_upstream()
 	{
 		state_ = "connecting";
-		upstream_.reset(::socket(id_.destination.family(), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
-		if (!upstream_)
-			return fail("error", errno, true);
-		uint32_t mark = server_.settings_.upstream_mark;
-		if (::setsockopt(upstream_.get(), SOL_SOCKET, SO_MARK, &mark, sizeof(mark)) != 0)
-			return fail("error", errno, true);
-		set_nodelay(upstream_.get());
-		connect_len_ = id_.destination.to_sockaddr(connect_addr_);
-		loop().reserve(2); // the connect and its linked timeout go in together
-		io_uring_sqe *sqe = loop().prepare(*this, kConnect);
-		io_uring_prep_connect(sqe, upstream_.get(), reinterpret_cast<sockaddr *>(&connect_addr_), connect_len_);
-		sqe->flags |= IOSQE_IO_LINK;
-		auto ms = server_.settings_.connect_timeout.count();
-		connect_timeout_.tv_sec = ms / 1000;
-		connect_timeout_.tv_nsec = (ms % 1000) * 1000000;
-		io_uring_prep_link_timeout(loop().prepare(*this, kConnectTimeout), &connect_timeout_, 0);
+		if (int err = connect_.start(loop(), *this, upstream_, id_.destination, server_.settings_.upstream_mark,
+		                             server_.settings_.connect_timeout, kConnect, kConnectTimeout))
+			return fail("error", err, true);
 		// Read what the client sends next while the upstream handshake runs, so the first
 		// bytes leave as soon as it completes.
 		pump(kUp);
@@ -693,9 +702,7 @@ private:
 	size_t initial_sent_ = 0;
 	bool initial_armed_ = false;
 	std::array<Flow, 2> flows_;
-	sockaddr_storage connect_addr_{};
-	socklen_t connect_len_ = 0;
-	__kernel_timespec connect_timeout_{};
+	UpstreamConnect connect_;
 	Clock::time_point last_activity_;
 };
 

@@ -177,6 +177,17 @@ private:
 
 // Shared by the relay and the interceptor.
 namespace relay_detail {
+// cordond's own connection to the original destination: a non-blocking socket marked as
+// cordond's (so the BPF programs exempt it), its connect and a linked timeout submitted
+// together. The address and the timeout live here: the kernel reads them until completion.
+struct UpstreamConnect {
+	sockaddr_storage addr{};
+	socklen_t len = 0;
+	__kernel_timespec timeout{};
+	// 0, or the errno of setting up the socket (nothing was submitted then).
+	int start(EventLoop &loop, IoHandler &handler, UniqueFd &fd, const SocketAddress &destination, uint32_t mark,
+	          std::chrono::milliseconds connect_timeout, uint8_t connect_op, uint8_t timeout_op);
+};
 void reset_on_close(int fd);
 void set_nodelay(int fd);
 std::string human_bytes(uint64_t n);

@@ -244,17 +244,6 @@ template <typename F> Result<std::string> guarded(const char *carrier, F &&body)
 
 constexpr std::string_view kBom = "\xef\xbb\xbf";
 
-int hex_value(char c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	if (c >= 'A' && c <= 'F')
-		return c - 'A' + 10;
-	return -1;
-}
-
 void append_u_escape(std::string &out, uint32_t unit)
 {
 	static constexpr char kDigits[] = "0123456789abcdef";
@@ -488,7 +477,7 @@ private:
 			return -1;
 		int32_t v = 0;
 		for (size_t k = 0; k < 4; k++) {
-			const int d = hex_value(in_[p + k]);
+			const int d = hex_digit(in_[p + k]);
 			if (d < 0)
 				return -1;
 			v = v << 4 | d;
@@ -731,7 +720,7 @@ std::string unhex(std::string_view s)
 	std::string out;
 	out.reserve(s.size() / 2);
 	for (size_t i = 0; i + 1 < s.size(); i += 2)
-		out += static_cast<char>(hex_value(s[i]) << 4 | hex_value(s[i + 1]));
+		out += static_cast<char>(hex_digit(s[i]) << 4 | hex_digit(s[i + 1]));
 	return out;
 }
 

@@ -85,17 +85,6 @@ bool is_text(TextKind k)
 	return k == TextKind::Printable || k == TextKind::Text;
 }
 
-int hex_digit(char c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	if (c >= 'A' && c <= 'F')
-		return c - 'A' + 10;
-	return -1;
-}
-
 // Empty unless `s` is non-empty hex of whole bytes.
 std::string unhex(std::string_view s)
 {
