@@ -108,12 +108,16 @@ BodyPipe::BodyPipe(Direction direction, const RequestInfo &request, rpc::Protoco
 	}
 }
 
-Verdict BodyPipe::ask(Message &message)
+Verdict BodyPipe::ask(Message &message, size_t &next)
 {
-	for (ExchangeObserver *o : observers_) {
-		Verdict v = o->on_message(request_, message);
+	for (; next < observers_.size(); next++) {
+		Verdict v = observers_[next]->on_message(request_, message);
 		if (v.kind == Verdict::Kind::Refuse)
 			return v;
+		if (v.kind == Verdict::Kind::Defer) {
+			next++;
+			return v;
+		}
 		if (v.kind == Verdict::Kind::Replace) {
 			message.payload = std::move(v.replacement);
 			message.modified = true;
@@ -128,13 +132,49 @@ void BodyPipe::refuse(Verdict v)
 		refusal_ = std::move(v);
 }
 
+void BodyPipe::hold_until(std::shared_ptr<Deferred> decision)
+{
+	gate_ = Gate{std::move(decision), std::nullopt, 0};
+}
+
+void BodyPipe::emit_bytes(std::string_view bytes, std::string &out)
+{
+	if (gate_) {
+		gated_bytes_.append(bytes);
+		gated_size_ += bytes.size();
+	} else {
+		out.append(bytes);
+	}
+}
+
 Status BodyPipe::deliver(Message &message, std::string &out)
 {
 	if (refusal_)
 		return {};
-	Verdict v = ask(message);
+	if (gate_) {
+		// Behind an undecided message: observers see this one only after that one is decided,
+		// so they still see messages in order. The peer's flow-control window bounds this.
+		gated_size_ += message.original.size();
+		if (gated_size_ > limits_.max_message)
+			return plain_error(std::string(to_string(direction_)) + ": more than " +
+			                   std::to_string(limits_.max_message) +
+			                   " bytes arrived while waiting for approval");
+		gated_.push_back(std::move(message));
+		return {};
+	}
+	return deliver_from(message, 0, out);
+}
+
+Status BodyPipe::deliver_from(Message &message, size_t first, std::string &out)
+{
+	size_t next = first;
+	Verdict v = ask(message, next);
 	if (v.kind == Verdict::Kind::Refuse) {
 		refuse(std::move(v));
+		return {};
+	}
+	if (v.kind == Verdict::Kind::Defer) {
+		gate_ = Gate{std::move(v.deferred), std::move(message), next};
 		return {};
 	}
 	if (!message.modified) {
@@ -196,12 +236,18 @@ Status BodyPipe::write(std::span<const uint8_t> in, std::string &out)
 	if (!enveloped_) {
 		const std::string_view bytes(reinterpret_cast<const char *>(in.data()), in.size());
 		if (!stage_) {
-			out.append(bytes);
+			emit_bytes(bytes, out);
 			return {};
 		}
-		Verdict v = stage_->push_bytes(bytes, out);
+		std::string passed;
+		Verdict v = stage_->push_bytes(bytes, passed);
+		emit_bytes(passed, out);
 		if (v.kind == Verdict::Kind::Refuse)
 			refuse(std::move(v));
+		if (gated_size_ > limits_.max_message)
+			return plain_error(std::string(to_string(direction_)) + ": more than " +
+			                   std::to_string(limits_.max_message) +
+			                   " bytes arrived while waiting for approval");
 		return {};
 	}
 	std::vector<rpc::Envelope> envelopes;
@@ -253,7 +299,7 @@ Status BodyPipe::finish(std::string &out)
 		std::vector<Message> ready;
 		std::string bytes;
 		Verdict v = stage_->flush(true, Clock::now(), ready, bytes);
-		out.append(bytes);
+		emit_bytes(bytes, out);
 		Status st = deliver_all(ready, out);
 		if (v.kind == Verdict::Kind::Refuse)
 			refuse(std::move(v));
@@ -297,24 +343,70 @@ Status BodyPipe::finish(std::string &out)
 
 std::optional<Clock::time_point> BodyPipe::hold_deadline() const
 {
-	if (!stage_ || refusal_ || finished_)
+	if (refusal_)
 		return std::nullopt;
-	return stage_->hold_deadline();
+	std::optional<Clock::time_point> due;
+	if (stage_ && !finished_)
+		due = stage_->hold_deadline();
+	if (gate_) {
+		auto poll = Clock::now() + kDeferredPoll;
+		if (!due || poll < *due)
+			due = poll;
+	}
+	return due;
 }
 
 Status BodyPipe::release_held(Clock::time_point now, std::string &out)
 {
-	auto due = hold_deadline();
-	if (!due || *due > now)
+	if (refusal_)
 		return {};
-	std::vector<Message> ready;
-	std::string bytes;
-	Verdict v = stage_->flush(false, now, ready, bytes);
-	out.append(bytes);
-	Status st = deliver_all(ready, out);
-	if (v.kind == Verdict::Kind::Refuse)
-		refuse(std::move(v));
-	return st;
+	if (auto due = stage_ && !finished_ ? stage_->hold_deadline() : std::nullopt; due && *due <= now) {
+		std::vector<Message> ready;
+		std::string bytes;
+		Verdict v = stage_->flush(false, now, ready, bytes);
+		emit_bytes(bytes, out);
+		Status st = deliver_all(ready, out);
+		if (v.kind == Verdict::Kind::Refuse)
+			refuse(std::move(v));
+		if (!st)
+			return st;
+	}
+	return open_gate(out);
+}
+
+Status BodyPipe::open_gate(std::string &out)
+{
+	while (gate_ && !refusal_) {
+		std::optional<Verdict> decided = gate_->decision->poll();
+		if (!decided)
+			return {};
+		Gate gate = std::move(*gate_);
+		gate_.reset();
+		if (decided->kind == Verdict::Kind::Refuse) {
+			refuse(std::move(*decided));
+			gated_.clear();
+			gated_bytes_.clear();
+			gated_size_ = 0;
+			return {};
+		}
+		if (gate.message)
+			if (Status st = deliver_from(*gate.message, gate.next_observer, out); !st)
+				return st;
+		// What waited behind it, in order, until one of them is held in turn.
+		while (!gate_ && !refusal_ && !gated_.empty()) {
+			Message m = std::move(gated_.front());
+			gated_.pop_front();
+			gated_size_ -= std::min(gated_size_, m.original.size());
+			if (Status st = deliver_from(m, 0, out); !st)
+				return st;
+		}
+		if (!gate_) {
+			out.append(gated_bytes_);
+			gated_bytes_.clear();
+			gated_size_ = 0;
+		}
+	}
+	return {};
 }
 
 } // namespace cordon::proxy

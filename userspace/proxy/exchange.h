@@ -8,6 +8,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <deque>
 #include <memory>
 #include <optional>
 #include <span>
@@ -70,13 +71,16 @@ struct Message {
 	std::string unscannable;
 };
 
+class Deferred;
+
 struct Verdict {
-	enum class Kind { Forward, Replace, Refuse };
+	enum class Kind { Forward, Replace, Refuse, Defer };
 	Kind kind = Kind::Forward;
 	std::string replacement;                // Replace: the new payload, uncompressed
 	std::string code = "permission_denied"; // Refuse: a Connect error code
 	std::string reason;                     // Refuse: says why (names the rule)
 	bool bad_input = false;                 // Refuse: the data could not be inspected (journaled as bad_input)
+	std::shared_ptr<Deferred> deferred{};   // Defer: asks later
 
 	static Verdict forward() { return {}; }
 	static Verdict replace(std::string payload) { return {Kind::Replace, std::move(payload), {}, {}}; }
@@ -86,9 +90,21 @@ struct Verdict {
 	}
 	static Verdict refuse_bad_input(std::string code, std::string reason)
 	{
-		return {Kind::Refuse, {}, std::move(code), std::move(reason), true};
+		return {Kind::Refuse, {}, std::move(code), std::move(reason), true, nullptr};
 	}
+	static Verdict defer(std::shared_ptr<Deferred> d) { return {Kind::Defer, {}, {}, {}, false, std::move(d)}; }
 };
+
+// An answer that is not ready yet: a person must approve. While it is undecided, the message it
+// was asked about and everything after it in that direction wait (nothing is forwarded), and
+// the pipe asks again every kDeferredPoll. Decided, it is Forward (the message goes on to the
+// next observer) or Refuse (the exchange ends with that error).
+class Deferred {
+public:
+	virtual ~Deferred() = default;
+	virtual std::optional<Verdict> poll() = 0;
+};
+inline constexpr std::chrono::milliseconds kDeferredPoll{20};
 
 struct ExchangeSummary {
 	ResponseInfo response;
@@ -140,9 +156,10 @@ public:
 	{
 		return nullptr;
 	}
-	// Refuse here and nothing is sent upstream.
+	// Refuse here and nothing is sent upstream. Defer: nothing is sent upstream (headers
+	// included) until it is decided.
 	virtual Verdict on_request(const RequestInfo &) { return Verdict::forward(); }
-	// Replace: later observers see the replacement.
+	// Replace: later observers see the replacement. Defer: see Deferred.
 	virtual Verdict on_message(const RequestInfo &, const Message &) { return Verdict::forward(); }
 	virtual void on_response(const RequestInfo &, const ResponseInfo &) {}
 	virtual void on_complete(const RequestInfo &, const ExchangeSummary &) {}
@@ -187,6 +204,11 @@ public:
 	bool holds_whole_body() const { return unary_; }
 	// Set when an observer refused a message: stop forwarding and end the exchange with it.
 	const std::optional<Verdict> &refusal() const { return refusal_; }
+	// From on_request's Defer: nothing passes (the bridge holds the headers too) until decided.
+	void hold_until(std::shared_ptr<Deferred> decision);
+	// A Deferred is undecided: output waits, and the bridge must not end this direction (or,
+	// for a held body, send its headers) until it stops waiting; release_held() asks again.
+	bool waiting() const { return gate_.has_value(); }
 	bool changed() const { return changed_; } // some message was replaced
 	uint64_t bytes_in() const { return bytes_in_; }
 	// Bytes taken in but not yet passed on (a held unary body, a partial envelope): the bridges
@@ -200,9 +222,24 @@ public:
 private:
 	Status take(Message message, std::string &out);
 	Status deliver(Message &message, std::string &out);
+	// Asks observers from `first` on, then encodes the message into `out`.
+	Status deliver_from(Message &message, size_t first, std::string &out);
 	Status deliver_all(std::vector<Message> &ready, std::string &out);
-	Verdict ask(Message &message);
+	// Observers from `next` on; on Defer, `next` is the observer after the deferring one.
+	Verdict ask(Message &message, size_t &next);
 	void refuse(Verdict v);
+	void emit_bytes(std::string_view bytes, std::string &out);
+	Status open_gate(std::string &out);
+
+	struct Gate {
+		std::shared_ptr<Deferred> decision;
+		std::optional<Message> message; // the message asked about (none for on_request's Defer)
+		size_t next_observer = 0;
+	};
+	std::optional<Gate> gate_;
+	std::deque<Message> gated_; // messages behind the gate, not yet shown to any observer
+	std::string gated_bytes_;   // a byte body's output behind the gate
+	size_t gated_size_ = 0;
 
 	Direction direction_;
 	const RequestInfo &request_;

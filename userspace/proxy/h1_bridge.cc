@@ -200,23 +200,31 @@ public:
 		if (!ex_ || ex_->refused)
 			return take_error();
 		Exchange &e = *ex_;
-		if (e.request_pipe && !e.request_done && !e.request_pipe->holds_whole_body()) {
+		if (e.request_pipe && !e.request_ended &&
+		    (e.request_pipe->waiting() || (!e.request_done && !e.request_pipe->holds_whole_body()))) {
 			std::string out;
 			Status st = e.request_pipe->release_held(now, out);
 			if (!st)
 				bad_input(e, Direction::Request, st.error().message());
 			else if (e.request_pipe->refusal())
 				refuse(e, *e.request_pipe->refusal());
+			else if (e.request_pipe->waiting())
+				append_request_body(e, out);
+			else if (e.request_done)
+				end_request_body(e, out); // approved after the body ended
 			else
-				append_body(upstream_out_, e.request_framing, out);
+				append_request_body(e, out);
 		}
-		if (!e.refused && e.response_pipe && !e.response_done && !e.response_pipe->holds_whole_body()) {
+		if (!e.refused && e.response_pipe && !e.response_ended &&
+		    (e.response_pipe->waiting() || (!e.response_done && !e.response_pipe->holds_whole_body()))) {
 			std::string out;
 			Status st = e.response_pipe->release_held(now, out);
 			if (!st)
 				bad_input(e, Direction::Response, st.error().message());
 			else if (e.response_pipe->refusal())
 				refuse(e, *e.response_pipe->refusal());
+			else if (!e.response_pipe->waiting() && e.response_end_pending)
+				end_response_body(e, out);
 			else
 				append_body(client_out_, e.response_framing, out);
 		}
@@ -235,6 +243,10 @@ private:
 		std::string request_held; // a held (unary) body, transformed
 		Framing request_framing = Framing::None, response_framing = Framing::None;
 		bool request_forwarded = false, request_done = false;
+		// The body has been passed on in full (request_done: only received in full: a message
+		// may still wait for approval).
+		bool request_ended = false, response_ended = false;
+		bool response_end_pending = false; // the response ended while a message waited
 		bool request_head_parsed = false, response_head_parsed = false; // later fields are trailers
 		int status = 0;
 		std::string reason;
@@ -337,15 +349,20 @@ private:
 			                       "cordon: protocol upgrades and tunnels are not allowed to Cursor"));
 		if (Verdict v = inspect_head(e, Direction::Request); v.kind == Verdict::Kind::Refuse)
 			return refuse(e, v);
+		std::shared_ptr<Deferred> held;
 		for (ExchangeObserver *o : settings_.observers) {
 			Verdict v = o->on_request(r);
 			if (v.kind == Verdict::Kind::Refuse)
 				return refuse(e, v);
+			if (v.kind == Verdict::Kind::Defer && !held)
+				held = std::move(v.deferred);
 		}
 		e.request_pipe =
 		    std::make_unique<BodyPipe>(Direction::Request, r, r.protocol, r.content_encoding, r.stream_encoding,
 		                               settings_.observers, settings_.limits, r.content_type);
-		if (!e.request_pipe->holds_whole_body())
+		if (held)
+			e.request_pipe->hold_until(std::move(held)); // nothing goes upstream until decided
+		if (!e.request_pipe->holds_whole_body() && !e.request_pipe->waiting())
 			forward_request_head(e, std::nullopt);
 	}
 
@@ -364,11 +381,22 @@ private:
 		if (v.kind == Verdict::Kind::Refuse)
 			return v;
 		const size_t skip = request ? 1 : 0;
-		if (inspected.size() != lowered.size() + skip)
-			return Verdict::refuse("internal", "cordon: header inspection changed the header count");
 		if (request) {
+			if (inspected.empty() || inspected[0].name != ":path")
+				return Verdict::refuse("internal", "cordon: header inspection lost the request target");
 			e.target = inspected[0].value;
 			e.request.path = e.target;
+		}
+		bool same_names = inspected.size() == lowered.size() + skip;
+		for (size_t i = 0; same_names && i < lowered.size(); i++)
+			same_names = inspected[i + skip].name == lowered[i].name;
+		if (!same_names) {
+			// An observer added or removed headers (inject): forward what it left, in its order.
+			lowered.assign(inspected.begin() + static_cast<std::ptrdiff_t>(skip), inspected.end());
+			fields.clear();
+			for (const auto &h : lowered)
+				fields.emplace_back(h.name, h.value);
+			return Verdict::forward();
 		}
 		for (size_t i = 0; i < lowered.size(); i++) {
 			if (inspected[i + skip].value == lowered[i].value)
@@ -444,10 +472,22 @@ private:
 			return bad_input(e, Direction::Request, st.error().message());
 		if (e.request_pipe->refusal())
 			return refuse(e, *e.request_pipe->refusal());
-		if (e.request_pipe->holds_whole_body())
-			e.request_held += out;
-		else
+		append_request_body(e, out);
+	}
+
+	// Body bytes free to go upstream. Before the head went (a held body, or a request waiting
+	// for approval) they wait in request_held.
+	void append_request_body(Exchange &e, std::string_view out)
+	{
+		if (!e.request_forwarded && !e.request_pipe->holds_whole_body() && !e.request_pipe->waiting()) {
+			forward_request_head(e, std::nullopt); // approved: the head goes first
+			append_body(upstream_out_, e.request_framing, e.request_held);
+			e.request_held.clear();
+		}
+		if (e.request_forwarded)
 			append_body(upstream_out_, e.request_framing, out);
+		else
+			e.request_held += out;
 	}
 
 	void request_finished()
@@ -462,13 +502,24 @@ private:
 			return bad_input(e, Direction::Request, st.error().message());
 		if (e.request_pipe->refusal())
 			return refuse(e, *e.request_pipe->refusal());
+		if (e.request_pipe->waiting()) {
+			e.request_held += out; // release_held() ends it once decided
+			return;
+		}
+		end_request_body(e, out);
+	}
+
+	// The whole request body is in and decided: the rest goes, then its end.
+	void end_request_body(Exchange &e, std::string_view out)
+	{
+		e.request_ended = true;
 		if (e.request_pipe->holds_whole_body()) {
 			e.request_held += out;
 			forward_request_head(e, e.request_held.size());
 			upstream_out_.append(e.request_held);
 			e.request_held.clear();
 		} else {
-			append_body(upstream_out_, e.request_framing, out);
+			append_request_body(e, out);
 			if (e.request_framing == Framing::Chunked)
 				upstream_out_.append("0\r\n\r\n");
 		}
@@ -623,16 +674,33 @@ private:
 				return bad_input(e, Direction::Response, st.error().message());
 			if (e.response_pipe->refusal())
 				return refuse(e, *e.response_pipe->refusal());
-			if (e.response_pipe->holds_whole_body()) {
-				response_held_ += out;
-				send_response_head(e, response_held_.size());
-				client_out_.append(response_held_);
-				response_held_.clear();
-			} else {
-				append_body(client_out_, e.response_framing, out);
-				if (e.response_framing == Framing::Chunked)
-					client_out_.append("0\r\n\r\n");
+			if (e.response_pipe->waiting()) {
+				// A message waits for approval: the response ends once it is decided.
+				if (e.response_pipe->holds_whole_body())
+					response_held_ += out;
+				else
+					append_body(client_out_, e.response_framing, out);
+				e.response_end_pending = true;
+				return;
 			}
+			return end_response_body(e, out);
+		}
+		complete(e);
+	}
+
+	void end_response_body(Exchange &e, std::string_view out)
+	{
+		e.response_end_pending = false;
+		e.response_ended = true;
+		if (e.response_pipe->holds_whole_body()) {
+			response_held_ += out;
+			send_response_head(e, response_held_.size());
+			client_out_.append(response_held_);
+			response_held_.clear();
+		} else {
+			append_body(client_out_, e.response_framing, out);
+			if (e.response_framing == Framing::Chunked)
+				client_out_.append("0\r\n\r\n");
 		}
 		complete(e);
 	}

@@ -217,8 +217,20 @@ public:
 					refuse(*s, *s->request_pipe->refusal());
 					continue;
 				}
-				if (s->request_submitted && !out.empty())
+				if (!s->request_pipe->waiting()) {
+					// Approved: what waited goes now (the headers too, if they were held).
+					if (s->request_end_pending) {
+						s->request_end_pending = false;
+						s->request_eof = true;
+					}
+					if (!s->request_submitted &&
+					    (s->request_eof || !s->request_pipe->holds_whole_body()))
+						submit_request(*s);
+					else if (s->request_submitted && (!out.empty() || s->request_eof))
+						resume(up_, s->up, s->up_deferred);
+				} else if (s->request_submitted && !out.empty()) {
 					resume(up_, s->up, s->up_deferred);
+				}
 			}
 			if (s->response_pipe && !s->response_eof && !s->refused) {
 				std::string out;
@@ -232,8 +244,16 @@ public:
 					refuse(*s, *s->response_pipe->refusal());
 					continue;
 				}
-				if (s->response_submitted && !out.empty())
+				if (!s->response_pipe->waiting() && s->response_end_pending) {
+					s->response_end_pending = false;
+					s->response_eof = true;
+					if (!s->response_submitted)
+						submit_response(*s);
+					else
+						resume(down_, s->down, s->down_deferred);
+				} else if (s->response_submitted && !out.empty()) {
 					resume(down_, s->down, s->down_deferred);
+				}
 			}
 		}
 		return take_error();
@@ -247,6 +267,8 @@ private:
 		ResponseInfo response;
 		Headers response_headers, response_trailers;
 		std::unique_ptr<BodyPipe> request_pipe, response_pipe;
+		// The body ended while a message waited for approval: end it once that is decided.
+		bool request_end_pending = false, response_end_pending = false;
 		ByteQueue request_out, response_out; // transformed bodies waiting for the other session
 		bool request_eof = false, response_eof = false;
 		bool request_submitted = false, response_submitted = false;
@@ -534,15 +556,20 @@ private:
 		    v.kind == Verdict::Kind::Refuse)
 			return refuse(s, v);
 		r.path = header_value(s.request_headers, ":path"); // as masked
+		std::shared_ptr<Deferred> held;
 		for (ExchangeObserver *o : settings_.observers) {
 			Verdict v = o->on_request(r);
 			if (v.kind == Verdict::Kind::Refuse)
 				return refuse(s, v);
+			if (v.kind == Verdict::Kind::Defer && !held)
+				held = std::move(v.deferred);
 		}
 		s.request_pipe =
 		    std::make_unique<BodyPipe>(Direction::Request, r, r.protocol, r.content_encoding, r.stream_encoding,
 		                               settings_.observers, settings_.limits, r.content_type);
-		if (!s.request_pipe->holds_whole_body())
+		if (held)
+			s.request_pipe->hold_until(std::move(held)); // nothing goes upstream until decided
+		if (!s.request_pipe->holds_whole_body() && !s.request_pipe->waiting())
 			submit_request(s);
 	}
 
@@ -602,11 +629,17 @@ private:
 		std::string out;
 		Status st = s.request_pipe->finish(out);
 		s.request_out.append(out);
-		s.request_eof = true;
+		if (!st || s.request_pipe->refusal())
+			s.request_eof = true;
 		if (!st)
 			return fail_bad_input(s, Direction::Request, st.error().message());
 		if (s.request_pipe->refusal())
 			return refuse(s, *s.request_pipe->refusal());
+		if (s.request_pipe->waiting()) {
+			s.request_end_pending = true; // release_held() ends it once decided
+			return;
+		}
+		s.request_eof = true;
 		if (!s.request_submitted)
 			submit_request(s);
 		else
@@ -748,11 +781,17 @@ private:
 		std::string out;
 		Status st = s.response_pipe->finish(out);
 		s.response_out.append(out);
-		s.response_eof = true;
+		if (!st || s.response_pipe->refusal())
+			s.response_eof = true;
 		if (!st)
 			return fail_bad_input(s, Direction::Response, st.error().message());
 		if (s.response_pipe->refusal())
 			return refuse(s, *s.response_pipe->refusal());
+		if (s.response_pipe->waiting()) {
+			s.response_end_pending = true; // release_held() ends it once decided
+			return;
+		}
+		s.response_eof = true;
 		if (!s.response_submitted)
 			submit_response(s);
 		else
