@@ -46,6 +46,11 @@
 #                        (default: "direct cordond nginx mitmproxy")
 #   BENCH_PAYLOAD        random (default) or text
 #   BENCH_LISTEN_PORT    cordond's loopback listener (default 14888; cordond-nomask's is the next port)
+#   BENCH_RULES          policy rules given to the `cordond` path only (default 0): 90 % request-level
+#                        rules and 10 % content rules that match nothing, before one catch-all allow,
+#                        so every request and message is tried against all of them (issue #5)
+#   BENCH_SECOND_MASK    mask.enabled of the cordond-nomask path (default false). With true and
+#                        BENCH_RULES=N, the two daemons differ only in their rules: policy on vs off
 #   BENCH_MICRO          0 skips the leaf micro-benchmark (default 1)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -191,7 +196,35 @@ wait_listen "$NOMASK_IP" 443 upstream
 # --- cordond (and cordond-nomask) ---------------------------------------------------------------------
 # Both enforce the same job cgroup (their programs are attached with BPF links, side by side); each
 # captures only its own address and has its own listener, pins, control socket and state.
-write_policy() { # file captured-ip port pin-dir socket state-dir mask-enabled
+RULES=${BENCH_RULES:-0}
+SECOND_MASK=${BENCH_SECOND_MASK:-false}
+# N rules that each cost a full evaluation and never match, then one that always does.
+bench_rules() { # count
+	[ "$1" -gt 0 ] || return 0
+	echo "rules:"
+	local i content=$(($1 / 10))
+	for ((i = 0; i < $1 - 1; i++)); do
+		if [ "$i" -lt "$content" ]; then
+			printf '  - name: content-%d
+    match:
+      content: [{field: "", regex: "rm\\\\s+-rf\\\\s+/never-%d"}]
+    action: block
+' "$i" "$i"
+		else
+			printf '  - name: rule-%d
+    match:
+      cgroups: ["/system.slice/runner-%d.service/*"]
+      rpcs: ["agent.v1.AgentService/*"]
+    action: block
+' "$i" "$i"
+		fi
+	done
+	printf '  - name: everything-else
+    match: {}
+    action: allow
+'
+}
+write_policy() { # file captured-ip port pin-dir socket state-dir mask-enabled [rules]
 	cat > "$1" <<-YAML
 	tls:
 	  upstream_ca_file: $CERTS/ca.pem
@@ -214,6 +247,7 @@ write_policy() { # file captured-ip port pin-dir socket state-dir mask-enabled
 	  enabled: $7
 	  replacement: "$MASK_REPLACEMENT"
 	YAML
+	bench_rules "${8:-0}" >> "$1"
 }
 wait_cordond() { # pid socket log: cordond compiles its masking rules first, which takes seconds
 	local deadline=$((SECONDS + 30))
@@ -227,13 +261,13 @@ wait_cordond() { # pid socket log: cordond compiles its masking rules first, whi
 	done
 }
 if [[ " $PATHS " == *" cordond "* ]]; then
-	write_policy "$WORK/policy.yaml" "$CAPTURED" "$LISTEN_PORT" "$PIN_DIR" "$SOCK" "$WORK/state" true
+	write_policy "$WORK/policy.yaml" "$CAPTURED" "$LISTEN_PORT" "$PIN_DIR" "$SOCK" "$WORK/state" true "$RULES"
 	"$WORK/bin/cordond" --config "$WORK/policy.yaml" --cgroup "$CG/daemon" >> "$WORK/cordond.log" 2>&1 &
 	CORDOND_PID=$!
 fi
 if [[ " $PATHS " == *" cordond-nomask "* ]]; then
 	write_policy "$WORK/policy-nomask.yaml" "$NOMASK_IP" $((LISTEN_PORT + 1)) "$NOMASK_PIN_DIR" "$NOMASK_SOCK" \
-		"$WORK/state-nomask" false
+		"$WORK/state-nomask" "$SECOND_MASK"
 	"$WORK/bin/cordond" --config "$WORK/policy-nomask.yaml" --cgroup "$CG/daemon" >> "$WORK/cordond-nomask.log" 2>&1 &
 	NOMASK_PID=$!
 fi
