@@ -13,7 +13,9 @@
 #     certificate, and passes every message through, decoded live in `cordonctl watch`; the chat
 #     attaches a file holding an AWS key, and the stand-in's answer streams back a GitHub token
 #     cut across three messages: both arrive masked, and the journal counts them; an agent run
-#     whose answer tells the job to run `rm -rf /` is cut off by the policy rule;
+#     whose answer tells the job to run `rm -rf /` is cut off by a policy rule; launching a cloud
+#     agent waits until `cordonctl approve` lets it go; and the job trades a placeholder for
+#     Cursor's short-lived token while only cordond ever holds the real API key (inject);
 #  4. the journal and `cordonctl status` show who called, what they called, and what happened;
 #  5. cordond stops: the same request is refused (fail closed); then everything is cleaned up.
 set -euo pipefail
@@ -26,6 +28,8 @@ STANDIN_IP=127.0.0.77
 # Realistic-looking secrets (not AWS's documented example key, which every scanner allowlists).
 DEMO_AWS_KEY=AKIAQYLPMN5HFIQR7XYZ
 DEMO_GITHUB_TOKEN=ghp_R8fK2mQ9xLpW4vZ7nT1bY6cH3jD0sA5eG2uK
+# The team's Cursor API key: in a root-only file on the runner, never in any job.
+DEMO_CURSOR_KEY=crsr_7d0c4e9a1f6b2835d0c4e9a1f6b28357d0c4e9a1f6b2835
 NOBODY=65534
 WORK=$(mktemp -d /tmp/cordon-demo.XXXXXX)
 chmod 755 "$WORK"
@@ -88,19 +92,35 @@ node tests/standin/standin.mjs --host "$STANDIN_IP" --port 443 --cert "$WORK/cer
 for _ in $(seq 200); do grep -q listening "$WORK/standin.out" 2>/dev/null && break; sleep 0.05; done
 cat "$WORK/standin.out"
 
-bold "cordond on the default policy plus one rule"
+bold "cordond on the default policy plus three rules"
 # The file replaces only what it names: everything else is the embedded default policy.
-cat > "$WORK/policy.yaml" <<'YAML'
+printf '%s\n' "$DEMO_CURSOR_KEY" > "$WORK/cursor.key"
+chmod 600 "$WORK/cursor.key"
+cat > "$WORK/policy.yaml" <<YAML
 rules:
+  - name: cloud-agents-need-approval
+    match:
+      paths: ["/v0/agents", "/v1/agents"]
+    action: approve
+    message: launching a cloud agent needs a person's approval
+  - name: ci-uses-the-team-key
+    match:
+      paths: ["/auth/exchange_user_api_key"]
+    action: inject
+    inject:
+      credential_file: $WORK/cursor.key
+      scheme: bearer
   - name: no-destructive-commands
     match:
       direction: response
       content:
         - field: exec_server_message.shell_args.command
-          regex: 'rm\s+-rf\s+/'
+          regex: 'rm\\s+-rf\\s+/'
     action: block
     message: Cursor asked the job to delete everything
 default_action: allow
+approvals:
+  timeout_seconds: 60
 YAML
 sed 's/^/  /' "$WORK/policy.yaml"
 "$BUILD/cordonctl" policy check "$WORK/policy.yaml"
@@ -170,6 +190,47 @@ if grep -q execServerMessage "$WORK/run.jsonl" || ! grep -q "no-destructive-comm
 	echo "demo: the destructive command was not blocked; that must not happen" >&2
 	exit 1
 fi
+
+bold "the job: launch a Cursor cloud agent (POST https://api.cursor.com/v0/agents): held for approval"
+job curl -sS --max-time 60 -X POST -H "Authorization: Bearer crsr_job_placeholder" -H "content-type: application/json" \
+	-d '{"prompt":{"text":"fix the flaky test"},"source":{"repository":"https://github.com/acme/app"}}' \
+	https://api.cursor.com/v0/agents > "$WORK/agent.json" 2>&1 & CURL_PID=$!
+APPROVAL=""
+for _ in $(seq 200); do
+	APPROVAL=$(ctl approvals --json | node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>{const p=JSON.parse(s).pending;console.log(p.length?p[0].id:"")})')
+	[ -n "$APPROVAL" ] && break; sleep 0.05
+done
+[ -n "$APPROVAL" ] || { echo "demo: the cloud agent launch was not held for approval; that must not happen" >&2; exit 1; }
+echo "\$ cordonctl approvals"
+ctl approvals | sed 's/^/  /'
+if grep -q '"/v0/agents"' "$WORK/standin.jsonl"; then
+	echo "demo: the held request reached the stand-in before it was approved; that must not happen" >&2
+	exit 1
+fi
+echo "\$ cordonctl approve $APPROVAL"
+ctl approve "$APPROVAL" | sed 's/^/  /'
+wait "$CURL_PID" || true
+echo "the job got: $(cut -c1-160 "$WORK/agent.json")"
+grep -q '"status":"CREATING"' "$WORK/agent.json" || { echo "demo: the approved launch did not go through" >&2; exit 1; }
+
+bold "the job: trade a placeholder for Cursor's short-lived token (POST /auth/exchange_user_api_key)"
+echo "  the job sends 'Bearer crsr_job_placeholder'; cordond injects the team key from a root-only file"
+job node "$ROOT/tests/standin/client.mjs" --descriptors "$BUILD/cursor.desc" auth --key crsr_job_placeholder \
+	> "$WORK/auth.jsonl"
+node -e 'const lines = require("fs").readFileSync(process.argv[1], "utf8").trim().split("\n").map(JSON.parse);
+	const r = lines.find(e => e.event === "response");
+	const claims = JSON.parse(Buffer.from(r.json.accessToken.split(".")[1], "base64url"));
+	console.log(`  the job got HTTP ${r.status}: an access token for ${claims.sub}, valid until ${new Date(claims.exp * 1000).toISOString()}`);' \
+	"$WORK/auth.jsonl"
+node -e 'const lines = require("fs").readFileSync(process.argv[1], "utf8").trim().split("\n").map(JSON.parse);
+	const r = lines.find(e => e.event === "request" && e.path === "/auth/exchange_user_api_key");
+	console.log(`  the stand-in saw authorization: ${r.headers.authorization.slice(0, 16)}... (the team key)`);' \
+	"$WORK/standin.jsonl"
+if grep -q "$DEMO_CURSOR_KEY" "$WORK/auth.jsonl" || ! grep -q "Bearer $DEMO_CURSOR_KEY" "$WORK/standin.jsonl"; then
+	echo "demo: the key was not injected, or it reached the job; that must not happen" >&2
+	exit 1
+fi
+echo "  the team key appears nowhere in what the job received"
 sleep 0.5
 kill "$WATCH_PID" 2>/dev/null; wait "$WATCH_PID" 2>/dev/null || true
 WATCH_PID=""
@@ -192,9 +253,13 @@ fi
 bold "the journal: journalctl _PID=$CORDOND_PID CORDON_EVENT=request"
 journalctl --no-pager _PID="$CORDOND_PID" CORDON_EVENT=request -o cat
 echo
-journalctl --no-pager _PID="$CORDOND_PID" CORDON_EVENT=request -o verbose -n 2 \
-	--output-fields=CORDON_CONN,CORDON_PID,CORDON_UID,CORDON_USER,CORDON_COMM,CORDON_EXE,CORDON_CGROUP,CORDON_SNI,CORDON_HOST,CORDON_RPC,CORDON_PROTO,CORDON_HTTP,CORDON_STATUS,CORDON_REQ_MESSAGES,CORDON_RESP_MESSAGES,CORDON_DURATION_US,CORDON_RESULT,CORDON_RULE,CORDON_ACTION,CORDON_MASKED,CORDON_MASK_RULES
-if journalctl --no-pager _PID="$CORDOND_PID" -o json | grep -q "$DEMO_AWS_KEY\|$DEMO_GITHUB_TOKEN"; then
+echo
+echo "\$ journalctl _PID=$CORDOND_PID CORDON_EVENT=approval"
+journalctl --no-pager _PID="$CORDOND_PID" CORDON_EVENT=approval -o cat
+echo
+journalctl --no-pager _PID="$CORDOND_PID" CORDON_EVENT=request -o verbose -n 3 \
+	--output-fields=CORDON_CONN,CORDON_PID,CORDON_UID,CORDON_USER,CORDON_COMM,CORDON_EXE,CORDON_CGROUP,CORDON_IDENTITY,CORDON_SNI,CORDON_HOST,CORDON_RPC,CORDON_PATH,CORDON_PROTO,CORDON_HTTP,CORDON_STATUS,CORDON_REQ_MESSAGES,CORDON_RESP_MESSAGES,CORDON_DURATION_US,CORDON_RESULT,CORDON_RULE,CORDON_ACTION,CORDON_APPROVAL_ID,CORDON_APPROVAL,CORDON_APPROVER,CORDON_MASKED,CORDON_MASK_RULES
+if journalctl --no-pager _PID="$CORDOND_PID" -o json | grep -q "$DEMO_AWS_KEY\|$DEMO_GITHUB_TOKEN\|$DEMO_CURSOR_KEY"; then
 	echo "demo: a secret reached the journal; that must not happen" >&2
 	exit 1
 fi

@@ -17,7 +17,7 @@ packages=(
   # unit tests and benchmarks
   libgtest-dev libgmock-dev libbenchmark-dev
   # integration tests and demo: real journald, real clients, namespaces, certificates
-  systemd curl python3 python3-pytest iproute2 util-linux procps openssl ca-certificates
+  systemd curl python3 python3-pytest python3-cryptography iproute2 util-linux procps openssl ca-certificates
   # side-by-side benchmarks: plain relays, TLS-terminating and TLS-intercepting proxies, h2load
   socat haproxy nginx-light mitmproxy nghttp2-client
 )

@@ -3,6 +3,7 @@
 
 #include <boost/program_options.hpp>
 #include <cstdio>
+#include <cstdlib>
 #include <iomanip>
 #include <iostream>
 #include <sstream>
@@ -12,6 +13,7 @@
 #include "ctl/ca_command.h"
 #include "ctl/control_client.h"
 #include "ctl/mask_command.h"
+#include "ctl/workload_commands.h"
 #include "daemon/daemon.h"
 #include "policy/rules.h"
 
@@ -35,6 +37,14 @@ commands:
   version    print the version
   ca init | show | install | uninstall | issue HOST
              the host CA in DIR/ca and the host trust stores (root only; `cordonctl ca` for more)
+  enroll --token-file F | --token-env VAR
+             run inside a job: bind its CI's OIDC token (audience for cordon) to the job's cgroup
+  identities enrolled workloads and their claims (root only)
+  approvals  requests and messages held for a person's approval, and standing grants (root only)
+  approve ID [--for DURATION]
+             let the held request or message go; --for 10m also grants that identity the same
+             RPC under the same rule for that long (root only)
+  deny ID    refuse it; the job gets the rule's error (root only)
   policy check FILE
              validate a policy file as cordond would load it (errors name file:line)
   mask [FILE] | --list | --explain [FILE]
@@ -238,16 +248,23 @@ int main(int argc, char **argv)
 		return run_mask_command(std::vector<std::string>(argv + at + 1, argv + argc), std::cin, std::cout,
 		                        std::cerr);
 	const config::Policy defaults = default_policy();
+	// Jobs in containers may see the socket elsewhere (a bind mount): the runner hooks say where.
+	const char *socket_env = std::getenv("CORDON_CONTROL_SOCKET");
+	const std::string default_socket =
+	    socket_env && *socket_env ? std::string(socket_env) : defaults.daemon().control_socket();
 	po::options_description opts("options");
 	// clang-format off
 	opts.add_options()
 		("help,h", "show this help")
 		("json", "machine-readable output")
-		("socket", po::value<std::string>()->default_value(defaults.daemon().control_socket()), "control socket")
+		("socket", po::value<std::string>()->default_value(default_socket), "control socket (also $CORDON_CONTROL_SOCKET)")
 		("pin-dir", po::value<std::string>()->default_value(defaults.daemon().pin_dir()), "bpffs pin directory")
 		("state-dir", po::value<std::string>()->default_value(defaults.daemon().state_dir()), "state directory (the CA)")
 		("count", po::value<long>()->default_value(0), "watch: stop after this many messages")
 		("seconds", po::value<int>()->default_value(0), "watch: stop after this many seconds")
+		("token-file", po::value<std::string>()->default_value(""), "enroll: file holding the job's OIDC token (- for stdin)")
+		("token-env", po::value<std::string>()->default_value(""), "enroll: environment variable holding it")
+		("for", po::value<std::string>()->default_value(""), "approve: also grant the same for this long (90s, 10m, 2h, 1d)")
 		("command", po::value<std::string>(), "command");
 	po::options_description hidden;
 	hidden.add_options()
@@ -279,6 +296,11 @@ int main(int argc, char **argv)
 		return run_ca_command(args, vm["state-dir"].as<std::string>(), std::cout, std::cerr);
 	if (command == "policy")
 		return run_policy_check(args);
+	if (is_workload_command(command)) {
+		WorkloadCommandOptions o{socket, as_json, vm["token-file"].as<std::string>(),
+		                         vm["token-env"].as<std::string>(), vm["for"].as<std::string>()};
+		return run_workload_command(command, args, o);
+	}
 	if (!args.empty()) {
 		std::cerr << "cordonctl: unexpected argument '" << args[0] << "'\n" << kUsage;
 		return 2;

@@ -108,6 +108,36 @@ const std::map<std::string, Validator> &validators()
 		     return v;
 	     }},
 	    {"cordon.config.RuleMatch.cgroups", check_absolute_path},
+	    {"cordon.config.RuleMatch.issuers", check_rule_id},
+	    {"cordon.config.Issuer.name", check_rule_id},
+	    {"cordon.config.Issuer.issuer",
+	     [](const std::string &v) -> Result<std::string> {
+		     // OIDC issuers are https URLs; discovery appends /.well-known/openid-configuration.
+		     if (v.rfind("https://", 0) != 0 || v.size() <= 8)
+			     return plain_error("'" + v + "' is not an https:// issuer URL");
+		     return v;
+	     }},
+	    {"cordon.config.Identity.leeway_seconds", [](const std::string &v) { return check_range(v, 0, 60); }},
+	    {"cordon.config.Identity.jwks_refetch_seconds",
+	     [](const std::string &v) { return check_range(v, 0, 86400); }},
+	    {"cordon.config.Approvals.timeout_seconds", [](const std::string &v) { return check_range(v, 1, 86400); }},
+	    {"cordon.config.Approvals.max_pending", [](const std::string &v) { return check_range(v, 1, 100000); }},
+	    {"cordon.config.Inject.credential_file", check_absolute_path},
+	    {"cordon.config.Inject.scheme",
+	     [](const std::string &v) -> Result<std::string> {
+		     if (v != "bearer" && v != "basic")
+			     return plain_error("'" + v + "' is not bearer or basic");
+		     return v;
+	     }},
+	    {"cordon.config.Inject.strip_headers",
+	     [](const std::string &v) -> Result<std::string> {
+		     std::string lower = v;
+		     std::transform(lower.begin(), lower.end(), lower.begin(),
+		                    [](unsigned char c) { return std::tolower(c); });
+		     if (lower.empty() || lower[0] == ':')
+			     return plain_error("'" + v + "' is not a header name");
+		     return lower;
+	     }},
 	    {"cordon.config.Capture.cidrs",
 	     [](const std::string &v) -> Result<std::string> {
 		     auto c = Cidr::parse(v);
@@ -208,8 +238,9 @@ public:
 			if (!field)
 				return fail(key_node, "unknown key '" + key + "' in " + section_name(*desc) +
 				                          " (expected " + keys_of(*desc) + ")");
-			Status st =
-			    field->is_repeated() ? apply_list(value, msg, field) : apply_single(value, msg, field);
+			Status st = field->is_map()        ? apply_map(value, msg, field)
+			            : field->is_repeated() ? apply_list(value, msg, field)
+			                                   : apply_single(value, msg, field);
 			if (!st)
 				return st;
 		}
@@ -258,6 +289,31 @@ private:
 			}
 			Status st = set_scalar(element, msg, field, true);
 			if (!st)
+				return st;
+		}
+		return {};
+	}
+
+	// A map field (claim name -> glob) is a YAML mapping; it replaces the default mapping.
+	Status apply_map(const YAML::Node &value, Message &msg, const FieldDescriptor *field)
+	{
+		const Reflection *refl = msg.GetReflection();
+		refl->ClearField(&msg, field);
+		if (value.IsNull())
+			return {};
+		if (!value.IsMap())
+			return fail(value, "'" + field->name() + "' must be a mapping");
+		std::set<std::string> seen;
+		for (auto it = value.begin(); it != value.end(); ++it) {
+			const YAML::Node key = it->first;
+			const YAML::Node element = it->second;
+			if (key.IsScalar() && !seen.insert(key.Scalar()).second)
+				return fail(key, "duplicate key '" + key.Scalar() + "'");
+			Message *entry = refl->AddMessage(&msg, field);
+			const Descriptor *entry_desc = entry->GetDescriptor();
+			if (Status st = set_scalar(key, *entry, entry_desc->map_key(), false); !st)
+				return st;
+			if (Status st = set_scalar(element, *entry, entry_desc->map_value(), false); !st)
 				return st;
 		}
 		return {};
@@ -387,11 +443,45 @@ Status check_whole(const config::Policy &p, const std::string &source)
 			return plain_error(source + ": every rule needs a name");
 		if (!rule_names.insert(rule.name()).second)
 			return plain_error(source + ": two rules are named '" + rule.name() + "'");
+		const std::string named = source + ": rule '" + rule.name() + "'";
 		if (rule.action() == config::Rule::ACTION_UNSPECIFIED)
-			return plain_error(source + ": rule '" + rule.name() + "' needs an action (allow or block)");
+			return plain_error(named + " needs an action (allow, block, approve or inject)");
+		if (rule.action() == config::Rule::INJECT && rule.inject().credential_file().empty())
+			return plain_error(named + " injects a credential: it needs inject.credential_file");
+		if (rule.action() != config::Rule::INJECT && rule.has_inject())
+			return plain_error(named + " has an inject section but its action is not inject");
+		if (rule.action() == config::Rule::INJECT && !rule.match().content().empty())
+			return plain_error(named +
+			                   ": inject decides whole requests, it cannot have content conditions");
+		const bool needs_token = !rule.match().claims().empty() || !rule.match().issuers().empty();
+		if (needs_token && rule.match().enrollment() == config::UNENROLLED)
+			return plain_error(named + " matches token claims or issuers but only unenrolled callers");
+		for (const auto &issuer : rule.match().issuers()) {
+			bool known = false;
+			for (const auto &i : p.identity().issuers())
+				known = known || i.name() == issuer;
+			if (!known)
+				return plain_error(named + " names issuer '" + issuer +
+				                   "', which identity.issuers lacks");
+		}
 	}
 	if (p.default_action() == config::Rule::ACTION_UNSPECIFIED)
-		return plain_error(source + ": default_action must be allow or block");
+		return plain_error(source + ": default_action must be allow, block or approve");
+	for (auto fallback : {p.default_action(), p.unenrolled_action()})
+		if (fallback == config::Rule::INJECT)
+			return plain_error(source +
+			                   ": default_action and unenrolled_action cannot be inject (it needs a "
+			                   "rule with a credential)");
+	std::set<std::string> issuer_names, issuer_urls;
+	for (const auto &i : p.identity().issuers()) {
+		if (i.name().empty() || i.issuer().empty())
+			return plain_error(source + ": every identity issuer needs a name and an issuer URL");
+		if (!issuer_names.insert(i.name()).second || !issuer_urls.insert(i.issuer()).second)
+			return plain_error(source + ": identity issuer '" + i.name() + "' is listed twice");
+		if (i.audiences().empty())
+			return plain_error(source + ": identity issuer '" + i.name() +
+			                   "' needs audiences (the aud its tokens must carry for cordon)");
+	}
 	if (p.capture().refresh_min_seconds() > p.capture().refresh_max_seconds())
 		return plain_error(source + ": capture.refresh_min_seconds exceeds capture.refresh_max_seconds");
 	if (p.enforce().cgroups().empty())
@@ -474,6 +564,10 @@ void emit_message(YAML::Emitter &out, const Message &msg)
 	out << YAML::BeginMap;
 	for (int i = 0; i < desc->field_count(); i++) {
 		const FieldDescriptor *f = desc->field(i);
+		// An unset enum (value 0, "unspecified") is left out: the loader would refuse its name.
+		if (!f->is_repeated() && f->cpp_type() == FieldDescriptor::CPPTYPE_ENUM &&
+		    refl->GetEnumValue(msg, f) == 0)
+			continue;
 		out << YAML::Key << f->name() << YAML::Value;
 		auto scalar = [&](int index) {
 			switch (f->cpp_type()) {
@@ -507,7 +601,16 @@ void emit_message(YAML::Emitter &out, const Message &msg)
 				out << YAML::Null;
 			}
 		};
-		if (f->is_repeated()) {
+		if (f->is_map()) {
+			const Descriptor *entry = f->message_type();
+			out << YAML::Flow << YAML::BeginMap;
+			for (int k = 0; k < refl->FieldSize(msg, f); k++) {
+				const Message &e = refl->GetRepeatedMessage(msg, f, k);
+				out << YAML::Key << e.GetReflection()->GetString(e, entry->map_key()) << YAML::Value
+				    << YAML::DoubleQuoted << e.GetReflection()->GetString(e, entry->map_value());
+			}
+			out << YAML::EndMap;
+		} else if (f->is_repeated()) {
 			out << YAML::Flow << YAML::BeginSeq;
 			for (int k = 0; k < refl->FieldSize(msg, f); k++)
 				scalar(k);

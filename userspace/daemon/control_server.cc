@@ -1,6 +1,7 @@
 #include "daemon/control_server.h"
 
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -28,6 +29,8 @@ constexpr size_t kSessionsPerUid = 8;
 constexpr size_t kSessionsNonRoot = 256;
 constexpr size_t kSessionsRoot = 32;
 constexpr auto kSessionTimeout = std::chrono::seconds(10);
+// SO_PEERPIDFD (Linux 6.5); Debian 12's headers predate it.
+constexpr int kSoPeerPidfd = 77;
 
 Result<sockaddr_un> unix_address(const std::string &path)
 {
@@ -40,6 +43,12 @@ Result<sockaddr_un> unix_address(const std::string &path)
 }
 
 } // namespace
+
+bool ControlPeer::alive() const
+{
+	// Signal 0 checks for existence; a pidfd never points at a process that reused the pid.
+	return pidfd && ::syscall(SYS_pidfd_send_signal, pidfd->get(), 0, nullptr, 0) == 0;
+}
 
 class ControlListener : public IoHandler {
 public:
@@ -288,8 +297,12 @@ void ControlServer::on_accepted(int raw_fd)
 		(void)!::send(fd.get(), busy, sizeof(busy) - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
 		return;
 	}
-	auto session =
-	    std::make_unique<ControlSession>(*this, std::move(fd), ControlPeer{cred.pid, cred.uid, cred.gid});
+	ControlPeer peer{cred.pid, cred.uid, cred.gid, nullptr};
+	int pidfd = -1;
+	socklen_t pidfd_len = sizeof(pidfd);
+	if (::getsockopt(fd.get(), SOL_SOCKET, kSoPeerPidfd, &pidfd, &pidfd_len) == 0 && pidfd >= 0)
+		peer.pidfd = std::make_shared<const UniqueFd>(pidfd);
+	auto session = std::make_unique<ControlSession>(*this, std::move(fd), std::move(peer));
 	ControlSession *raw = session.get();
 	sessions_.insert(raw);
 	per_uid_[cred.uid]++;

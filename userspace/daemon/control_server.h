@@ -13,6 +13,7 @@
 #include <unordered_set>
 
 #include "common/result.h"
+#include "common/unique_fd.h"
 #include "daemon/event_loop.h"
 
 namespace cordon {
@@ -23,6 +24,12 @@ struct ControlPeer {
 	pid_t pid = 0;
 	uid_t uid = 0;
 	gid_t gid = 0;
+	// The peer process itself (SO_PEERPIDFD), taken at accept: while it is alive, `pid` names
+	// that process and no other, so what /proc says about `pid` is about the peer. Null when
+	// the kernel has no SO_PEERPIDFD (before 6.5).
+	std::shared_ptr<const UniqueFd> pidfd;
+	// True while the peer process lives (false when it exited, or when there is no pidfd).
+	bool alive() const;
 };
 
 // The answer to one request line. With `subscribe`, the session stays open after the answer

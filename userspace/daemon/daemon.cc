@@ -1,5 +1,6 @@
 #include "daemon/daemon.h"
 
+#include <pwd.h>
 #include <signal.h>
 #include <sys/resource.h>
 #include <sys/signalfd.h>
@@ -20,6 +21,7 @@
 #include "common/host_pattern.h"
 #include "common/log.h"
 #include "config/policy.h"
+#include "daemon/approvals.h"
 #include "daemon/control_server.h"
 #include "daemon/event_loop.h"
 #include "daemon/journal.h"
@@ -27,6 +29,7 @@
 #include "daemon/relay.h"
 #include "daemon/resolver.h"
 #include "daemon/watch.h"
+#include "daemon/workload_tokens.h"
 #include "policy/rules.h"
 #include "proxy/message_decoder.h"
 #include "proxy/tls_endpoint.h"
@@ -230,6 +233,138 @@ struct Runtime {
 	const proxy::MessageDecoder *decoder = nullptr;
 	// The policy in force: the startup one, with the reloadable sections as last reloaded.
 	config::Policy running = options.policy;
+	std::unique_ptr<TokenVerifier> tokens{};
+	identity::Enrollments enrollments{};
+	Approvals approvals{journal};
+
+	void configure_approvals(const config::Approvals &a)
+	{
+		approvals.configure(std::chrono::seconds(a.timeout_seconds()), a.max_pending());
+	}
+
+	// `cordonctl approve ID [--for D]` and `cordonctl deny ID`, root only.
+	json answer_approval(const json &request, const ControlPeer &peer, bool approve)
+	{
+		auto id = request.find("id");
+		if (id == request.end() || !id->is_string())
+			return json{{"ok", false}, {"error", "expected an approval \"id\""}};
+		long for_seconds = 0;
+		if (auto f = request.find("for_seconds"); f != request.end()) {
+			if (!approve || !f->is_number_integer() || f->get<long>() <= 0 || f->get<long>() > 366L * 86400)
+				return json{
+				    {"ok", false},
+				    {"error", "for_seconds must be a positive number of seconds, with approve"}};
+			for_seconds = f->get<long>();
+		}
+		// Who answered, for the journal: the user behind the control socket, and the person who
+		// logged in (loginuid survives sudo) when that is someone else.
+		auto name_of = [](uid_t uid) {
+			passwd *pw = ::getpwuid(uid);
+			return pw ? std::string(pw->pw_name) : "uid " + std::to_string(uid);
+		};
+		std::string approver = name_of(peer.uid);
+		std::ifstream loginuid("/proc/" + std::to_string(peer.pid) + "/loginuid");
+		if (unsigned long login = 0;
+		    loginuid >> login && login != 4294967295UL && login != peer.uid && peer.alive())
+			approver += " (logged in as " + name_of(static_cast<uid_t>(login)) + ")";
+		auto done = approvals.answer(id->get<std::string>(), approve, approver, for_seconds);
+		if (!done)
+			return json{{"ok", false}, {"error", done.error().message()}};
+		return json{{"ok", true}, {"message", *done}};
+	}
+
+	// `cordonctl enroll`, run inside a job: the caller's cgroup comes from the kernel (the peer's
+	// pidfd pins the process while /proc is read), the claims from a verified token.
+	json enroll(const json &request, const ControlPeer &peer)
+	{
+		JournalEntry e;
+		e.add("CORDON_EVENT", "enroll")
+		    .add("CORDON_PID", std::to_string(peer.pid))
+		    .add("CORDON_UID", std::to_string(peer.uid));
+		auto refuse = [&](const std::string &why, bool retry = false) {
+			e.priority = retry ? 6 : 4;
+			e.message = std::string(retry ? "enrollment deferred: " : "enrollment refused: ") + why;
+			e.add("CORDON_RESULT", retry ? "retry" : "refused").add("CORDON_ERROR", why);
+			journal.send(std::move(e));
+			json j{{"ok", false}, {"error", why}};
+			if (retry)
+				j["retry"] = true;
+			return j;
+		};
+		auto token = request.find("token");
+		if (token == request.end() || !token->is_string() || token->get<std::string>().empty())
+			return refuse("expected {\"command\":\"enroll\",\"token\":\"<JWT>\"}");
+		if (!tokens || tokens->issuers() == 0)
+			return refuse("this cordond accepts no workload tokens (the policy lists no identity.issuers)");
+		if (!peer.pidfd)
+			return refuse("cannot identify the caller safely: the kernel lacks SO_PEERPIDFD (Linux 6.5+)");
+		auto cgroup = cgroups.path_of_pid(peer.pid);
+		// Checked after reading: a live pidfd means the pid was not recycled under us.
+		if (!cgroup || !peer.alive())
+			return refuse("the enrolling process is gone" +
+			              (cgroup ? "" : ": " + cgroup.error().message()));
+		e.add("CORDON_CGROUP", *cgroup);
+		// A binding covers the cgroups below its own: one on the root would cover everyone.
+		if (*cgroup == "/")
+			return refuse("cannot enroll from the root cgroup: run the job in a cgroup of its own");
+		const int64_t now = ::time(nullptr);
+		auto verified = tokens->verify(token->get<std::string>(), *cgroup, now);
+		if (!verified)
+			return refuse(verified.error().context, verified.error().code == EAGAIN);
+		auto bound = enrollments.bind(std::move(*verified), now);
+		if (!bound)
+			return refuse(bound.error().message());
+		const auto &b = **bound;
+		e.priority = 6;
+		e.message = "workload " + b.identity() + " enrolled for cgroup " + b.cgroup;
+		e.add("CORDON_RESULT", "ok")
+		    .add("CORDON_IDENTITY", b.identity())
+		    .add_if("CORDON_CLAIMS", b.journal_claims != "{}" ? b.journal_claims : "")
+		    .add("CORDON_EXPIRES", std::to_string(b.expires_at));
+		journal.send(std::move(e));
+		return json{{"ok", true},
+		            {"identity", b.identity()},
+		            {"cgroup", b.cgroup},
+		            {"expires_at", b.expires_at},
+		            {"claims", json::parse(b.journal_claims, nullptr, false)}};
+	}
+
+	json identities() const
+	{
+		json list = json::array();
+		for (const auto &e : enrollments.list())
+			list.push_back({{"identity", e->identity()},
+			                {"cgroup", e->cgroup},
+			                {"issuer", e->issuer},
+			                {"subject", e->subject},
+			                {"enrolled_at", e->enrolled_at},
+			                {"expires_at", e->expires_at},
+			                {"claims", json::parse(e->journal_claims, nullptr, false)}});
+		return json{{"ok", true}, {"identities", list}};
+	}
+
+	// Once a second: bindings end with their token or when their cgroup empties.
+	void sweep_enrollments()
+	{
+		auto populated = [this](const std::string &cgroup) {
+			std::ifstream events(cgroups.absolute(cgroup) + "/cgroup.events");
+			std::string key, value;
+			while (events >> key >> value)
+				if (key == "populated")
+					return value == "1";
+			return false; // gone
+		};
+		for (const auto &[ended, why] : enrollments.sweep(::time(nullptr), populated)) {
+			JournalEntry e;
+			e.message =
+			    "workload " + ended->identity() + " no longer enrolled for " + ended->cgroup + ": " + why;
+			e.add("CORDON_EVENT", "enrollment_end")
+			    .add("CORDON_IDENTITY", ended->identity())
+			    .add("CORDON_CGROUP", ended->cgroup)
+			    .add("CORDON_REASON", why);
+			journal.send(std::move(e));
+		}
+	}
 
 	// SIGHUP and `cordonctl reload`: the policy file read again. Its rules and masking apply to
 	// connections accepted from now on; live connections keep theirs, and nothing is dropped. A
@@ -259,6 +394,9 @@ struct Runtime {
 		auto rules = policy::Rules::compile(*loaded);
 		if (!rules)
 			return fail("rules: " + rules.error().message());
+		auto verifier = TokenVerifier::create(loaded->identity());
+		if (!verifier)
+			return fail(verifier.error().message());
 		std::shared_ptr<MaskEngine> mask;
 		if (loaded->mask().enabled()) {
 			auto engine = MaskEngine::create(loaded->mask(), decoder);
@@ -277,8 +415,13 @@ struct Runtime {
 		note("daemon", loaded->daemon(), running.daemon());
 		note("tls", loaded->tls(), running.tls());
 		relay->reload(*rules, mask);
+		tokens = std::move(*verifier);            // bindings stay; new enrollments use the new issuers
+		configure_approvals(loaded->approvals()); // pending approvals and grants stay
 		*running.mutable_rules() = loaded->rules();
 		running.set_default_action(loaded->default_action());
+		running.set_unenrolled_action(loaded->unenrolled_action());
+		*running.mutable_identity() = loaded->identity();
+		*running.mutable_approvals() = loaded->approvals();
 		*running.mutable_mask() = loaded->mask();
 		std::string needs_restart;
 		for (const auto &r : restart)
@@ -418,6 +561,21 @@ struct Runtime {
 			ControlReply r = answer({{"ok", true}, {"event", "watching"}, {"pid", ::getpid()}});
 			r.subscribe = true;
 			return r;
+		}
+		if (command == "enroll")
+			return answer(enroll(request, peer)); // any caller: jobs enroll themselves
+		if (command == "approvals" || command == "approve" || command == "deny") {
+			if (peer.uid != 0)
+				return answer(
+				    {{"ok", false}, {"error", "permission denied: " + command + " is for root"}});
+			if (command == "approvals")
+				return answer(approvals.list());
+			return answer(answer_approval(request, peer, command == "approve"));
+		}
+		if (command == "identities") {
+			if (peer.uid != 0)
+				return answer({{"ok", false}, {"error", "permission denied: identities is for root"}});
+			return answer(identities());
 		}
 		if (command == "reload") {
 			if (peer.uid != 0)
@@ -624,6 +782,13 @@ Status run_daemon(const DaemonOptions &options)
 		return plain_error("rules: " + rules.error().message());
 	rs.tls.rules = *rules;
 	rs.tls.decoder = decoder.get();
+	auto verifier = TokenVerifier::create(p.identity());
+	if (!verifier)
+		return verifier.error();
+	runtime.tokens = std::move(*verifier);
+	rs.tls.enrollments = &runtime.enrollments;
+	runtime.configure_approvals(p.approvals());
+	rs.tls.approvals = &runtime.approvals;
 	log::info(std::to_string((*rules)->size()) + " policy rules; default action " +
 	          (p.default_action() == config::Rule::BLOCK ? "block" : "allow"));
 	RelayServer relay(**loop, **pool, kp, journal, cgroup_paths, rs);
@@ -688,6 +853,8 @@ Status run_daemon(const DaemonOptions &options)
 		auto now = Clock::now();
 		relay.tick(now);
 		control.tick(now);
+		runtime.sweep_enrollments();
+		runtime.approvals.tick();
 		ticks++;
 		if (ticks % 2 == 0)
 			refresh_scopes();

@@ -90,7 +90,11 @@ public:
 			e.add("CORDON_ERROR", s.error);
 		if (policy_) {
 			const policy::Decision d = policy_->take(r.number);
-			e.add("CORDON_RULE", d.rule).add("CORDON_ACTION", policy::to_string(d.action));
+			e.add("CORDON_RULE", d.rule)
+			    .add("CORDON_ACTION", policy::to_string(d.action))
+			    .add_if("CORDON_APPROVAL_ID", d.approval_id)
+			    .add_if("CORDON_APPROVAL", d.approval)
+			    .add_if("CORDON_APPROVER", d.approver);
 		}
 		if (masker_) {
 			// Counts and rule ids only: the secrets themselves are never written anywhere.
@@ -133,8 +137,20 @@ public:
 		}
 		if (server.settings_.tls.rules) {
 			policy::Caller caller{id_.cgroup, id_.user, id_.origin.uid, id_.exe};
+			if (id_.enrolled) {
+				caller.enrolled = true;
+				caller.issuer = id_.enrolled->issuer;
+				caller.claims = id_.enrolled->claims;
+			}
+			ApprovalSubject who;
+			who.identity = id_.identity();
+			who.cgroup = id_.cgroup;
+			who.exe = id_.exe;
+			who.user = id_.user;
+			who.connection = id_.id;
 			policy_ = std::make_unique<PolicyObserver>(server.settings_.tls.rules, std::move(caller),
-			                                           server.settings_.tls.decoder);
+			                                           server.settings_.tls.decoder,
+			                                           server.settings_.tls.approvals, std::move(who));
 			request_journal_.set_policy(policy_.get());
 		}
 		client_ = std::move(client);

@@ -1,5 +1,7 @@
 #include "daemon/masking.h"
 
+#include <fnmatch.h>
+
 #include <algorithm>
 #include <cctype>
 #include <deque>
@@ -400,7 +402,18 @@ Result<std::unique_ptr<MaskEngine>> MaskEngine::create(const config::Mask &polic
 		               [](unsigned char c) { return std::tolower(c); });
 		engine->request_headers_exempt_.insert(lower);
 	}
+	engine->response_exempt_paths_.assign(policy.response_exempt_paths().begin(),
+	                                      policy.response_exempt_paths().end());
 	return engine;
+}
+
+bool MaskEngine::response_exempt(const std::string &path) const
+{
+	const std::string bare = path.substr(0, path.find('?'));
+	for (const auto &glob : response_exempt_paths_)
+		if (fnmatch(glob.c_str(), bare.c_str(), 0) == 0)
+			return true;
+	return false;
 }
 
 bool MaskEngine::header_exempt(Direction d, const std::string &name) const
@@ -452,6 +465,8 @@ ConnectionMasker::make_stage(Direction direction, const proxy::RequestInfo &requ
                              const std::string &content_type, const std::string &content_encoding)
 {
 	auto t = tally(request.number);
+	if (direction == Direction::Response && engine_.response_exempt(request.path))
+		return nullptr; // the job's own login tokens
 	const bool messages =
 	    rpc::is_enveloped(protocol) || protocol == rpc::Protocol::ConnectUnary || protocol == rpc::Protocol::Rest;
 	if (messages) {

@@ -42,6 +42,7 @@ public:
 	bool block_unscannable() const { return block_unscannable_; }
 	std::chrono::milliseconds hold() const { return hold_; }
 	bool header_exempt(proxy::Direction d, const std::string &name) const;
+	bool response_exempt(const std::string &path) const;
 	size_t rule_count() const { return scanner_->rules().rules().size(); }
 
 private:
@@ -50,6 +51,7 @@ private:
 	bool block_unscannable_ = true;
 	std::chrono::milliseconds hold_{200};
 	std::set<std::string> request_headers_exempt_;
+	std::vector<std::string> response_exempt_paths_;
 };
 
 // What masking did in one exchange, for its journal entry. Never the secrets themselves.

@@ -1,11 +1,65 @@
 #include "daemon/policy_observer.h"
 
+#include <fcntl.h>
+#include <openssl/evp.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <nlohmann/json.hpp>
 
+#include "common/unique_fd.h"
 #include "proxy/message_decoder.h"
 #include "proxy/rpc.h"
 
 namespace cordon {
+namespace {
+
+constexpr size_t kExcerptBytes = 400;
+constexpr size_t kMaxCredentialBytes = 4096;
+
+std::string base64(std::string_view in)
+{
+	std::string out(4 * ((in.size() + 2) / 3), '\0');
+	int n = EVP_EncodeBlock(reinterpret_cast<unsigned char *>(out.data()),
+	                        reinterpret_cast<const unsigned char *>(in.data()), static_cast<int>(in.size()));
+	out.resize(n > 0 ? static_cast<size_t>(n) : 0);
+	return out;
+}
+
+std::string what_of(const proxy::RequestInfo &r)
+{
+	return r.rpc.empty() ? r.method + " " + r.path.substr(0, r.path.find('?')) : r.rpc.full();
+}
+
+} // namespace
+
+Result<InjectedCredential> load_credential(const policy::InjectSpec &spec)
+{
+	UniqueFd fd(::open(spec.credential_file.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
+	if (!fd)
+		return system_error("open " + spec.credential_file);
+	struct stat st;
+	if (::fstat(fd.get(), &st) != 0)
+		return system_error("stat " + spec.credential_file);
+	// The key is what a job must never hold: refuse a file anyone but root could read or swap.
+	if (!S_ISREG(st.st_mode) || st.st_uid != 0 || (st.st_mode & 077) != 0)
+		return plain_error(spec.credential_file +
+		                   " must be a regular file owned by root with mode 0600 or stricter");
+	std::string key(kMaxCredentialBytes + 1, '\0');
+	ssize_t n = ::read(fd.get(), key.data(), key.size());
+	if (n < 0)
+		return system_error("read " + spec.credential_file);
+	key.resize(static_cast<size_t>(n));
+	if (key.size() > kMaxCredentialBytes)
+		return plain_error(spec.credential_file + " is larger than a credential");
+	while (!key.empty() && (key.back() == '\n' || key.back() == '\r' || key.back() == ' '))
+		key.pop_back();
+	if (key.empty() || key.find_first_of("\r\n") != std::string::npos)
+		return plain_error(spec.credential_file + " must hold one line: the credential");
+	if (spec.basic && key.find(':') == std::string::npos)
+		return plain_error(spec.credential_file + " must hold user:password for basic");
+	return InjectedCredential{spec.basic ? "Basic " + base64(key) : "Bearer " + key, key};
+}
 
 proxy::Verdict PolicyObserver::refuse(const policy::Decision &d) const
 {
@@ -15,22 +69,87 @@ proxy::Verdict PolicyObserver::refuse(const policy::Decision &d) const
 	return proxy::Verdict::refuse("permission_denied", reason);
 }
 
+PolicyObserver::Exchange &PolicyObserver::plan(const proxy::RequestInfo &request)
+{
+	auto [it, fresh] = exchanges_.try_emplace(request.number);
+	if (fresh) {
+		it->second.plan = rules_->plan(caller_, request);
+		it->second.decided = it->second.plan.decision;
+	}
+	return it->second;
+}
+
+proxy::Verdict PolicyObserver::hold(Exchange &e, const proxy::RequestInfo &request, proxy::Direction direction,
+                                    std::string excerpt)
+{
+	if (!approvals_) {
+		e.decided.approval = "denied";
+		return proxy::Verdict::refuse("permission_denied", "cordon: policy rule '" + e.decided.rule +
+		                                                       "' needs an approval and none can be asked for");
+	}
+	ApprovalSubject s = who_;
+	s.host = request.host;
+	s.what = what_of(request);
+	s.direction = proxy::to_string(direction);
+	s.rule = e.decided.rule;
+	s.rule_message = e.decided.message;
+	if (excerpt.size() > kExcerptBytes)
+		excerpt = excerpt.substr(0, kExcerptBytes) + "...";
+	s.excerpt = std::move(excerpt);
+	e.approval = approvals_->open(std::move(s));
+	e.decided.approval_id = e.approval->id();
+	if (auto decided = e.approval->poll())
+		return *decided; // a standing grant, or too many waiting
+	return proxy::Verdict::defer(e.approval);
+}
+
+proxy::Verdict PolicyObserver::on_headers(const proxy::RequestInfo &request, proxy::Direction direction, bool trailers,
+                                          proxy::Headers &headers)
+{
+	if (direction != proxy::Direction::Request || trailers)
+		return proxy::Verdict::forward();
+	Exchange &e = plan(request);
+	if (e.decided.action != policy::Action::Inject || !e.decided.inject)
+		return proxy::Verdict::forward();
+	auto credential = load_credential(*e.decided.inject);
+	if (!credential)
+		return proxy::Verdict::refuse("unavailable",
+		                              "cordon: policy rule '" + e.decided.rule +
+		                                  "' cannot inject its credential: " + credential.error().message());
+	for (const auto &name : e.decided.inject->strip_headers)
+		proxy::remove_header(headers, name);
+	proxy::set_header(headers, "authorization", credential->header_value);
+	e.credential = std::move(credential->key);
+	return proxy::Verdict::forward();
+}
+
 proxy::Verdict PolicyObserver::on_request(const proxy::RequestInfo &request)
 {
-	Exchange &e = exchanges_[request.number];
-	e.plan = rules_->plan(caller_, request);
-	e.decided = e.plan.decision;
+	Exchange &e = plan(request);
 	if (e.decided.action == policy::Action::Block)
 		return refuse(e.decided);
+	if (e.decided.action == policy::Action::Approve)
+		return hold(e, request, proxy::Direction::Request, request.method + " " + request.path);
 	return proxy::Verdict::forward();
 }
 
 proxy::Verdict PolicyObserver::on_message(const proxy::RequestInfo &request, const proxy::Message &message)
 {
 	auto it = exchanges_.find(request.number);
-	if (it == exchanges_.end() || it->second.plan.content_rules.empty())
+	if (it == exchanges_.end())
 		return proxy::Verdict::forward();
 	Exchange &e = it->second;
+	if (!e.credential.empty() && message.direction == proxy::Direction::Request && !e.decided.inject->basic) {
+		// A key sent in the body ({"apiKey": ...}, as some CLIs do for exchange_user_api_key) is
+		// replaced too: the held key is what Cursor sees.
+		nlohmann::json body = nlohmann::json::parse(message.payload, nullptr, false);
+		if (body.is_object() && body.contains("apiKey") && body["apiKey"].is_string()) {
+			body["apiKey"] = e.credential;
+			return proxy::Verdict::replace(body.dump());
+		}
+	}
+	if (e.plan.content_rules.empty())
+		return proxy::Verdict::forward();
 	// Content rules read the message as `cordonctl watch` shows it: decoded, with field names.
 	const bool json_codec = message.end_of_stream || request.content_type.find("json") != std::string::npos;
 	std::string text =
@@ -45,6 +164,11 @@ proxy::Verdict PolicyObserver::on_message(const proxy::RequestInfo &request, con
 		e.decided = *d;
 		return refuse(*d);
 	}
+	if (d->action == policy::Action::Approve) {
+		e.decided = *d;
+		return hold(e, request, message.direction,
+		            decoded.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
+	}
 	return proxy::Verdict::forward();
 }
 
@@ -54,6 +178,10 @@ policy::Decision PolicyObserver::take(uint64_t number)
 	if (it == exchanges_.end())
 		return {};
 	policy::Decision d = std::move(it->second.decided);
+	if (const auto &a = it->second.approval) {
+		d.approval = a->state_name();
+		d.approver = a->approver();
+	}
 	exchanges_.erase(it);
 	return d;
 }

@@ -153,6 +153,8 @@ void ConnectionIdentity::add_to(JournalEntry &e) const
 	    .add("CORDON_GID", std::to_string(origin.gid))
 	    .add("CORDON_COMM", comm())
 	    .add("CORDON_CGROUP", cgroup)
+	    .add("CORDON_IDENTITY", identity())
+	    .add_if("CORDON_CLAIMS", enrolled && enrolled->journal_claims != "{}" ? enrolled->journal_claims : "")
 	    .add_if("CORDON_USER", user)
 	    .add_if("CORDON_EXE", exe)
 	    .add_if("CORDON_UNIT", workload.unit)
@@ -825,6 +827,8 @@ void RelayServer::on_accepted(int raw_fd, const SocketAddress &local)
 	id.cgroup = cgroups_.lookup(id.origin.cgroup_id);
 	id.workload = describe_cgroup(id.cgroup);
 	id.user = users_.name(id.origin.uid);
+	if (settings_.tls.enrollments)
+		id.enrolled = settings_.tls.enrollments->lookup(id.cgroup, ::time(nullptr));
 	// Read now, while the caller is most likely still there; the start-time guard makes sure a
 	// recycled pid never lends its binary to someone else's connection.
 	if (auto exe = caller_executable(id.origin.tgid, id.origin.connect_boot_ns))

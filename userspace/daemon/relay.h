@@ -23,9 +23,12 @@
 #include "common/workload.h"
 #include "cordon/bpf_shared.h"
 #include "daemon/event_loop.h"
+#include "identity/enrollment.h"
 #include "proxy/exchange.h"
 
 namespace cordon {
+
+class Approvals;
 
 class KernelPrograms;
 class Journal;
@@ -61,10 +64,12 @@ struct TlsSettings {
 	proxy::Limits limits;
 	// Extra observers for every intercepted exchange (later: policy, masking, recording).
 	std::vector<proxy::ExchangeObserver *> observers;
-	WatchHub *watch = nullptr;                      // `cordonctl watch`
-	std::shared_ptr<MaskEngine> mask;               // masking; null when the policy turns it off
-	std::shared_ptr<const policy::Rules> rules;     // who may do what
-	const proxy::MessageDecoder *decoder = nullptr; // field names for content rules
+	WatchHub *watch = nullptr;                          // `cordonctl watch`
+	std::shared_ptr<MaskEngine> mask;                   // masking; null when the policy turns it off
+	std::shared_ptr<const policy::Rules> rules;         // who may do what
+	const proxy::MessageDecoder *decoder = nullptr;     // field names for content rules
+	const identity::Enrollments *enrollments = nullptr; // who enrolled a workload token
+	Approvals *approvals = nullptr;                     // what `approve` rules hold
 };
 
 struct RelaySettings {
@@ -104,10 +109,14 @@ struct ConnectionIdentity {
 	CgroupWorkload workload; // what the cgroup path says: unit, container, pod
 	std::string exe;         // the caller's executable ("" when it could not be read safely)
 	std::string user;        // the uid's name ("" when it has none)
+	// The cgroup's verified workload token, if it enrolled one (looked up at accept).
+	std::shared_ptr<const identity::Enrolled> enrolled;
 	std::string sni;
 	std::chrono::steady_clock::time_point started;
 
 	std::string comm() const;
+	// CORDON_IDENTITY: "<issuer>:<sub>" for an enrolled caller, "unenrolled" otherwise.
+	std::string identity() const { return enrolled ? enrolled->identity() : "unenrolled"; }
 	void add_to(JournalEntry &entry) const;
 };
 

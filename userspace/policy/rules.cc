@@ -12,7 +12,17 @@ namespace cordon::policy {
 
 const char *to_string(Action a)
 {
-	return a == Action::Block ? "block" : "allow";
+	switch (a) {
+	case Action::Block:
+		return "block";
+	case Action::Approve:
+		return "approve";
+	case Action::Inject:
+		return "inject";
+	case Action::Allow:
+		break;
+	}
+	return "allow";
 }
 
 struct Rules::Compiled {
@@ -26,9 +36,12 @@ struct Rules::Compiled {
 		std::vector<HostPattern> hosts;
 		config::MaskDirection direction = config::BOTH;
 		std::vector<Content> content;
+		std::vector<std::pair<std::string, std::string>> claims; // name, glob
+		std::vector<std::string> issuers;
+		config::Enrollment enrollment = config::ENROLLMENT_UNSPECIFIED;
 	};
 	std::vector<Rule> rules;
-	Decision fallback;
+	Decision fallback, unenrolled_fallback;
 };
 
 namespace {
@@ -76,6 +89,24 @@ void collect(const nlohmann::json &node, const std::vector<std::string> &path, s
 		out.push_back(node.dump());
 }
 
+bool identity_matches(const Rules::Compiled::Rule &r, const Caller &caller)
+{
+	if (r.enrollment == config::ENROLLED && !caller.enrolled)
+		return false;
+	if (r.enrollment == config::UNENROLLED && caller.enrolled)
+		return false;
+	if ((!r.claims.empty() || !r.issuers.empty()) && !caller.enrolled)
+		return false;
+	if (!r.issuers.empty() && std::find(r.issuers.begin(), r.issuers.end(), caller.issuer) == r.issuers.end())
+		return false;
+	for (const auto &[name, glob] : r.claims) {
+		auto it = caller.claims.find(name);
+		if (it == caller.claims.end() || fnmatch(glob.c_str(), it->second.c_str(), 0) != 0)
+			return false;
+	}
+	return true;
+}
+
 } // namespace
 
 std::vector<std::string> strings_at(const nlohmann::json &message, const std::string &path)
@@ -101,11 +132,30 @@ Result<std::shared_ptr<const Rules>> Rules::compile(const config::Policy &policy
 	rules->compiled_ = std::make_unique<Compiled>();
 	Compiled &c = *rules->compiled_;
 	const auto action = [](config::Rule::Action a) {
-		return a == config::Rule::BLOCK ? Action::Block : Action::Allow;
+		switch (a) {
+		case config::Rule::BLOCK:
+			return Action::Block;
+		case config::Rule::APPROVE:
+			return Action::Approve;
+		case config::Rule::INJECT:
+			return Action::Inject;
+		default:
+			return Action::Allow;
+		}
 	};
 	for (const auto &r : policy.rules()) {
 		Compiled::Rule rule;
-		rule.decision = {r.name(), action(r.action()), r.message()};
+		rule.decision = {r.name(), action(r.action()), r.message(), nullptr};
+		if (r.action() == config::Rule::INJECT) {
+			auto spec = std::make_shared<InjectSpec>();
+			spec->credential_file = r.inject().credential_file();
+			spec->basic = r.inject().scheme() == "basic";
+			spec->strip_headers.assign(r.inject().strip_headers().begin(),
+			                           r.inject().strip_headers().end());
+			if (spec->strip_headers.empty())
+				spec->strip_headers = {"authorization", "x-api-key"};
+			rule.decision.inject = std::move(spec);
+		}
 		const auto &m = r.match();
 		rule.cgroups.assign(m.cgroups().begin(), m.cgroups().end());
 		rule.users.assign(m.users().begin(), m.users().end());
@@ -119,6 +169,11 @@ Result<std::shared_ptr<const Rules>> Rules::compile(const config::Policy &policy
 			rule.hosts.push_back(std::move(*pattern));
 		}
 		rule.direction = m.direction();
+		for (const auto &[name, glob] : m.claims())
+			rule.claims.emplace_back(name, glob);
+		std::sort(rule.claims.begin(), rule.claims.end()); // map order is unspecified; keep it stable
+		rule.issuers.assign(m.issuers().begin(), m.issuers().end());
+		rule.enrollment = m.enrollment();
 		for (const auto &content : m.content()) {
 			auto re = std::make_unique<RE2>(content.regex(), RE2::Quiet);
 			if (!re->ok())
@@ -129,6 +184,11 @@ Result<std::shared_ptr<const Rules>> Rules::compile(const config::Policy &policy
 		c.rules.push_back(std::move(rule));
 	}
 	c.fallback.action = action(policy.default_action());
+	c.unenrolled_fallback = c.fallback;
+	if (policy.unenrolled_action() != config::Rule::ACTION_UNSPECIFIED) {
+		c.unenrolled_fallback.action = action(policy.unenrolled_action());
+		c.unenrolled_fallback.rule = "unenrolled";
+	}
 	return std::shared_ptr<const Rules>(std::move(rules));
 }
 
@@ -140,7 +200,7 @@ size_t Rules::size() const
 Rules::Plan Rules::plan(const Caller &caller, const proxy::RequestInfo &request) const
 {
 	Plan plan;
-	plan.decision = compiled_->fallback;
+	plan.decision = caller.enrolled ? compiled_->fallback : compiled_->unenrolled_fallback;
 	const std::string rpc = request.rpc.empty() ? std::string() : request.rpc.full();
 	const std::string path = request.path.substr(0, request.path.find('?'));
 	const std::string uid = std::to_string(caller.uid);
@@ -156,7 +216,7 @@ Rules::Plan Rules::plan(const Caller &caller, const proxy::RequestInfo &request)
 		const bool matches = user_ok && host_ok && glob_any(r.cgroups, caller.cgroup) &&
 		                     (r.exes.empty() || (!caller.exe.empty() && glob_any(r.exes, caller.exe))) &&
 		                     (r.rpcs.empty() || (!rpc.empty() && glob_any(r.rpcs, rpc))) &&
-		                     glob_any(r.paths, path);
+		                     glob_any(r.paths, path) && identity_matches(r, caller);
 		if (!matches)
 			continue;
 		if (!r.content.empty()) {

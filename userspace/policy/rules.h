@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <nlohmann/json_fwd.hpp>
 #include <optional>
@@ -25,15 +26,29 @@ struct Caller {
 	std::string user;   // name ("" if the uid has none)
 	uint32_t uid = 0;
 	std::string exe; // "" if unknown: then no `exes` condition matches
+	// Set when the caller's cgroup enrolled a verified workload token.
+	bool enrolled = false;
+	std::string issuer{};                        // the issuer's name in the policy
+	std::map<std::string, std::string> claims{}; // the token's claims, as text
 };
 
-enum class Action { Allow, Block };
+enum class Action { Allow, Block, Approve, Inject };
 const char *to_string(Action a);
+
+// Where an inject rule's credential comes from (see config::Inject).
+struct InjectSpec {
+	std::string credential_file;
+	bool basic = false; // otherwise bearer
+	std::vector<std::string> strip_headers;
+};
 
 struct Decision {
 	std::string rule = "default"; // the deciding rule's name
 	Action action = Action::Allow;
-	std::string message; // the rule's message for the client
+	std::string message;                        // the rule's message for the client
+	std::shared_ptr<const InjectSpec> inject{}; // with Action::Inject
+	// Filled in on the data path for the journal: an approve rule's outcome.
+	std::string approval_id{}, approval{}, approver{};
 };
 
 class Rules {
@@ -54,9 +69,10 @@ public:
 	                                       const nlohmann::json &message) const;
 	size_t size() const;
 
+	struct Compiled; // opaque: globs, host patterns and RE2 stay out of this header
+
 private:
 	Rules() = default;
-	struct Compiled;
 	std::unique_ptr<Compiled> compiled_;
 };
 
