@@ -221,3 +221,39 @@ default_action: allow
 	EXPECT_EQ(d.rule, "no-passwords-up");
 	EXPECT_EQ(d.action, Action::Block);
 }
+
+TEST(PolicyRules, ContentConditionsAcrossFieldsAndRulesKeepFirstMatchOrder)
+{
+	// Conditions are evaluated as one RE2::Set per field; the decision must still be the first
+	// rule in policy order whose every condition some string satisfies.
+	auto r = rules(R"(
+rules:
+  - name: both-fields
+    match:
+      content:
+        - {field: a.cmd, regex: 'rm'}
+        - {field: a.dir, regex: '^/$'}
+    action: block
+  - name: any-string
+    match:
+      content: [{field: "", regex: 'rm -rf'}]
+    action: approve
+  - name: same-field-later
+    match:
+      content: [{field: a.cmd, regex: 'rm'}]
+    action: block
+default_action: allow
+)");
+	ASSERT_TRUE(r);
+	auto plan = r->plan(kJob, request("api2.cursor.sh", "/agent.v1.AgentService/Run"));
+	ASSERT_EQ(plan.content_rules.size(), 3u);
+	auto decide = [&](const char *json) {
+		auto d = r->decide_message(plan, proxy::Direction::Response, nlohmann::json::parse(json));
+		return d ? d->rule : std::string("none");
+	};
+	EXPECT_EQ(decide(R"({"a": {"cmd": "rm -rf x", "dir": "/"}})"), "both-fields");
+	EXPECT_EQ(decide(R"({"a": {"cmd": "rm -rf x", "dir": "/tmp"}})"), "any-string");
+	EXPECT_EQ(decide(R"({"a": {"cmd": "rm x", "dir": "/tmp"}})"), "same-field-later");
+	EXPECT_EQ(decide(R"({"a": {"cmd": "ls", "dir": "/"}, "b": ["rm -rf y"]})"), "any-string");
+	EXPECT_EQ(decide(R"({"a": {"cmd": "ls", "dir": "/"}})"), "none");
+}

@@ -2,6 +2,7 @@
 
 #include <fnmatch.h>
 #include <re2/re2.h>
+#include <re2/set.h>
 
 #include <map>
 #include <nlohmann/json.hpp>
@@ -32,6 +33,7 @@ struct Rules::Compiled {
 	};
 	struct Rule {
 		Decision decision;
+		uint64_t all_conditions = 0; // one bit per content condition
 		std::vector<std::string> cgroups, users, exes, rpcs, paths; // globs and names
 		std::vector<HostPattern> hosts;
 		config::MaskDirection direction = config::BOTH;
@@ -42,6 +44,14 @@ struct Rules::Compiled {
 	};
 	std::vector<Rule> rules;
 	Decision fallback, unenrolled_fallback;
+	// Every content condition on one field, as one RE2::Set: a message's strings are searched
+	// once per field, not once per rule. owners[k] is set pattern k's (rule, condition).
+	struct FieldSet {
+		std::string field;
+		std::unique_ptr<RE2::Set> set; // null when it could not be built: each regex alone then
+		std::vector<std::pair<size_t, size_t>> owners;
+	};
+	std::vector<FieldSet> field_sets;
 };
 
 namespace {
@@ -181,7 +191,29 @@ Result<std::shared_ptr<const Rules>> Rules::compile(const config::Policy &policy
 				                   "': " + re->error());
 			rule.content.push_back({content.field(), std::move(re)});
 		}
+		if (rule.content.size() > 63)
+			return plain_error("rule '" + r.name() + "': more than 63 content conditions");
+		rule.all_conditions = (uint64_t{1} << rule.content.size()) - 1;
 		c.rules.push_back(std::move(rule));
+	}
+	std::map<std::string, size_t> by_field;
+	for (size_t i = 0; i < c.rules.size(); i++)
+		for (size_t j = 0; j < c.rules[i].content.size(); j++) {
+			const std::string &field = c.rules[i].content[j].field;
+			auto [it, fresh] = by_field.try_emplace(field, c.field_sets.size());
+			if (fresh)
+				c.field_sets.push_back({field, nullptr, {}});
+			c.field_sets[it->second].owners.emplace_back(i, j);
+		}
+	for (auto &fs : c.field_sets) {
+		RE2::Options options;
+		options.set_log_errors(false);
+		auto set = std::make_unique<RE2::Set>(options, RE2::UNANCHORED);
+		bool added = true;
+		for (const auto &[i, j] : fs.owners)
+			added = added && set->Add(c.rules[i].content[j].regex->pattern(), nullptr) >= 0;
+		if (added && set->Compile())
+			fs.set = std::move(set);
 	}
 	c.fallback.action = action(policy.default_action());
 	c.unenrolled_fallback = c.fallback;
@@ -232,27 +264,50 @@ Rules::Plan Rules::plan(const Caller &caller, const proxy::RequestInfo &request)
 std::optional<Decision> Rules::decide_message(const Plan &plan, proxy::Direction direction,
                                               const nlohmann::json &message) const
 {
-	// Rules tend to read the same few fields: each field's strings are gathered once.
-	std::map<std::string, std::vector<std::string>, std::less<>> fields;
-	const auto strings = [&](const std::string &field) -> const std::vector<std::string> & {
-		auto it = fields.find(field);
-		if (it == fields.end())
-			it = fields.emplace(field, strings_at(message, field)).first;
-		return it->second;
+	if (plan.content_rules.empty())
+		return std::nullopt;
+	const Compiled &c = *compiled_;
+	// Which conditions of the plan's rules some string of the message satisfies: one bit each,
+	// per rule (indexed by the rule's place in the policy; rules outside the plan have none).
+	constexpr uint64_t kNotInPlan = ~uint64_t{0};
+	std::vector<uint64_t> satisfied(c.rules.size(), kNotInPlan);
+	bool any = false;
+	for (size_t i : plan.content_rules)
+		if (applies(c.rules[i].direction, direction)) {
+			satisfied[i] = 0;
+			any = true;
+		}
+	if (!any)
+		return std::nullopt;
+	const auto in_plan = [&](size_t i) { return satisfied[i] != kNotInPlan; };
+	const auto mark = [&](size_t i, size_t j) {
+		if (in_plan(i))
+			satisfied[i] |= uint64_t{1} << j;
 	};
-	for (size_t i : plan.content_rules) {
-		const auto &r = compiled_->rules[i];
-		if (!applies(r.direction, direction))
+	std::vector<int> hits;
+	for (const auto &fs : c.field_sets) {
+		const bool wanted = std::any_of(fs.owners.begin(), fs.owners.end(),
+		                                [&](const auto &owner) { return in_plan(owner.first); });
+		if (!wanted)
 			continue;
-		const bool all = std::all_of(r.content.begin(), r.content.end(), [&](const Compiled::Content &c) {
-			for (const auto &s : strings(c.field))
-				if (RE2::PartialMatch(s, *c.regex))
-					return true;
-			return false;
-		});
-		if (all)
-			return r.decision;
+		for (const std::string &text : strings_at(message, fs.field)) {
+			hits.clear();
+			RE2::Set::ErrorInfo error{};
+			const bool matched = fs.set && fs.set->Match(text, &hits, &error);
+			if (fs.set && (matched || error.kind == RE2::Set::kNoError)) {
+				for (int k : hits)
+					mark(fs.owners[static_cast<size_t>(k)].first, fs.owners[static_cast<size_t>(k)].second);
+				continue;
+			}
+			// No set (or its DFA ran out of memory on this input): each regex on its own.
+			for (const auto &[i, j] : fs.owners)
+				if (in_plan(i) && !(satisfied[i] >> j & 1) && RE2::PartialMatch(text, *c.rules[i].content[j].regex))
+					mark(i, j);
+		}
 	}
+	for (size_t i : plan.content_rules) // first match wins, in the policy's order
+		if (in_plan(i) && satisfied[i] == c.rules[i].all_conditions)
+			return c.rules[i].decision;
 	return std::nullopt;
 }
 
