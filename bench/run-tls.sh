@@ -46,9 +46,10 @@
 #                        (default: "direct cordond nginx mitmproxy")
 #   BENCH_PAYLOAD        random (default) or text
 #   BENCH_LISTEN_PORT    cordond's loopback listener (default 14888; cordond-nomask's is the next port)
-#   BENCH_RULES          policy rules given to the `cordond` path only (default 0): 90 % request-level
-#                        rules and 10 % content rules that match nothing, before one catch-all allow,
-#                        so every request and message is tried against all of them (issue #5)
+#   BENCH_RULES          policy rules given to the `cordond` path only (default 0): request-level
+#                        rules and content rules (over every string) that match nothing, before one
+#                        catch-all allow, so every request and message is tried against all of them
+#   BENCH_CONTENT_PERCENT  how many of those rules are content rules (default 10)
 #   BENCH_SECOND_MASK    mask.enabled of the cordond-nomask path (default false). With true and
 #                        BENCH_RULES=N, the two daemons differ only in their rules: policy on vs off
 #   BENCH_MICRO          0 skips the leaf micro-benchmark (default 1)
@@ -202,7 +203,7 @@ SECOND_MASK=${BENCH_SECOND_MASK:-false}
 bench_rules() { # count
 	[ "$1" -gt 0 ] || return 0
 	echo "rules:"
-	local i content=$(($1 / 10))
+	local i content=$(($1 * ${BENCH_CONTENT_PERCENT:-10} / 100))
 	for ((i = 0; i < $1 - 1; i++)); do
 		if [ "$i" -lt "$content" ]; then
 			printf '  - name: content-%d

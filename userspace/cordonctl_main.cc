@@ -13,6 +13,7 @@
 #include "ctl/ca_command.h"
 #include "ctl/control_client.h"
 #include "ctl/mask_command.h"
+#include "ctl/printable.h"
 #include "ctl/workload_commands.h"
 #include "daemon/daemon.h"
 #include "policy/rules.h"
@@ -50,31 +51,6 @@ commands:
   mask [FILE] | --list | --explain [FILE]
              FILE (or stdin) with its secrets masked; the rule ids; the findings (`cordonctl mask --help`)
 )";
-
-// Strings from jobs (process names, cgroup names, SNI) must not drive root's terminal: control
-// characters, including the C1 range that UTF-8 encodes as C2 80..9F, are shown escaped.
-std::string printable(const std::string &s)
-{
-	std::string out;
-	for (size_t i = 0; i < s.size(); i++) {
-		const unsigned char c = static_cast<unsigned char>(s[i]);
-		const bool c1 = c == 0xc2 && i + 1 < s.size() && static_cast<unsigned char>(s[i + 1]) >= 0x80 &&
-		                static_cast<unsigned char>(s[i + 1]) <= 0x9f;
-		if (c < 0x20 || c == 0x7f || c1) {
-			char buf[8];
-			std::snprintf(buf, sizeof(buf), "\\x%02x", c1 ? static_cast<unsigned char>(s[++i]) : c);
-			out += buf;
-		} else {
-			out.push_back(static_cast<char>(c));
-		}
-	}
-	return out;
-}
-
-std::string printable(const json &v)
-{
-	return printable(v.is_string() ? v.get<std::string>() : v.dump());
-}
 
 std::string join(const json &array, const char *sep = ", ")
 

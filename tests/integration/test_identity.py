@@ -100,21 +100,10 @@ class SubJobs(Jobs):
     """Jobs in one child cgroup of the enforced `job` cgroup."""
 
     def __init__(self, cgroups, d, work, tmp, child):
-        self.child = child
         sub = tmp / child.replace("/", "-")
         sub.mkdir(exist_ok=True)
         os.chmod(sub, 0o755)
-        super().__init__(cgroups, d, work, sub)
-
-    def spawn(self, argv, user=NOBODY):
-        wrapped = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
-                   'mount --bind "$0" /etc/hosts && mount --bind "$1" /etc/ssl/certs/ca-certificates.crt && '
-                   'shift && exec "$@"', str(self.hosts), str(self.bundle)]
-        env_argv = ["env", f"NODE_EXTRA_CA_CERTS={self.cordon_ca}", "HOME=/tmp"]
-        if user is not None:
-            env_argv = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", "--"] + env_argv
-        return self.cgroups.spawn(self.child, wrapped + env_argv + list(argv), stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, encoding="utf-8", errors="replace")
+        super().__init__(cgroups, d, work, sub, child=child)
 
     def enroll(self, token, check=True):
         path = self.tmp / "token"

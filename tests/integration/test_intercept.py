@@ -88,8 +88,8 @@ class Jobs:
     """Runs clients as a CI job would: as nobody, in the enforced cgroup, seeing Cursor's names at
     the stand-in and trusting cordon's CA through the OS store and NODE_EXTRA_CA_CERTS."""
 
-    def __init__(self, cgroups, d, work, tmp):
-        self.cgroups, self.d, self.work, self.tmp = cgroups, d, work, tmp
+    def __init__(self, cgroups, d, work, tmp, child="job"):
+        self.cgroups, self.d, self.work, self.tmp, self.child = cgroups, d, work, tmp, child
         # The CA the job trusts: cordon's, as `cordonctl ca install` would install it.
         self.cordon_ca = tmp / "cordon-ca.crt"
         shutil.copy(d.state_dir / "ca" / "ca.crt", self.cordon_ca)
@@ -115,7 +115,7 @@ class Jobs:
         if user is not None:
             env_argv = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", "--"] + env_argv
         # Responses may be binary (Connect envelopes): decode what is text, keep the rest visible.
-        return self.cgroups.spawn("job", wrapped + env_argv + list(argv), stdout=subprocess.PIPE,
+        return self.cgroups.spawn(self.child, wrapped + env_argv + list(argv), stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, encoding="utf-8", errors="replace")
 
     def run(self, argv, check=True, timeout=60, user=NOBODY):

@@ -137,15 +137,23 @@ TEST(Gate, WaitingIsBoundedByTheMessageLimit)
 	EXPECT_NE(st.error().message().find("waiting for approval"), std::string::npos);
 }
 
-TEST(Gate, AHeldHttp1RequestSendsNothingUpstreamUntilApproved)
+namespace {
+// An HTTP/1.1 bridge for api.cursor.com whose only observer holds every request.
+std::unique_ptr<HttpBridge> held_h1(Holder &holder)
 {
-	Holder holder;
 	holder.held_request = true;
 	BridgeSettings s;
 	s.connection = "test";
 	s.default_host = "api.cursor.com";
 	s.observers.push_back(&holder);
-	auto bridge = make_h1_bridge(std::move(s));
+	return make_h1_bridge(std::move(s));
+}
+} // namespace
+
+TEST(Gate, AHeldHttp1RequestSendsNothingUpstreamUntilApproved)
+{
+	Holder holder;
+	auto bridge = held_h1(holder);
 	ASSERT_TRUE(bridge->on_client_data(bytes("POST /v0/agents HTTP/1.1\r\nHost: api.cursor.com\r\n"
 	                                         "Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}")));
 	std::string up;
@@ -162,12 +170,7 @@ TEST(Gate, AHeldHttp1RequestSendsNothingUpstreamUntilApproved)
 TEST(Gate, ADeniedHttp1RequestGetsTheRefusalAndUpstreamNothing)
 {
 	Holder holder;
-	holder.held_request = true;
-	BridgeSettings s;
-	s.connection = "test";
-	s.default_host = "api.cursor.com";
-	s.observers.push_back(&holder);
-	auto bridge = make_h1_bridge(std::move(s));
+	auto bridge = held_h1(holder);
 	ASSERT_TRUE(bridge->on_client_data(bytes("GET /v0/me HTTP/1.1\r\nHost: api.cursor.com\r\n\r\n")));
 	holder.gate->answer = Verdict::refuse("permission_denied", "denied by root");
 	ASSERT_TRUE(bridge->release_held(Clock::now()));

@@ -7,6 +7,7 @@
 #include "config/policy.h"
 #include "daemon/policy_observer.h"
 #include "policy/rules.h"
+#include "proxy/message_decoder.h"
 
 using namespace cordon;
 using policy::Action;
@@ -256,4 +257,30 @@ default_action: allow
 	EXPECT_EQ(decide(R"({"a": {"cmd": "rm x", "dir": "/tmp"}})"), "same-field-later");
 	EXPECT_EQ(decide(R"({"a": {"cmd": "ls", "dir": "/"}, "b": ["rm -rf y"]})"), "any-string");
 	EXPECT_EQ(decide(R"({"a": {"cmd": "ls", "dir": "/"}})"), "none");
+}
+
+TEST(PolicyObserver, ACommandBeyondTheDecodersOutputLimitIsStillSeen)
+{
+	// A message so large its decoded JSON is cut: the part past the cut is searched raw.
+	auto r = rules("rules:\n  - name: no-rm\n    match:\n      content: [{field: \"\", regex: 'rm -rf /'}]\n"
+	               "    action: block\ndefault_action: allow\n");
+	auto decoder = proxy::MessageDecoder::generic_only();
+	PolicyObserver observer(r, kJob, decoder.get());
+	proxy::RequestInfo req = request("api2.cursor.sh", "/agent.v1.AgentService/Run");
+	ASSERT_EQ(observer.on_request(req).kind, proxy::Verdict::Kind::Forward);
+	// Field 1: (decoder limit + 1 KiB) of spaces, then the command.
+	std::string text(proxy::kDecoderMaxOutput + 1024, ' ');
+	text += "rm -rf /";
+	std::string payload;
+	payload.push_back(0x0a);
+	for (size_t n = text.size();; n >>= 7) {
+		payload.push_back(static_cast<char>((n & 0x7f) | (n > 0x7f ? 0x80 : 0)));
+		if (n <= 0x7f)
+			break;
+	}
+	payload += text;
+	proxy::Message m;
+	m.direction = proxy::Direction::Response;
+	m.payload = payload;
+	EXPECT_EQ(observer.on_message(req, m).kind, proxy::Verdict::Kind::Refuse);
 }

@@ -11,7 +11,9 @@
 #include <sstream>
 #include <thread>
 
+#include "common/strings.h"
 #include "ctl/control_client.h"
+#include "ctl/printable.h"
 
 namespace cordon {
 namespace {
@@ -21,34 +23,6 @@ using nlohmann::json;
 constexpr int kExitNotRunning = 3;
 // cordond answers "retry" while it fetches an issuer's keys; enrollment waits this long for them.
 constexpr auto kEnrollPatience = std::chrono::seconds(15);
-
-std::string trim(std::string s)
-{
-	while (!s.empty() && std::isspace(static_cast<unsigned char>(s.back())))
-		s.pop_back();
-	size_t start = 0;
-	while (start < s.size() && std::isspace(static_cast<unsigned char>(s[start])))
-		start++;
-	return s.substr(start);
-}
-
-// Control characters from jobs (cgroup names, commands) are shown escaped, never interpreted.
-std::string printable(const json &v)
-{
-	const std::string s =
-	    v.is_string() ? v.get<std::string>() : v.dump(-1, ' ', false, json::error_handler_t::replace);
-	std::string out;
-	for (unsigned char c : s) {
-		if (c < 0x20 || c == 0x7f) {
-			char buf[8];
-			std::snprintf(buf, sizeof(buf), "\\x%02x", c);
-			out += buf;
-		} else {
-			out.push_back(static_cast<char>(c));
-		}
-	}
-	return out;
-}
 
 std::string age(int64_t unix_seconds)
 {
@@ -77,7 +51,7 @@ Result<std::string> read_token(const WorkloadCommandOptions &o)
 		const char *v = std::getenv(o.token_env.c_str());
 		if (!v || !*v)
 			return plain_error("environment variable " + o.token_env + " is empty or unset");
-		return trim(v);
+		return std::string(trim(v));
 	}
 	if (o.token_file.empty())
 		return plain_error("give the job's OIDC token with --token-file FILE or --token-env VAR");
@@ -86,7 +60,7 @@ Result<std::string> read_token(const WorkloadCommandOptions &o)
 		return system_error("open " + o.token_file);
 	std::stringstream ss;
 	ss << in.rdbuf();
-	std::string token = trim(ss.str());
+	std::string token(trim(ss.str()));
 	if (token.empty())
 		return plain_error(o.token_file + " is empty");
 	return token;

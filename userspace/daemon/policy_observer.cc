@@ -157,7 +157,12 @@ proxy::Verdict PolicyObserver::on_message(const proxy::RequestInfo &request, con
 	nlohmann::json decoded = nlohmann::json::parse(text, nullptr, false);
 	if (decoded.is_discarded())
 		decoded = nlohmann::json(message.payload); // undecodable: its bytes as one string
-	auto d = rules_->decide_message(e.plan, message.direction, decoded);
+	// Parts the decoder could not show (past its output limit, or as hex) are searched raw.
+	const bool partial = text.find("\"#truncated\":true") != std::string::npos ||
+	                     text.find("\"#hex\"") != std::string::npos ||
+	                     text.find("\"#raw_hex\"") != std::string::npos;
+	auto d = rules_->decide_message(e.plan, message.direction, decoded,
+	                                partial ? std::string_view(message.payload) : std::string_view());
 	if (!d)
 		return proxy::Verdict::forward();
 	if (d->action == policy::Action::Block) {

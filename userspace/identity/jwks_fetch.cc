@@ -17,6 +17,7 @@
 #include <string_view>
 #include <vector>
 
+#include "common/strings.h"
 #include "common/unique_fd.h"
 #include "tls/openssl_ptr.h"
 
@@ -468,15 +469,6 @@ bool iequals(std::string_view a, std::string_view b)
 		       return std::tolower(static_cast<unsigned char>(x)) ==
 		              std::tolower(static_cast<unsigned char>(y));
 	       });
-}
-
-std::string_view trim(std::string_view s)
-{
-	while (!s.empty() && (s.front() == ' ' || s.front() == '\t'))
-		s.remove_prefix(1);
-	while (!s.empty() && (s.back() == ' ' || s.back() == '\t' || s.back() == '\r'))
-		s.remove_suffix(1);
-	return s;
 }
 
 // The response as it arrives: status line and headers, then the body by its framing.

@@ -33,7 +33,7 @@ struct Rules::Compiled {
 	};
 	struct Rule {
 		Decision decision;
-		uint64_t all_conditions = 0; // one bit per content condition
+		uint64_t all_conditions = 0;                                // one bit per content condition
 		std::vector<std::string> cgroups, users, exes, rpcs, paths; // globs and names
 		std::vector<HostPattern> hosts;
 		config::MaskDirection direction = config::BOTH;
@@ -262,7 +262,7 @@ Rules::Plan Rules::plan(const Caller &caller, const proxy::RequestInfo &request)
 }
 
 std::optional<Decision> Rules::decide_message(const Plan &plan, proxy::Direction direction,
-                                              const nlohmann::json &message) const
+                                              const nlohmann::json &message, std::string_view undecoded) const
 {
 	if (plan.content_rules.empty())
 		return std::nullopt;
@@ -290,18 +290,23 @@ std::optional<Decision> Rules::decide_message(const Plan &plan, proxy::Direction
 		                                [&](const auto &owner) { return in_plan(owner.first); });
 		if (!wanted)
 			continue;
-		for (const std::string &text : strings_at(message, fs.field)) {
+		std::vector<std::string> texts = strings_at(message, fs.field);
+		if (!undecoded.empty())
+			texts.emplace_back(undecoded);
+		for (const std::string &text : texts) {
 			hits.clear();
 			RE2::Set::ErrorInfo error{};
 			const bool matched = fs.set && fs.set->Match(text, &hits, &error);
 			if (fs.set && (matched || error.kind == RE2::Set::kNoError)) {
 				for (int k : hits)
-					mark(fs.owners[static_cast<size_t>(k)].first, fs.owners[static_cast<size_t>(k)].second);
+					mark(fs.owners[static_cast<size_t>(k)].first,
+					     fs.owners[static_cast<size_t>(k)].second);
 				continue;
 			}
 			// No set (or its DFA ran out of memory on this input): each regex on its own.
 			for (const auto &[i, j] : fs.owners)
-				if (in_plan(i) && !(satisfied[i] >> j & 1) && RE2::PartialMatch(text, *c.rules[i].content[j].regex))
+				if (in_plan(i) && !(satisfied[i] >> j & 1) &&
+				    RE2::PartialMatch(text, *c.rules[i].content[j].regex))
 					mark(i, j);
 		}
 	}

@@ -65,8 +65,11 @@ public:
 	};
 	Plan plan(const Caller &caller, const proxy::RequestInfo &request) const;
 	// The first of the plan's content rules matching `message` (decoded to JSON), if any.
+	// `undecoded`, when given, is searched as one more string of every field: the message's raw
+	// bytes, for a message the decoder could not show whole (cut at its output limit, or parts
+	// shown as hex), so nothing it left out can slip past a rule.
 	std::optional<Decision> decide_message(const Plan &plan, proxy::Direction direction,
-	                                       const nlohmann::json &message) const;
+	                                       const nlohmann::json &message, std::string_view undecoded = {}) const;
 	size_t size() const;
 
 	struct Compiled; // opaque: globs, host patterns and RE2 stay out of this header

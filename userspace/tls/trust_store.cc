@@ -10,6 +10,7 @@
 #include <optional>
 #include <string_view>
 
+#include "common/strings.h"
 #include "common/unique_fd.h"
 
 namespace cordon::tls {
@@ -241,15 +242,6 @@ Status update_ca_certificates(bool fresh)
 	std::string how = WIFEXITED(status) ? "exited with status " + std::to_string(WEXITSTATUS(status))
 	                                    : "was killed by signal " + std::to_string(WTERMSIG(status));
 	return plain_error(std::string(program) + (fresh ? " --fresh " : " ") + how + ": " + tail(output, 2000));
-}
-
-std::string_view trim(std::string_view s)
-{
-	while (!s.empty() && (s.front() == ' ' || s.front() == '\t'))
-		s.remove_prefix(1);
-	while (!s.empty() && (s.back() == ' ' || s.back() == '\t' || s.back() == '\r'))
-		s.remove_suffix(1);
-	return s;
 }
 
 } // namespace
