@@ -235,6 +235,18 @@ TEST(Approvals, AGrantCoversTheSameIdentityRuleAndRpcOnly)
 	ASSERT_EQ(approvals.list()["grants"].size(), 1u);
 }
 
+TEST(Approvals, AGrantToAnUnenrolledCallerHoldsForItsCgroupOnly)
+{
+	Journal journal;
+	Approvals approvals(journal);
+	auto first = approvals.open(subject("unenrolled"));
+	ASSERT_TRUE(approvals.answer(first->id(), true, "root", 600));
+	EXPECT_EQ(approvals.open(subject("unenrolled"))->state_name(), "granted");
+	ApprovalSubject elsewhere = subject("unenrolled");
+	elsewhere.cgroup = "/user.slice/user-1000.slice";
+	EXPECT_EQ(approvals.open(elsewhere)->state_name(), "pending");
+}
+
 TEST(Approvals, UnansweredTimesOutAndTheCapDeniesAtOnce)
 {
 	Journal journal;

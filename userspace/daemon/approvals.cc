@@ -105,7 +105,8 @@ std::shared_ptr<PendingApproval> Approvals::open(ApprovalSubject subject)
 	a->expires_ = a->created_ + timeout_;
 	const auto &s = a->subject_;
 	for (const auto &g : grants_)
-		if (g.until > a->created_ && g.identity == s.identity && g.rule == s.rule && g.what == s.what) {
+		if (g.until > a->created_ && g.identity == s.identity && g.rule == s.rule && g.what == s.what &&
+		    (s.identity != "unenrolled" || g.cgroup == s.cgroup)) {
 			a->state_ = PendingApproval::State::Approved;
 			a->by_grant_ = true;
 			a->approver_ = g.approver;
@@ -173,7 +174,8 @@ Result<std::string> Approvals::answer(const std::string &id, bool approve, const
 	std::string message = "approved " + id;
 	if (for_seconds > 0) {
 		const auto &s = a->subject();
-		Grant g{s.identity, s.rule, s.what, approver, SystemClock::now() + std::chrono::seconds(for_seconds)};
+		Grant g{s.identity, s.cgroup, s.rule,
+		        s.what,     approver, SystemClock::now() + std::chrono::seconds(for_seconds)};
 		JournalEntry e;
 		e.priority = 5;
 		e.message = "grant by " + approver + ": " + s.identity + " may " + s.what + " under rule '" + s.rule +
@@ -233,6 +235,7 @@ nlohmann::json Approvals::list() const
 	nlohmann::json grants = nlohmann::json::array();
 	for (const auto &g : grants_)
 		grants.push_back({{"identity", g.identity},
+		                  {"cgroup", g.cgroup},
 		                  {"rule", g.rule},
 		                  {"rpc", g.what},
 		                  {"approver", g.approver},
