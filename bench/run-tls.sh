@@ -52,6 +52,8 @@
 #   BENCH_CONTENT_PERCENT  how many of those rules are content rules (default 10)
 #   BENCH_SECOND_MASK    mask.enabled of the cordond-nomask path (default false). With true and
 #                        BENCH_RULES=N, the two daemons differ only in their rules: policy on vs off
+#   BENCH_SECOND_RECORD  recording.enabled of the cordond-nomask path (default true). With
+#                        BENCH_SECOND_MASK=true and false here: recording on vs off
 #   BENCH_MICRO          0 skips the leaf micro-benchmark (default 1)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -199,6 +201,7 @@ wait_listen "$NOMASK_IP" 443 upstream
 # captures only its own address and has its own listener, pins, control socket and state.
 RULES=${BENCH_RULES:-0}
 SECOND_MASK=${BENCH_SECOND_MASK:-false}
+SECOND_RECORD=${BENCH_SECOND_RECORD:-true}
 # N rules that each cost a full evaluation and never match, then one that always does.
 bench_rules() { # count
 	[ "$1" -gt 0 ] || return 0
@@ -225,7 +228,7 @@ bench_rules() { # count
     action: allow
 '
 }
-write_policy() { # file captured-ip port pin-dir socket state-dir mask-enabled [rules]
+write_policy() { # file captured-ip port pin-dir socket state-dir mask-enabled [rules] [recording-enabled]
 	cat > "$1" <<-YAML
 	tls:
 	  upstream_ca_file: $CERTS/ca.pem
@@ -247,6 +250,8 @@ write_policy() { # file captured-ip port pin-dir socket state-dir mask-enabled [
 	mask:
 	  enabled: $7
 	  replacement: "$MASK_REPLACEMENT"
+	recording:
+	  enabled: ${9:-true}
 	YAML
 	bench_rules "${8:-0}" >> "$1"
 }
@@ -268,7 +273,7 @@ if [[ " $PATHS " == *" cordond "* ]]; then
 fi
 if [[ " $PATHS " == *" cordond-nomask "* ]]; then
 	write_policy "$WORK/policy-nomask.yaml" "$NOMASK_IP" $((LISTEN_PORT + 1)) "$NOMASK_PIN_DIR" "$NOMASK_SOCK" \
-		"$WORK/state-nomask" "$SECOND_MASK"
+		"$WORK/state-nomask" "$SECOND_MASK" 0 "$SECOND_RECORD"
 	"$WORK/bin/cordond" --config "$WORK/policy-nomask.yaml" --cgroup "$CG/daemon" >> "$WORK/cordond-nomask.log" 2>&1 &
 	NOMASK_PID=$!
 fi
@@ -775,6 +780,23 @@ for st in "cordond:$CORDON_STATUS" "cordond-nomask:$NOMASK_STATUS"; do
 	keys = [k for k in flat if k.split(".")[-1] in ("requests", "redirected", "accepted", "intercepted", "closed", "upstream_failed", "dropped") or "mask" in k]
 	print(f"{sys.argv[1]}'s own counters at the end: " + ", ".join(f"{k} = {flat[k]}" for k in sorted(keys)))
 	PY
+done
+
+# What the recordings cost on disk: store bytes against the bytes the daemon relayed (both
+# directions, TLS payload as cordond's sockets counted it, from its connection_close entries).
+echo
+echo "## Recordings"
+echo
+echo "| path | recording | store bytes | traffic bytes | store bytes per MiB of traffic |"
+echo "|---|---|---:|---:|---:|"
+for pd in "cordond:$CORDOND_PID:$WORK/state" "cordond-nomask:$NOMASK_PID:$WORK/state-nomask"; do
+	IFS=: read -r name pid state <<< "$pd"
+	[ -n "$pid" ] || continue
+	store=$(du -sb "$state/recordings" 2>/dev/null | cut -f1)
+	traffic=$(journalctl --no-pager _PID="$pid" CORDON_EVENT=connection_close -o json 2>/dev/null |
+		"$PY" -c 'import json, sys; print(sum(int(e.get("CORDON_BYTES_UP", 0)) + int(e.get("CORDON_BYTES_DOWN", 0)) for e in map(json.loads, sys.stdin)))')
+	per=$(awk -v s="${store:-0}" -v t="${traffic:-0}" 'BEGIN { if (t > 0) printf "%.0f", s / (t / 1048576); else print "—" }')
+	echo "| $name | $([ -d "$state/recordings" ] && echo on || echo off) | ${store:-0} | ${traffic:-0} | $per |"
 done
 
 if [ ${#NOTES[@]} -gt 0 ]; then
