@@ -17,7 +17,9 @@
 #     agent waits until `cordonctl approve` lets it go; and the job trades a placeholder for
 #     Cursor's short-lived token while only cordond ever holds the real API key (inject);
 #  4. the journal and `cordonctl status` show who called, what they called, and what happened;
-#  5. cordond stops: the same request is refused (fail closed); then everything is cleaned up.
+#  5. cordond stops: the same request is refused (fail closed);
+#  6. `cordonctl replay` shows the chat session as recorded, and `cordonctl verify` checks the
+#     whole store; then everything is cleaned up.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -277,5 +279,21 @@ if sh -c "echo \$\$ > '$CG_MOUNT$CG/job/cgroup.procs' && exec setpriv --reuid=$N
 fi
 ctl status 2>&1 || true
 echo "(cordond pid $STOPPED has stopped; its programs are detached by the cleanup)"
+
+bold "the recording: cordonctl replay of the chat session"
+CHAT_CONN=$(journalctl --no-pager _PID="$STOPPED" CORDON_EVENT=request \
+	CORDON_RPC=aiserver.v1.ChatService/StreamUnifiedChatWithTools -o json | head -n 1 |
+	node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>console.log(JSON.parse(s).CORDON_CONN))')
+echo "\$ cordonctl replay $CHAT_CONN"
+"$BUILD/cordonctl" --state-dir "$WORK/state" --descriptors "$BUILD/cursor.desc" replay "$CHAT_CONN" > "$WORK/replay.txt"
+cut -c1-200 "$WORK/replay.txt" | head -n 60
+echo "  ... ($(wc -l < "$WORK/replay.txt") lines in all)"
+if grep -rqa "$DEMO_AWS_KEY\|$DEMO_GITHUB_TOKEN\|$DEMO_CURSOR_KEY" "$WORK/state/recordings"; then
+	echo "demo: a secret reached the recordings; that must not happen" >&2
+	exit 1
+fi
+
+bold "cordonctl verify: the recordings are whole and untouched"
+"$BUILD/cordonctl" --state-dir "$WORK/state" verify
 
 bold "done: everything the demo created is removed"

@@ -14,6 +14,7 @@
 #include "ctl/control_client.h"
 #include "ctl/mask_command.h"
 #include "ctl/printable.h"
+#include "ctl/recording_commands.h"
 #include "ctl/workload_commands.h"
 #include "daemon/daemon.h"
 #include "policy/rules.h"
@@ -50,6 +51,14 @@ commands:
              validate a policy file as cordond would load it (errors name file:line)
   mask [FILE] | --list | --explain [FILE]
              FILE (or stdin) with its secrets masked; the rule ids; the findings (`cordonctl mask --help`)
+  verify [ID | --all]
+             check the session recordings' chain and checkpoints (DIR/recordings, key
+             DIR/recording.key); with ID, also that the session is there. Exit 1: tampered
+  sessions [--identity GLOB] [--host GLOB] [--rpc GLOB] [--action GLOB] [--since T] [--until T]
+             recorded sessions, one a line; T: 2026-11-29T17:00:00Z or ago: 10m, 2h, 1d
+  replay ID  a recorded session as a transcript: requests, decoded messages, decisions
+  export ID [--format json]
+             a recorded session as one JSON document
 )";
 
 std::string join(const json &array, const char *sep = ", ")
@@ -207,7 +216,9 @@ static int find_mask_command(int argc, char **argv)
 {
 	for (int i = 1; i < argc; i++) {
 		const std::string a = argv[i];
-		if (a == "--socket" || a == "--pin-dir" || a == "--state-dir" || a == "--count" || a == "--seconds") {
+		if (a == "--socket" || a == "--pin-dir" || a == "--state-dir" || a == "--count" || a == "--seconds" ||
+		    a == "--recordings" || a == "--descriptors" || a == "--format" || a == "--identity" ||
+		    a == "--host" || a == "--rpc" || a == "--action" || a == "--since" || a == "--until") {
 			i++;
 			continue;
 		}
@@ -241,6 +252,16 @@ int main(int argc, char **argv)
 		("token-file", po::value<std::string>()->default_value(""), "enroll: file holding the job's OIDC token (- for stdin)")
 		("token-env", po::value<std::string>()->default_value(""), "enroll: environment variable holding it")
 		("for", po::value<std::string>()->default_value(""), "approve: also grant the same for this long (90s, 10m, 2h, 1d)")
+		("recordings", po::value<std::string>(), "verify, sessions, replay, export: the recording store (default <state-dir>/recordings)")
+		("descriptors", po::value<std::string>()->default_value("/usr/share/cordon/cursor.desc"), "replay, export: Cursor's message shapes (generic decoding without)")
+		("format", po::value<std::string>()->default_value("json"), "export: the format (json)")
+		("identity", po::value<std::string>()->default_value(""), "sessions: the caller's identity matches this glob")
+		("host", po::value<std::string>()->default_value(""), "sessions: a request's host matches this glob")
+		("rpc", po::value<std::string>()->default_value(""), "sessions: a request's RPC matches this glob")
+		("action", po::value<std::string>()->default_value(""), "sessions: a decision's action (allow, block, approve)")
+		("since", po::value<std::string>()->default_value(""), "sessions: active at or after (2026-11-29T17:00:00Z, 2h)")
+		("until", po::value<std::string>()->default_value(""), "sessions: begun at or before")
+		("all", "verify: the whole store (the default)")
 		("command", po::value<std::string>(), "command");
 	po::options_description hidden;
 	hidden.add_options()
@@ -276,6 +297,23 @@ int main(int argc, char **argv)
 		WorkloadCommandOptions o{socket, as_json, vm["token-file"].as<std::string>(),
 		                         vm["token-env"].as<std::string>(), vm["for"].as<std::string>()};
 		return run_workload_command(command, args, o);
+	}
+	if (is_recording_command(command)) {
+		const std::string state_dir = vm["state-dir"].as<std::string>();
+		RecordingCommandOptions o;
+		o.recordings = vm.count("recordings") ? vm["recordings"].as<std::string>() : state_dir + "/recordings";
+		o.key_file = state_dir + "/recording.key";
+		o.descriptors = vm["descriptors"].as<std::string>();
+		o.json = as_json;
+		o.all = vm.count("all") > 0;
+		o.format = vm["format"].as<std::string>();
+		o.identity = vm["identity"].as<std::string>();
+		o.host = vm["host"].as<std::string>();
+		o.rpc = vm["rpc"].as<std::string>();
+		o.action = vm["action"].as<std::string>();
+		o.since = vm["since"].as<std::string>();
+		o.until = vm["until"].as<std::string>();
+		return run_recording_command(command, args, o, std::cout, std::cerr);
 	}
 	if (!args.empty()) {
 		std::cerr << "cordonctl: unexpected argument '" << args[0] << "'\n" << kUsage;

@@ -26,6 +26,7 @@
 #include "daemon/event_loop.h"
 #include "daemon/journal.h"
 #include "daemon/masking.h"
+#include "daemon/recorder.h"
 #include "daemon/relay.h"
 #include "daemon/resolver.h"
 #include "daemon/watch.h"
@@ -33,6 +34,7 @@
 #include "policy/rules.h"
 #include "proxy/message_decoder.h"
 #include "proxy/tls_endpoint.h"
+#include "record/segment_store.h"
 #include "tls/certificate_authority.h"
 #include "tls/leaf_cache.h"
 
@@ -217,6 +219,12 @@ std::map<uint16_t, uint32_t> port_flags(const config::Capture &c)
 	for (uint32_t p : c.quic_ports())
 		flags[static_cast<uint16_t>(p)] |= CORDON_PORT_UDP_REFUSE;
 	return flags;
+}
+
+// What each recorded session names as its policy: the file and a digest of its effective form.
+std::string policy_version(const std::string &source, const config::Policy &policy)
+{
+	return source + " sha256:" + record::hex(record::sha256(policy_to_yaml(policy))).substr(0, 16);
 }
 
 struct Runtime {
@@ -414,7 +422,8 @@ struct Runtime {
 		note("enforce", loaded->enforce(), running.enforce());
 		note("daemon", loaded->daemon(), running.daemon());
 		note("tls", loaded->tls(), running.tls());
-		relay->reload(*rules, mask);
+		note("recording", loaded->recording(), running.recording());
+		relay->reload(*rules, mask, policy_version(source, *loaded));
 		tokens = std::move(*verifier);            // bindings stay; new enrollments use the new issuers
 		configure_approvals(loaded->approvals()); // pending approvals and grants stay
 		*running.mutable_rules() = loaded->rules();
@@ -706,6 +715,30 @@ Status run_daemon(const DaemonOptions &options)
 	if (!client_ctx)
 		return client_ctx.error();
 
+	// Before the event loop: the loop's connections record into it until they are gone.
+	std::unique_ptr<Recorder> recorder;
+	if (p.recording().enabled()) {
+		const auto &rc = p.recording();
+		RecorderSettings settings;
+		settings.dir = rc.dir().empty() ? p.daemon().state_dir() + "/recordings" : rc.dir();
+		settings.key_path = p.daemon().state_dir() + "/recording.key";
+		char host[256] = {};
+		::gethostname(host, sizeof(host) - 1);
+		settings.host = host;
+		settings.max_segment_bytes = uint64_t{rc.max_segment_mb()} << 20;
+		settings.sync_interval = std::chrono::milliseconds(rc.sync_ms());
+		settings.fail_open = rc.on_failure() == config::OPEN;
+		settings.max_total_bytes = uint64_t{rc.max_total_mb()} << 20;
+		settings.max_age_seconds = int64_t{rc.max_age_days()} * 86400;
+		settings.max_message_bytes = rc.max_message_bytes();
+		auto started = Recorder::start(settings, journal);
+		if (!started)
+			return started.error();
+		recorder = std::move(*started);
+		log::info("recording sessions to " + settings.dir);
+	} else {
+		log::warning("session recording is off (recording.enabled: false)");
+	}
 	auto loop = EventLoop::create(4096);
 	if (!loop)
 		return loop.error();
@@ -789,6 +822,8 @@ Status run_daemon(const DaemonOptions &options)
 	rs.tls.enrollments = &runtime.enrollments;
 	runtime.configure_approvals(p.approvals());
 	rs.tls.approvals = &runtime.approvals;
+	rs.tls.policy_version = policy_version(options.policy_source, p);
+	rs.tls.recorder = recorder.get();
 	log::info(std::to_string((*rules)->size()) + " policy rules; default action " +
 	          (p.default_action() == config::Rule::BLOCK ? "block" : "allow"));
 	RelayServer relay(**loop, **pool, kp, journal, cgroup_paths, rs);

@@ -12,11 +12,13 @@
 #include <algorithm>
 #include <cstring>
 #include <deque>
+#include <optional>
 
 #include "common/log.h"
 #include "daemon/journal.h"
 #include "daemon/masking.h"
 #include "daemon/policy_observer.h"
+#include "daemon/recorder.h"
 #include "daemon/relay.h"
 #include "daemon/watch.h"
 #include "proxy/http_bridge.h"
@@ -57,6 +59,7 @@ public:
 	{}
 	void set_masker(ConnectionMasker *masker) { masker_ = masker; }
 	void set_policy(PolicyObserver *policy) { policy_ = policy; }
+	void set_recording(SessionRecording *recording) { recording_ = recording; }
 
 	void on_complete(const proxy::RequestInfo &r, const proxy::ExchangeSummary &s) override
 	{
@@ -88,17 +91,20 @@ public:
 			e.add("CORDON_RPC", r.rpc.full());
 		if (!s.error.empty())
 			e.add("CORDON_ERROR", s.error);
+		std::optional<policy::Decision> decided;
 		if (policy_) {
-			const policy::Decision d = policy_->take(r.number);
+			const policy::Decision &d = decided.emplace(policy_->take(r.number));
 			e.add("CORDON_RULE", d.rule)
 			    .add("CORDON_ACTION", policy::to_string(d.action))
 			    .add_if("CORDON_APPROVAL_ID", d.approval_id)
 			    .add_if("CORDON_APPROVAL", d.approval)
 			    .add_if("CORDON_APPROVER", d.approver);
 		}
+		uint64_t masked = 0;
 		if (masker_) {
 			// Counts and rule ids only: the secrets themselves are never written anywhere.
 			MaskTally t = masker_->take(r.number);
+			masked = t.masked;
 			e.add("CORDON_MASKED", std::to_string(t.masked));
 			if (!t.rules.empty()) {
 				std::string ids;
@@ -109,6 +115,8 @@ public:
 			if (t.unscanned)
 				e.add("CORDON_UNSCANNED", std::to_string(t.unscanned));
 		}
+		if (recording_)
+			recording_->exchange_done(r, s, decided ? &*decided : nullptr, masked);
 		journal_.send(std::move(e));
 	}
 
@@ -118,6 +126,7 @@ private:
 	RelayStats &stats_;
 	ConnectionMasker *masker_ = nullptr;
 	PolicyObserver *policy_ = nullptr;
+	SessionRecording *recording_ = nullptr;
 };
 
 } // namespace
@@ -152,6 +161,11 @@ public:
 			                                           server.settings_.tls.decoder,
 			                                           server.settings_.tls.approvals, std::move(who));
 			request_journal_.set_policy(policy_.get());
+		}
+		if (Recorder *recorder = server.settings_.tls.recorder) {
+			recording_ =
+			    std::make_unique<SessionRecording>(*recorder, id_, server.settings_.tls.policy_version);
+			request_journal_.set_recording(recording_.get());
 		}
 		client_ = std::move(client);
 		last_activity_ = Clock::now();
@@ -315,6 +329,10 @@ private:
 		bs.observers.push_back(&request_journal_);
 		if (watch_)
 			bs.observers.push_back(watch_.get());
+		// After masking (it records masked data), before the policy (an injected credential never
+		// reaches a recording).
+		if (recording_)
+			bs.observers.push_back(recording_.get());
 		// After watch, so a message the policy blocks is still shown.
 		if (policy_)
 			bs.observers.push_back(policy_.get());
@@ -322,6 +340,11 @@ private:
 			bs.observers.push_back(o);
 		bs.limits = server_.settings_.tls.limits;
 		bs.upstream_unavailable = upstream_error_;
+		if (Recorder *recorder = server_.settings_.tls.recorder;
+		    recorder && !recorder->accepting() && bs.upstream_unavailable.empty())
+			// Traffic nobody could audit does not flow: the job gets its protocol's error.
+			bs.upstream_unavailable = "cordon: session recording is failing (" + recorder->failure() +
+			                          "); new sessions are refused";
 		const std::string chosen = client_tls_->alpn_selected();
 		if (chosen == "h2") {
 			Status st;
@@ -333,6 +356,8 @@ private:
 		}
 		alpn_ = chosen.empty() ? "http/1.1" : chosen;
 		state_ = "proxying";
+		if (recording_)
+			recording_->start(alpn_);
 	}
 
 	// Moves everything as far as it can go. Called after every completion.
@@ -696,6 +721,8 @@ private:
 			e.add("CORDON_ERRNO", std::to_string(error_)).add("CORDON_ERROR", std::strerror(error_));
 		server_.journal_.send(std::move(e));
 		server_.stats_.closed++;
+		if (recording_)
+			recording_->end(result_, sides_[kUpstream].bytes_out, sides_[kClient].bytes_out, requests);
 	}
 
 	RelayServer &server_;
@@ -704,6 +731,7 @@ private:
 	std::vector<std::string> offered_;
 	std::unique_ptr<ConnectionMasker> masker_;
 	std::unique_ptr<PolicyObserver> policy_;
+	std::unique_ptr<SessionRecording> recording_;
 	RequestJournal request_journal_;
 	std::unique_ptr<ConnectionWatch> watch_;
 	UniqueFd client_, upstream_;

@@ -29,6 +29,7 @@
 namespace cordon {
 
 class Approvals;
+class Recorder;
 
 class KernelPrograms;
 class Journal;
@@ -70,6 +71,8 @@ struct TlsSettings {
 	const proxy::MessageDecoder *decoder = nullptr;     // field names for content rules
 	const identity::Enrollments *enrollments = nullptr; // who enrolled a workload token
 	Approvals *approvals = nullptr;                     // what `approve` rules hold
+	Recorder *recorder = nullptr;                       // session recordings; null when off
+	std::string policy_version;                         // recorded with each session
 };
 
 struct RelaySettings {
@@ -150,10 +153,12 @@ public:
 	const RelaySettings &settings() const { return settings_; }
 	// A reloaded policy's rules and masking, for connections accepted from now on; live ones
 	// keep what they started with.
-	void reload(std::shared_ptr<const policy::Rules> rules, std::shared_ptr<MaskEngine> mask)
+	void reload(std::shared_ptr<const policy::Rules> rules, std::shared_ptr<MaskEngine> mask,
+	            std::string policy_version)
 	{
 		settings_.tls.rules = std::move(rules);
 		settings_.tls.mask = std::move(mask);
+		settings_.tls.policy_version = std::move(policy_version);
 	}
 
 private:
