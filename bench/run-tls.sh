@@ -782,21 +782,18 @@ for st in "cordond:$CORDON_STATUS" "cordond-nomask:$NOMASK_STATUS"; do
 	PY
 done
 
-# What the recordings cost on disk: store bytes against the bytes the daemon relayed (both
-# directions, TLS payload as cordond's sockets counted it, from its connection_close entries).
+# What the recordings cost on disk: the store's size after every round (compare with the stream
+# bytes and the requests above; logs are reset per measurement, so traffic is not summed here).
 echo
 echo "## Recordings"
 echo
-echo "| path | recording | store bytes | traffic bytes | store bytes per MiB of traffic |"
-echo "|---|---|---:|---:|---:|"
-for pd in "cordond:$CORDOND_PID:$WORK/state" "cordond-nomask:$NOMASK_PID:$WORK/state-nomask"; do
-	IFS=: read -r name pid state <<< "$pd"
-	[ -n "$pid" ] || continue
-	store=$(du -sb "$state/recordings" 2>/dev/null | cut -f1)
-	traffic=$(journalctl --no-pager _PID="$pid" CORDON_EVENT=connection_close -o json 2>/dev/null |
-		"$PY" -c 'import json, sys; print(sum(int(e.get("CORDON_BYTES_UP", 0)) + int(e.get("CORDON_BYTES_DOWN", 0)) for e in map(json.loads, sys.stdin)))')
-	per=$(awk -v s="${store:-0}" -v t="${traffic:-0}" 'BEGIN { if (t > 0) printf "%.0f", s / (t / 1048576); else print "—" }')
-	echo "| $name | $([ -d "$state/recordings" ] && echo on || echo off) | ${store:-0} | ${traffic:-0} | $per |"
+echo "| path | recording | store bytes after all rounds |"
+echo "|---|---|---:|"
+for pd in "cordond:$WORK/state" "cordond-nomask:$WORK/state-nomask"; do
+	name=${pd%%:*} state=${pd#*:}
+	[[ " $PATHS " == *" $name "* ]] || continue
+	store=$(du -sb "$state/recordings" 2>/dev/null | cut -f1 || true)
+	echo "| $name | $([ -d "$state/recordings" ] && echo on || echo off) | ${store:-0} |"
 done
 
 if [ ${#NOTES[@]} -gt 0 ]; then
