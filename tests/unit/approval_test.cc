@@ -251,11 +251,16 @@ TEST(Approvals, UnansweredTimesOutAndTheCapDeniesAtOnce)
 {
 	Journal journal;
 	Approvals approvals(journal);
-	approvals.configure(std::chrono::seconds(0), 2);
+	approvals.configure(std::chrono::seconds(0), 20);
 	auto a = approvals.open(subject());
 	auto b = approvals.open(subject());
 	auto c = approvals.open(subject());
-	EXPECT_EQ(c->state_name(), "denied") << "two already wait";
+	EXPECT_EQ(c->state_name(), "denied") << "one caller may hold a tenth of the slots";
+	std::vector<std::shared_ptr<PendingApproval>> others;
+	for (int i = 0; i < 18; i++)
+		others.push_back(approvals.open(subject("ci:repo:other-" + std::to_string(i))));
+	EXPECT_EQ(others[17]->state_name(), "pending");
+	EXPECT_EQ(approvals.open(subject("ci:repo:one-more"))->state_name(), "denied") << "twenty already wait";
 	approvals.tick();
 	EXPECT_EQ(a->state_name(), "timed_out");
 	ASSERT_TRUE(a->poll());
@@ -479,4 +484,73 @@ TEST(Enrollments, BindingsEndWithTheTokenOrTheCgroup)
 	// t1's binding ended with its cgroup, but the token stays tied to /a until it expires.
 	EXPECT_FALSE(e.bind(enrolled("/c", "t1", 1000), 300));
 	EXPECT_FALSE(e.bind(enrolled("/c", "t3", 100), 300)) << "expired token";
+}
+
+TEST(PolicyObserver, AnApprovalOnAnInjectExchangeKeepsTheInjectionAndChecksEveryMessage)
+{
+	ASSERT_EQ(::geteuid(), 0u) << "the credential file must be root's; run the unit tests as root";
+	TempFile key("crsr_held\n", 0600);
+	Journal journal;
+	Approvals approvals(journal);
+	auto r = rules("rules:\n"
+	               "  - name: ask-about-deletes\n"
+	               "    match:\n"
+	               "      content: [{field: \"\", regex: 'rm -rf'}]\n"
+	               "    action: approve\n"
+	               "  - name: held\n"
+	               "    action: inject\n"
+	               "    inject:\n"
+	               "      credential_file: " +
+	               key.path + "\n");
+	PolicyObserver observer(r, policy::Caller{"/job", "", 0, ""}, nullptr, &approvals);
+	Headers headers{{":path", "/v0/agents"}, {"authorization", "Bearer placeholder"}};
+	auto req = request("/v0/agents");
+	req.content_type = "application/json";
+	ASSERT_EQ(observer.on_headers(req, Direction::Request, false, headers).kind, Verdict::Kind::Forward);
+	ASSERT_EQ(observer.on_request(req).kind, Verdict::Kind::Forward);
+	// An apiKey in the body does not let a message past the content rules.
+	Message m;
+	m.direction = Direction::Request;
+	m.payload = R"({"apiKey":"x","prompt":"rm -rf /"})";
+	Verdict v = observer.on_message(req, m);
+	ASSERT_EQ(v.kind, Verdict::Kind::Defer);
+	ASSERT_TRUE(approvals.answer(approvals.list()["pending"][0]["id"], true, "root", 0));
+	// After the approval the exchange still injects (no crash on the approve decision).
+	m.index = 1;
+	m.payload = R"({"apiKey":"x","prompt":"fine"})";
+	v = observer.on_message(req, m);
+	ASSERT_EQ(v.kind, Verdict::Kind::Replace);
+	EXPECT_EQ(nlohmann::json::parse(v.replacement)["apiKey"], "crsr_held");
+}
+
+TEST(PolicyObserver, DeeplyNestedJsonIsSearchedRawNotWalked)
+{
+	auto r = rules("rules:\n  - name: no-rm\n    match:\n      content: [{field: \"\", regex: 'rm -rf /'}]\n"
+	               "    action: block\n");
+	PolicyObserver observer(r, policy::Caller{"/job", "", 0, ""}, nullptr);
+	auto req = request("/v0/agents");
+	req.content_type = "application/json";
+	ASSERT_EQ(observer.on_request(req).kind, Verdict::Kind::Forward);
+	Message m;
+	m.direction = Direction::Request;
+	const size_t depth = 200000;
+	m.payload = std::string(depth, '[') + "\"rm -rf /\"" + std::string(depth, ']');
+	EXPECT_EQ(observer.on_message(req, m).kind, Verdict::Kind::Refuse);
+}
+
+TEST(Gate, APlainBodyWaitingForApprovalIsBoundedToo)
+{
+	Holder holder;
+	holder.held_request = true;
+	RequestInfo r;
+	r.protocol = rpc::Protocol::Other;
+	Limits limits;
+	limits.max_message = 1024;
+	BodyPipe pipe(Direction::Request, r, rpc::Protocol::Other, "", "", {&holder}, limits);
+	pipe.hold_until(holder.gate);
+	std::string out;
+	ASSERT_TRUE(pipe.write(bytes(std::string(1000, 'a')), out));
+	EXPECT_EQ(out, "");
+	EXPECT_EQ(pipe.held_bytes(), 1000u) << "counted against the connection's budget";
+	EXPECT_FALSE(pipe.write(bytes(std::string(100, 'a')), out));
 }

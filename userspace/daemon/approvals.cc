@@ -106,7 +106,7 @@ std::shared_ptr<PendingApproval> Approvals::open(ApprovalSubject subject)
 	const auto &s = a->subject_;
 	for (const auto &g : grants_)
 		if (g.until > a->created_ && g.identity == s.identity && g.rule == s.rule && g.what == s.what &&
-		    (s.identity != "unenrolled" || g.cgroup == s.cgroup)) {
+		    g.host == s.host && (s.identity != "unenrolled" || g.cgroup == s.cgroup)) {
 			a->state_ = PendingApproval::State::Approved;
 			a->by_grant_ = true;
 			a->approver_ = g.approver;
@@ -122,6 +122,19 @@ std::shared_ptr<PendingApproval> Approvals::open(ApprovalSubject subject)
 	if (pending() >= max_pending_) {
 		decide(*a, PendingApproval::State::Denied, "cordond",
 		       "denied: " + std::to_string(max_pending_) + " approvals are already waiting");
+		return a;
+	}
+	// One caller (a job flooding held requests) cannot take every slot from the others.
+	const size_t per_caller = std::max<size_t>(1, max_pending_ / 10);
+	size_t mine = 0;
+	for (const auto &[id, weak] : pending_)
+		if (auto other = weak.lock(); other && other->state() == PendingApproval::State::Pending &&
+		                              other->subject().identity == s.identity &&
+		                              other->subject().cgroup == s.cgroup)
+			mine++;
+	if (mine >= per_caller) {
+		decide(*a, PendingApproval::State::Denied, "cordond",
+		       "denied: this caller already has " + std::to_string(mine) + " approvals waiting");
 		return a;
 	}
 	pending_[a->id_] = a;
@@ -174,8 +187,14 @@ Result<std::string> Approvals::answer(const std::string &id, bool approve, const
 	std::string message = "approved " + id;
 	if (for_seconds > 0) {
 		const auto &s = a->subject();
-		Grant g{s.identity, s.cgroup, s.rule,
-		        s.what,     approver, SystemClock::now() + std::chrono::seconds(for_seconds)};
+		Grant g;
+		g.identity = s.identity;
+		g.cgroup = s.cgroup;
+		g.host = s.host;
+		g.rule = s.rule;
+		g.what = s.what;
+		g.approver = approver;
+		g.until = SystemClock::now() + std::chrono::seconds(for_seconds);
 		JournalEntry e;
 		e.priority = 5;
 		e.message = "grant by " + approver + ": " + s.identity + " may " + s.what + " under rule '" + s.rule +
@@ -236,6 +255,7 @@ nlohmann::json Approvals::list() const
 	for (const auto &g : grants_)
 		grants.push_back({{"identity", g.identity},
 		                  {"cgroup", g.cgroup},
+		                  {"host", g.host},
 		                  {"rule", g.rule},
 		                  {"rpc", g.what},
 		                  {"approver", g.approver},

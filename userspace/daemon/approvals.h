@@ -70,10 +70,10 @@ public:
 	size_t pending() const;
 
 private:
-	// For the same identity, rule and RPC. Unenrolled callers share the identity "unenrolled", so
+	// For the same identity, host, rule and RPC. Unenrolled callers share the identity "unenrolled", so
 	// a grant to one of them holds for its cgroup only.
 	struct Grant {
-		std::string identity, cgroup, rule, what, approver;
+		std::string identity, cgroup, host, rule, what, approver;
 		std::chrono::system_clock::time_point until;
 	};
 	void decide(PendingApproval &a, PendingApproval::State state, const std::string &approver,

@@ -15,6 +15,33 @@ namespace cordon {
 namespace {
 
 constexpr size_t kExcerptBytes = 400;
+// Decoded messages nested deeper than this are not walked (the walk recurses): their raw bytes
+// are searched instead.
+constexpr int kMaxContentDepth = 128;
+
+// Whether JSON text nests deeper than `limit`, by one scan (strings and escapes skipped).
+bool json_depth_exceeds(std::string_view text, int limit)
+{
+	int depth = 0;
+	bool in_string = false;
+	for (size_t i = 0; i < text.size(); i++) {
+		const char c = text[i];
+		if (in_string) {
+			if (c == '\\')
+				i++;
+			else if (c == '"')
+				in_string = false;
+		} else if (c == '"') {
+			in_string = true;
+		} else if (c == '[' || c == '{') {
+			if (++depth > limit)
+				return true;
+		} else if (c == ']' || c == '}') {
+			depth--;
+		}
+	}
+	return false;
+}
 constexpr size_t kMaxCredentialBytes = 4096;
 
 std::string base64(std::string_view in)
@@ -35,7 +62,8 @@ std::string what_of(const proxy::RequestInfo &r)
 
 Result<InjectedCredential> load_credential(const policy::InjectSpec &spec)
 {
-	UniqueFd fd(::open(spec.credential_file.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
+	// O_NONBLOCK: a FIFO planted at the path must not stall the event loop (it is refused below).
+	UniqueFd fd(::open(spec.credential_file.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK));
 	if (!fd)
 		return system_error("open " + spec.credential_file);
 	struct stat st;
@@ -120,6 +148,7 @@ proxy::Verdict PolicyObserver::on_headers(const proxy::RequestInfo &request, pro
 		proxy::remove_header(headers, name);
 	proxy::set_header(headers, "authorization", credential->header_value);
 	e.credential = std::move(credential->key);
+	e.inject = e.decided.inject; // kept: a content rule may replace e.decided later
 	return proxy::Verdict::forward();
 }
 
@@ -139,7 +168,10 @@ proxy::Verdict PolicyObserver::on_message(const proxy::RequestInfo &request, con
 	if (it == exchanges_.end())
 		return proxy::Verdict::forward();
 	Exchange &e = it->second;
-	if (!e.credential.empty() && message.direction == proxy::Direction::Request && !e.decided.inject->basic) {
+	// Content rules first: a message an inject exchange carries is judged like any other.
+	if (auto verdict = judge(e, request, message); verdict.kind != proxy::Verdict::Kind::Forward)
+		return verdict;
+	if (!e.credential.empty() && e.inject && !e.inject->basic && message.direction == proxy::Direction::Request) {
 		// A key sent in the body ({"apiKey": ...}, as some CLIs do for exchange_user_api_key) is
 		// replaced too: the held key is what Cursor sees.
 		nlohmann::json body = nlohmann::json::parse(message.payload, nullptr, false);
@@ -148,19 +180,26 @@ proxy::Verdict PolicyObserver::on_message(const proxy::RequestInfo &request, con
 			return proxy::Verdict::replace(body.dump());
 		}
 	}
+	return proxy::Verdict::forward();
+}
+
+proxy::Verdict PolicyObserver::judge(Exchange &e, const proxy::RequestInfo &request, const proxy::Message &message)
+{
 	if (e.plan.content_rules.empty())
 		return proxy::Verdict::forward();
 	// Content rules read the message as `cordonctl watch` shows it: decoded, with field names.
 	const bool json_codec = message.end_of_stream || request.content_type.find("json") != std::string::npos;
 	std::string text =
 	    decoder_ ? decoder_->to_json(request.rpc, message.direction, message.payload, json_codec) : std::string();
-	nlohmann::json decoded = nlohmann::json::parse(text, nullptr, false);
-	if (decoded.is_discarded())
-		decoded = nlohmann::json(message.payload); // undecodable: its bytes as one string
-	// Parts the decoder could not show (past its output limit, or as hex) are searched raw.
-	const bool partial = text.find("\"#truncated\":true") != std::string::npos ||
+	// Parts the decoder could not show (past its output limit, or as hex), or nesting too deep
+	// to walk safely, are searched raw.
+	const bool too_deep = json_depth_exceeds(text, kMaxContentDepth);
+	nlohmann::json decoded = too_deep ? nlohmann::json() : nlohmann::json::parse(text, nullptr, false);
+	if (too_deep || decoded.is_discarded())
+		decoded = nlohmann::json(std::string()); // nothing decoded: only the raw bytes below
+	const bool partial = too_deep || text.find("\"#truncated\":true") != std::string::npos ||
 	                     text.find("\"#hex\"") != std::string::npos ||
-	                     text.find("\"#raw_hex\"") != std::string::npos;
+	                     text.find("\"#raw_hex\"") != std::string::npos || text.empty();
 	auto d = rules_->decide_message(e.plan, message.direction, decoded,
 	                                partial ? std::string_view(message.payload) : std::string_view());
 	if (!d)
@@ -171,8 +210,7 @@ proxy::Verdict PolicyObserver::on_message(const proxy::RequestInfo &request, con
 	}
 	if (d->action == policy::Action::Approve) {
 		e.decided = *d;
-		return hold(e, request, message.direction,
-		            decoded.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
+		return hold(e, request, message.direction, too_deep ? message.payload.substr(0, kExcerptBytes) : text);
 	}
 	return proxy::Verdict::forward();
 }

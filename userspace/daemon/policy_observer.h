@@ -42,7 +42,10 @@ private:
 		policy::Decision decided; // the plan's decision, or the content rule that fired
 		std::shared_ptr<PendingApproval> approval;
 		std::string credential; // inject: the held key, for a key in the body
+		std::shared_ptr<const policy::InjectSpec> inject;
 	};
+	// The plan's content rules on one message: Forward, or the block / approve verdict.
+	proxy::Verdict judge(Exchange &e, const proxy::RequestInfo &request, const proxy::Message &message);
 	Exchange &plan(const proxy::RequestInfo &request);
 	proxy::Verdict refuse(const policy::Decision &d) const;
 	proxy::Verdict hold(Exchange &e, const proxy::RequestInfo &request, proxy::Direction direction,

@@ -698,7 +698,9 @@ Result<VerifiedToken> verify(std::string_view token, const KeySet &keys, const I
 	out.issuer = *iss;
 	out.subject = *sub;
 	out.expires_at = **exp;
-	out.fingerprint = sha256_hex(token);
+	// Over what the signature signs, not the signature: an ECDSA signature has a second valid
+	// form (r, n - s), so a token's bytes can change while it still verifies.
+	out.fingerprint = sha256_hex(decoded->signing_input);
 	out.claims = std::move(decoded->payload);
 	return out;
 }

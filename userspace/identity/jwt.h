@@ -73,9 +73,11 @@ struct IssuerPolicy {
 
 struct VerifiedToken {
 	std::string issuer, subject;
-	nlohmann::json claims;   // the whole verified payload
-	int64_t expires_at = 0;  // exp, unix seconds
-	std::string fingerprint; // hex SHA-256 of the raw token (identifies the token without storing it)
+	nlohmann::json claims;  // the whole verified payload
+	int64_t expires_at = 0; // exp, unix seconds
+	// Hex SHA-256 of the signed part (header.payload): identifies the token without storing it,
+	// and stays the same when a malleable (ECDSA) signature is rewritten.
+	std::string fingerprint;
 };
 
 // The header and payload decoded without verification (for picking the issuer and kid).

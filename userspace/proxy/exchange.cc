@@ -237,6 +237,10 @@ Status BodyPipe::write(std::span<const uint8_t> in, std::string &out)
 		const std::string_view bytes(reinterpret_cast<const char *>(in.data()), in.size());
 		if (!stage_) {
 			emit_bytes(bytes, out);
+			if (gated_size_ > limits_.max_message)
+				return plain_error(std::string(to_string(direction_)) + ": more than " +
+				                   std::to_string(limits_.max_message) +
+				                   " bytes arrived while waiting for approval");
 			return {};
 		}
 		std::string passed;

@@ -215,7 +215,7 @@ public:
 	// count them against flow-control windows and a per-connection budget.
 	size_t held_bytes() const
 	{
-		return body_.size() + decoder_.pending_bytes() + (stage_ ? stage_->held_bytes() : 0);
+		return body_.size() + decoder_.pending_bytes() + (stage_ ? stage_->held_bytes() : 0) + gated_size_;
 	}
 	uint64_t messages() const { return messages_; }
 

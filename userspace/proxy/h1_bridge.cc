@@ -710,7 +710,10 @@ private:
 	{
 		e.response_done = true;
 		report(e);
-		if (!e.keep_alive || e.refused || e.response_framing == Framing::UntilClose)
+		// A request body still held (waiting for approval) never reaches the upstream whole: the
+		// connection cannot carry another request after it.
+		const bool request_unfinished = e.request_pipe && !e.request_ended;
+		if (!e.keep_alive || e.refused || e.response_framing == Framing::UntilClose || request_unfinished)
 			closing_ = true; // the upstream connection's state after a refusal is unknown
 	}
 

@@ -289,7 +289,6 @@ Status SegmentWriter::start_segment()
 	fd_.reset(::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_APPEND | O_CLOEXEC, 0600));
 	if (!fd_)
 		return system_error("create " + path);
-	open_ = true;
 	seq_ = 0;
 	bytes_ = 0;
 	since_checkpoint_ = 0;
@@ -299,8 +298,13 @@ Status SegmentWriter::start_segment()
 	s->set_host(host_);
 	s->set_key_id(hex(sha256(key_)).substr(0, 16));
 	s->set_cordon_version(version_);
-	if (Status st = write_record(r); !st)
+	if (Status st = write_record(r); !st) {
+		// No segment without its start record (a full disk): the next append tries afresh.
+		fd_.reset();
+		::unlink(path.c_str());
 		return st;
+	}
+	open_ = true;
 	since_checkpoint_ = 1;
 	// The new name must survive a crash too.
 	UniqueFd dirfd(::open(dir_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
