@@ -9,6 +9,10 @@
 namespace cordon {
 namespace {
 
+// The writer waits this long after the first record of a batch, unless this much is queued.
+constexpr auto kBatchDelay = std::chrono::milliseconds(5);
+constexpr size_t kBatchBytes = 256 << 10;
+
 int64_t now_us()
 {
 	return std::chrono::duration_cast<std::chrono::microseconds>(
@@ -69,20 +73,19 @@ Recorder::~Recorder()
 		thread_.join();
 }
 
-void Recorder::record(recording::Record r)
+template <typename Frame> void Recorder::enqueue(size_t size, Frame &&frame)
 {
-	if (r.time_us() == 0)
-		r.set_time_us(now_us());
-	const size_t size = r.ByteSizeLong();
-	bool lost = false;
+	bool lost = false, wake = false;
 	{
 		std::lock_guard lock(mutex_);
-		if (queued_bytes_ + size > settings_.max_queue_bytes) {
+		if (queue_.size() + size > settings_.max_queue_bytes) {
 			stats_.lost++;
 			lost = true;
 		} else {
-			queued_bytes_ += size;
-			queue_.push_back(std::move(r));
+			const bool was_empty = queue_.empty();
+			frame(queue_);
+			wake = (writer_state_ == WriterState::Idle && was_empty) ||
+			       (writer_state_ == WriterState::Batching && queue_.size() >= kBatchBytes);
 		}
 	}
 	if (lost) {
@@ -90,16 +93,34 @@ void Recorder::record(recording::Record r)
 		     " bytes): the disk cannot keep up; records were lost");
 		return;
 	}
-	wake_.notify_one();
+	if (wake)
+		wake_.notify_one();
+}
+
+void Recorder::record(recording::Record r)
+{
+	if (r.time_us() == 0)
+		r.set_time_us(now_us());
+	enqueue(r.ByteSizeLong(), [&](std::string &q) { record::append_frame(q, r); });
+}
+
+void Recorder::record_message(const recording::Record &head, const recording::Message &message,
+                              std::string_view payload)
+{
+	enqueue(head.ByteSizeLong() + message.ByteSizeLong() + payload.size(),
+	        [&](std::string &q) { record::append_message_frame(q, head, message, payload); });
 }
 
 void Recorder::sync_soon()
 {
+	bool wake = false;
 	{
 		std::lock_guard lock(mutex_);
+		wake = !sync_requested_ && writer_state_ != WriterState::Busy;
 		sync_requested_ = true;
 	}
-	wake_.notify_one();
+	if (wake)
+		wake_.notify_one();
 }
 
 std::string Recorder::failure() const
@@ -142,12 +163,21 @@ void Recorder::run()
 	auto last_sync = Clock::now();
 	auto last_prune = Clock::time_point{};
 	std::unique_lock lock(mutex_);
+	std::string batch;
 	for (;;) {
+		writer_state_ = WriterState::Idle;
 		wake_.wait_for(lock, settings_.sync_interval,
 		               [this] { return stopping_ || !queue_.empty() || sync_requested_; });
-		std::deque<recording::Record> batch;
+		// Let a batch gather: one write (and one wake-up) for many records.
+		writer_state_ = WriterState::Batching;
+		if (!queue_.empty())
+			wake_.wait_for(lock, kBatchDelay,
+			               [this] { return stopping_ || sync_requested_ || queue_.size() >= kBatchBytes; });
+		writer_state_ = WriterState::Busy;
+		if (batch.capacity() > 2 * kBatchBytes)
+			batch = std::string(); // after a burst, give the memory back
+		batch.clear();
 		batch.swap(queue_);
-		queued_bytes_ = 0;
 		const bool stop = stopping_;
 		bool sync = sync_requested_ || stop;
 		sync_requested_ = false;
@@ -155,16 +185,22 @@ void Recorder::run()
 
 		bool ok = true;
 		uint64_t written = 0, bytes = 0;
-		for (auto &r : batch) {
-			const size_t size = r.ByteSizeLong();
-			if (Status st = writer_->append(std::move(r)); !st) {
+		size_t pos = 0;
+		std::string_view rec;
+		while (record::next_frame(batch, pos, rec)) {
+			if (Status st = writer_->append_serialized(rec); !st) {
 				fail(st.error().message());
 				ok = false;
 				break;
 			}
 			written++;
-			bytes += size;
+			bytes += rec.size();
 		}
+		if (ok)
+			if (Status st = writer_->flush(); !st) {
+				fail(st.error().message());
+				ok = false;
+			}
 		const auto now = Clock::now();
 		if (ok && (sync || now - last_sync >= settings_.sync_interval)) {
 			Status st = writer_->checkpoint(stop);
@@ -202,8 +238,10 @@ void Recorder::run()
 			}
 		}
 		lock.lock();
-		stats_.records += written;
-		stats_.bytes += bytes;
+		if (ok) {
+			stats_.records += written;
+			stats_.bytes += bytes;
+		}
 		if (stop && queue_.empty())
 			return;
 	}
@@ -290,17 +328,15 @@ proxy::Verdict SessionRecording::on_request(const proxy::RequestInfo &info)
 
 proxy::Verdict SessionRecording::on_message(const proxy::RequestInfo &info, const proxy::Message &m)
 {
-	recording::Record r = record();
-	auto *msg = r.mutable_message();
-	msg->set_exchange(info.number);
-	msg->set_response(m.direction == proxy::Direction::Response);
-	msg->set_index(m.index);
-	msg->set_end_of_stream(m.end_of_stream);
-	msg->set_size(m.payload.size());
+	recording::Message msg;
+	msg.set_exchange(info.number);
+	msg.set_response(m.direction == proxy::Direction::Response);
+	msg.set_index(m.index);
+	msg.set_end_of_stream(m.end_of_stream);
+	msg.set_size(m.payload.size());
 	const size_t keep = std::min(m.payload.size(), recorder_.max_message_bytes());
-	msg->set_payload(m.payload.substr(0, keep));
-	msg->set_truncated(keep < m.payload.size());
-	recorder_.record(std::move(r));
+	msg.set_truncated(keep < m.payload.size());
+	recorder_.record_message(record(), msg, std::string_view(m.payload).substr(0, keep));
 	return proxy::Verdict::forward();
 }
 

@@ -10,7 +10,6 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
-#include <deque>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -50,6 +49,8 @@ public:
 
 	// Loop thread. Never blocks: over the queue's bound, the record is lost and recording fails.
 	void record(recording::Record r);
+	// A Message record: `head` without a body, `message` without its payload.
+	void record_message(const recording::Record &head, const recording::Message &message, std::string_view payload);
 	// The session ended: its records reach the disk at the next batch, not at the next second.
 	void sync_soon();
 	// New sessions may start (recording works, or the policy says fail open).
@@ -66,14 +67,21 @@ private:
 	Recorder(RecorderSettings settings, Journal &journal);
 	void run();
 	void fail(const std::string &why);
+	// Queues what `frame` appends (`size`: about how much), or fails recording when it would not fit.
+	template <typename Frame> void enqueue(size_t size, Frame &&frame);
 
 	RecorderSettings settings_;
 	Journal &journal_;
 	std::unique_ptr<record::SegmentWriter> writer_;
 	mutable std::mutex mutex_;
 	std::condition_variable wake_;
-	std::deque<recording::Record> queue_;
-	size_t queued_bytes_ = 0;
+	// Framed, serialized records (record::append_frame). Serializing on the loop thread keeps
+	// the records' many small allocations on the thread that made them.
+	std::string queue_;
+	// The writer: Busy, Idle (waiting for anything), or Batching (woken, letting a batch gather
+	// for a few milliseconds). The loop thread wakes it only when that changes something, so a
+	// busy session costs no wake-up per record.
+	enum class WriterState { Busy, Idle, Batching } writer_state_ = WriterState::Busy;
 	bool sync_requested_ = false;
 	bool stopping_ = false;
 	std::atomic<bool> failed_{false};

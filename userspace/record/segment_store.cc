@@ -34,6 +34,16 @@ void put_varint(std::string &out, uint64_t v)
 	out.push_back(static_cast<char>(v));
 }
 
+size_t varint_size(uint64_t v)
+{
+	size_t n = 1;
+	while (v >= 0x80) {
+		v >>= 7;
+		n++;
+	}
+	return n;
+}
+
 // false when the varint is cut short or longer than 10 bytes.
 bool get_varint(std::string_view in, size_t &pos, uint64_t &v)
 {
@@ -221,6 +231,45 @@ Result<SegmentRead> read_segment(const std::string &path)
 	return r;
 }
 
+void append_frame(std::string &out, const recording::Record &r)
+{
+	put_varint(out, r.ByteSizeLong());
+	r.AppendToString(&out);
+}
+
+void append_message_frame(std::string &out, const recording::Record &head, const recording::Message &message,
+                          std::string_view payload)
+{
+	// Protobuf reads a field wherever it comes in its message, so the payload may follow the
+	// message's other fields, and the message the record's.
+	constexpr char kPayloadTag = (5 << 3) | 2;      // Message.payload, length-delimited
+	constexpr uint64_t kMessageTag = (22 << 3) | 2; // Record.message, length-delimited
+	const size_t message_bytes = message.ByteSizeLong();
+	const size_t payload_field = 1 + varint_size(payload.size()) + payload.size();
+	const size_t inner = message_bytes + payload_field;
+	const size_t total = head.ByteSizeLong() + varint_size(kMessageTag) + varint_size(inner) + inner;
+	out.reserve(out.size() + varint_size(total) + total);
+	put_varint(out, total);
+	head.AppendToString(&out);
+	put_varint(out, kMessageTag);
+	put_varint(out, inner);
+	message.AppendToString(&out);
+	out.push_back(kPayloadTag);
+	put_varint(out, payload.size());
+	out.append(payload);
+}
+
+bool next_frame(std::string_view in, size_t &pos, std::string_view &record)
+{
+	size_t at = pos;
+	uint64_t len = 0;
+	if (at >= in.size() || !get_varint(in, at, len) || len > in.size() - at)
+		return false;
+	record = in.substr(at, static_cast<size_t>(len));
+	pos = at + static_cast<size_t>(len);
+	return true;
+}
+
 // --- writing ------------------------------------------------------------------------------------
 
 Result<std::unique_ptr<SegmentWriter>> SegmentWriter::open(const std::string &dir, std::string key, std::string host,
@@ -262,24 +311,45 @@ SegmentWriter::~SegmentWriter()
 		(void)checkpoint(true);
 }
 
-Status SegmentWriter::write_record(recording::Record &r)
+void SegmentWriter::buffer_record(std::string_view record, std::string_view chain)
+{
+	put_varint(pending_, record.size() + chain.size());
+	const size_t start = pending_.size();
+	pending_.append(record);
+	pending_.append(chain);
+	last_hash_ = sha256(std::string_view(pending_).substr(start));
+	seq_++;
+	bytes_ += pending_.size() - start + varint_size(record.size() + chain.size());
+}
+
+void SegmentWriter::write_record(recording::Record &r)
 {
 	r.set_prev_sha256(last_hash_);
 	r.set_seq(seq_);
 	if (r.time_us() == 0)
 		r.set_time_us(now_us());
-	std::string bytes = r.SerializeAsString();
-	std::string framed;
-	put_varint(framed, bytes.size());
-	framed += bytes;
-	if (Status st = write_all(fd_.get(), framed, dir_ + "/" + segment_name(index_)); !st) {
-		// Take a partial record back out (a full disk), so later records still follow the chain.
-		(void)!::ftruncate(fd_.get(), static_cast<off_t>(bytes_));
+	buffer_record(r.SerializeAsString(), {});
+}
+
+Status SegmentWriter::flush()
+{
+	if (pending_.empty())
+		return {};
+	Status st = write_all(fd_.get(), pending_, dir_ + "/" + segment_name(index_));
+	pending_.clear();
+	if (!st) {
+		// Take partial records back out (a full disk), so later records still follow the chain.
+		(void)!::ftruncate(fd_.get(), static_cast<off_t>(flushed_bytes_));
+		last_hash_ = flushed_hash_;
+		seq_ = flushed_seq_;
+		bytes_ = flushed_bytes_;
+		since_checkpoint_ = flushed_since_checkpoint_;
 		return st;
 	}
-	last_hash_ = sha256(bytes);
-	seq_++;
-	bytes_ += framed.size();
+	flushed_hash_ = last_hash_;
+	flushed_seq_ = seq_;
+	flushed_bytes_ = bytes_;
+	flushed_since_checkpoint_ = since_checkpoint_;
 	return {};
 }
 
@@ -289,23 +359,26 @@ Status SegmentWriter::start_segment()
 	fd_.reset(::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_APPEND | O_CLOEXEC, 0600));
 	if (!fd_)
 		return system_error("create " + path);
-	seq_ = 0;
-	bytes_ = 0;
-	since_checkpoint_ = 0;
+	seq_ = flushed_seq_ = 0;
+	bytes_ = flushed_bytes_ = 0;
+	since_checkpoint_ = flushed_since_checkpoint_ = 0;
+	flushed_hash_ = last_hash_;
+	pending_.clear();
 	recording::Record r;
 	auto *s = r.mutable_segment_start();
 	s->set_index(index_);
 	s->set_host(host_);
 	s->set_key_id(hex(sha256(key_)).substr(0, 16));
 	s->set_cordon_version(version_);
-	if (Status st = write_record(r); !st) {
+	write_record(r);
+	since_checkpoint_ = 1;
+	if (Status st = flush(); !st) {
 		// No segment without its start record (a full disk): the next append tries afresh.
 		fd_.reset();
 		::unlink(path.c_str());
 		return st;
 	}
 	open_ = true;
-	since_checkpoint_ = 1;
 	// The new name must survive a crash too.
 	UniqueFd dirfd(::open(dir_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
 	if (dirfd)
@@ -315,6 +388,16 @@ Status SegmentWriter::start_segment()
 
 Status SegmentWriter::append(recording::Record r)
 {
+	r.clear_prev_sha256();
+	r.clear_seq();
+	if (r.time_us() == 0)
+		r.set_time_us(now_us());
+	return append_serialized(r.SerializeAsString());
+}
+
+Status SegmentWriter::append_serialized(std::string_view record)
+{
+	constexpr size_t kFlushBytes = 1 << 20;
 	if (open_ && max_segment_bytes_ && bytes_ >= max_segment_bytes_) {
 		if (Status st = checkpoint(true); !st)
 			return st;
@@ -322,16 +405,30 @@ Status SegmentWriter::append(recording::Record r)
 	if (!open_)
 		if (Status st = start_segment(); !st)
 			return st;
-	if (Status st = write_record(r); !st)
-		return st;
+	// prev_sha256 (field 1, 32 bytes) and seq (field 2, a varint): the chain's fields.
+	char chain[2 + 32 + 1 + 10];
+	size_t n = 0;
+	chain[n++] = 0x0a;
+	chain[n++] = 32;
+	std::memcpy(chain + n, last_hash_.data(), 32);
+	n += 32;
+	chain[n++] = 0x10;
+	for (uint64_t v = seq_;; v >>= 7) {
+		chain[n++] = static_cast<char>(v >= 0x80 ? (v & 0x7f) | 0x80 : v);
+		if (v < 0x80)
+			break;
+	}
+	buffer_record(record, std::string_view(chain, n));
 	since_checkpoint_++;
+	if (pending_.size() >= kFlushBytes)
+		return flush();
 	return {};
 }
 
 Status SegmentWriter::checkpoint(bool final)
 {
 	if (!open_ || (since_checkpoint_ == 0 && !final))
-		return {};
+		return flush();
 	recording::Record c;
 	c.set_prev_sha256(last_hash_);
 	c.set_seq(seq_);
@@ -339,9 +436,10 @@ Status SegmentWriter::checkpoint(bool final)
 	c.mutable_checkpoint()->set_records(seq_);
 	c.mutable_checkpoint()->set_final(final);
 	c.mutable_checkpoint()->set_hmac(checkpoint_hmac(key_, c));
-	if (Status st = write_record(c); !st)
-		return st;
+	write_record(c);
 	since_checkpoint_ = 0;
+	if (Status st = flush(); !st)
+		return st;
 	if (final) {
 		if (Status st = sync(); !st)
 			return st;
@@ -354,6 +452,8 @@ Status SegmentWriter::checkpoint(bool final)
 
 Status SegmentWriter::sync()
 {
+	if (Status st = flush(); !st)
+		return st;
 	if (fd_ && ::fdatasync(fd_.get()) != 0)
 		return system_error("fdatasync " + dir_ + "/" + segment_name(index_));
 	return {};

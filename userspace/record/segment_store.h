@@ -57,8 +57,16 @@ public:
 	~SegmentWriter();
 
 	// Appends `r` (prev_sha256, seq and, if 0, time_us are filled in). A full segment is sealed
-	// and a new one started first.
+	// and a new one started first. Appends are buffered: they reach the file at flush(), a
+	// checkpoint, or once a megabyte is waiting.
 	Status append(recording::Record r);
+	// The same for a Record already serialized, with prev_sha256 and seq unset (the recorder's
+	// queue holds serialized records): the two fields are appended to its bytes, which protobuf
+	// reads as one message.
+	Status append_serialized(std::string_view record);
+	// Writes what is buffered. On an error (a full disk) the file is cut back to its last good
+	// end and everything buffered since is dropped, so the chain on disk stays whole.
+	Status flush();
 	// A Checkpoint authenticating everything so far; `final` seals the segment (the next
 	// append starts a new one). Skipped when nothing was written since the last one.
 	Status checkpoint(bool final);
@@ -74,7 +82,10 @@ public:
 private:
 	SegmentWriter() = default;
 	Status start_segment();
-	Status write_record(recording::Record &r);
+	// Fills in the chain's fields and buffers `r`.
+	void write_record(recording::Record &r);
+	// Frames `record` (+ `chain`, its prev_sha256 and seq fields) into pending_.
+	void buffer_record(std::string_view record, std::string_view chain);
 
 	std::string dir_, key_, host_, version_;
 	uint64_t max_segment_bytes_ = 0;
@@ -83,7 +94,22 @@ private:
 	bool open_ = false; // a segment is open (not sealed)
 	uint64_t seq_ = 0, bytes_ = 0, since_checkpoint_ = 0;
 	std::string last_hash_; // of the last record written (the chain's head)
+	std::string pending_;   // framed records not yet written
+	// The state at the end of what reached the file: restored when a flush fails.
+	uint64_t flushed_seq_ = 0, flushed_bytes_ = 0, flushed_since_checkpoint_ = 0;
+	std::string flushed_hash_;
 };
+
+// Framing: a record on disk (and in the recorder's queue) is a varint length, then its bytes.
+void append_frame(std::string &out, const recording::Record &r);
+// The same for a Message record, whose payload is copied once, straight from `payload` into the
+// frame (the stream's bytes are most of what is recorded): `head` has no body set, `message` no
+// payload. It reads back as `head` with `message` and its payload.
+void append_message_frame(std::string &out, const recording::Record &head, const recording::Message &message,
+                          std::string_view payload);
+// The frame at `pos` of `in`: its record's bytes, and `pos` moved past it. false at the end or
+// when the frame is cut short.
+bool next_frame(std::string_view in, size_t &pos, std::string_view &record);
 
 // Verification of a whole store, as `cordonctl verify` reports it.
 struct VerifyReport {
