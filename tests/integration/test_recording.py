@@ -1,6 +1,7 @@
 """Session recordings end to end: every intercepted connection is recorded, masked, into the
-chained and sealed store; `cordonctl sessions`, `replay`, `export` and `verify` read it back; the
-raw secrets appear nowhere on disk; tampering is caught; a full disk refuses new sessions."""
+chained and sealed store; `cordonctl sessions`, `replay`, `export` and `verify` read it back (unary,
+server streaming, bidi, the HTTP/1.1 SSE fallback, blocked, approved and denied); the raw secrets
+appear nowhere on disk or in the journal; tampering is caught; a full disk refuses new sessions."""
 import json
 import os
 import subprocess
@@ -64,48 +65,187 @@ def store_bytes(d):
     return out
 
 
+FILE_SYNC = "aiserver.v1.RepositoryService/FastUpdateFileV2"
+
+
+def sessions_of(found, rpc):
+    """The ids of the recorded sessions that called `rpc`."""
+    ids = [s["id"] for s in found if any(rpc in r for r in s.get("rpcs", []))]
+    assert ids, (rpc, found)
+    return ids
+
+
+def journal_bytes(journal, d):
+    """Every field of every journal entry of this cordond's lifetime, as journald stores them."""
+    args = ["journalctl", "--no-pager", "-o", "export", f"_PID={d.pid}", f"--since=@{journal._since(d.pid):.3f}"]
+    return subprocess.run(args, capture_output=True, check=True).stdout
+
+
+def assert_no_raw_secret(journal, d, *secrets):
+    raw, logged = store_bytes(d), journal_bytes(journal, d)
+    assert b"CORDON_EVENT=request" in logged and b"CORDON_EVENT=connection_close" in logged, logged[-2000:]
+    for secret in secrets:
+        assert secret.encode() not in raw, f"{secret} is in the recordings"
+        assert secret.encode() not in logged, f"{secret} is in the journal"
+        assert secret.encode() not in d.log_path.read_bytes(), f"{secret} is in cordond's output"
+
+
 def test_sessions_are_recorded_masked_and_replay_decoded(recorded, journal, work):
     d, jobs = recorded(f"""rules:
-  - name: no-models
+  - name: no-file-sync
     match:
-      rpcs: ["{MODELS.lstrip('/')}"]
+      rpcs: ["{FILE_SYNC}"]
     action: block
 default_action: allow
 """)
     d.descriptors = work / "cursor.desc"
+    # A unary call, and a server-streaming one.
+    events, _ = jobs.client("models", "--body", '{"isNightly": true}')
+    assert any(e["event"] == "response" for e in events), events
+    events, _ = jobs.client("server-stream", "--body",
+                            '{"currentFile": {"relativeWorkspacePath": "src/fib.c", "contents": "int fib(int n) {"}}')
+    assert [e for e in events if e["event"] == "done"][0]["received"] == 4, events
     # A bidi chat with an AWS key attached, whose answer leaks a GitHub token in pieces.
     events, _ = jobs.client("chat", "--prompt", "explain", "--prompt", "now leak a token",
                             "--file", f"deploy/aws.env=AWS_ACCESS_KEY_ID={AWS_KEY}\n")
     assert any(e["event"] == "recv" for e in events), events
-    # A blocked unary call, and the HTTP/1.1 SSE fallback.
-    jobs.client("models", check=False)
-    jobs.client("run-sse", "--prompt", "hello", base_url="https://agentn.api5.cursor.sh", http="1.1", check=False)
-    conns = entries(journal, d, "connection_close", count=3)
-    found = wait_sessions(d, 3)
+    # A blocked unary call, and the HTTP/1.1 SSE fallback (its appends carry the key too).
+    events, _ = jobs.client("unary", "--method", FILE_SYNC, "--body",
+                            '{"relativeWorkspacePath": "db/schema.sql", "contents": "DROP TABLE users;"}', check=False)
+    assert [e for e in events if e["event"] == "error"][0]["code"] == "permission_denied", events
+    events, _ = jobs.client("run-sse", "--prompt", "hello over sse", "--file",
+                            f"deploy/aws.env=AWS_ACCESS_KEY_ID={AWS_KEY}\n", base_url="https://agentn.api5.cursor.sh",
+                            http="1.1")
+    assert [e for e in events if e["event"] == "done"], events
+    # Six connections: RunSSE and its BidiAppends go over two.
+    conns = entries(journal, d, "connection_close", count=6)
+    found = wait_sessions(d, 6)
     ids = {s["id"] for s in found}
     assert {c["CORDON_CONN"] for c in conns} <= ids, (conns, found)
 
-    chat = next(s["id"] for s in found if "ChatService" in json.dumps(s))
-    replay = ctl(d, "replay", chat).stdout
-    assert "StreamUnifiedChatWithTools" in replay and "explain" in replay, replay
-    assert "[MASKED:aws-access-key-id]" in replay, replay
-    assert AWS_KEY not in replay and GITHUB_TOKEN not in replay
+    def replay(rpc):
+        text = "".join(ctl(d, "replay", id).stdout for id in sessions_of(found, rpc))
+        assert rpc in text, text
+        assert AWS_KEY not in text and GITHUB_TOKEN not in text, text
+        return text
+
+    # Unary: the request as sent, Cursor's answer, the default decision.
+    text = replay(MODELS.lstrip("/"))
+    assert '{"is_nightly":true}' in text, text
+    assert "claude-4-sonnet" in text and "decision: rule 'default' → allow" in text, text
+    # Server streaming: the request, then every streamed message to the end.
+    text = replay("StreamCpp")
+    assert "src/fib.c" in text and "int fib(int n) {" in text, text
+    assert "// completion for src/fib.c" in text and "return 42;" in text, text
+    # Bidi: both prompts, the attached file masked, the answer's leaked token masked.
+    text = replay("StreamUnifiedChatWithTools")
+    assert "explain" in text and "now leak a token" in text and "Stand-in reply" in text, text
+    assert "[MASKED:aws-access-key-id]" in text, text
+    assert "[MASKED:" in text.split("now leak a token", 1)[1], text
+    chat = sessions_of(found, "StreamUnifiedChatWithTools")[0]
     exported = json.loads(ctl(d, "export", chat, "--format", "json").stdout)
     assert exported["session"] == chat and exported["exchanges"], exported
-
+    # Blocked: the rule and its action, and nothing from Cursor.
+    text = replay(FILE_SYNC)
+    assert "decision: rule 'no-file-sync' → block" in text, text
+    assert "end: refused (cordon: blocked by policy rule 'no-file-sync')" in text and "← " not in text, text
     blocked = [s for s in found if s.get("actions", {}).get("block")]
-    assert blocked, found
-    text = ctl(d, "replay", blocked[0]["id"]).stdout
-    assert "no-models" in text and "block" in text, text
+    assert [s["id"] for s in blocked] == sessions_of(found, FILE_SYNC), found
+    # The SSE fallback: the prompt in the appended client messages (decoded from their hex, the
+    # key masked), the answer streamed back over the event stream.
+    text = replay("BidiAppend")
+    assert "hello over sse" in text and "[MASKED:aws-access-key-id]" in text and "shell_result" in text, text
+    text = replay("RunSSE")
+    assert "(sse)" in text and "you said" in text and "turn_ended" in text, text
 
-    # Sealed on a clean stop; the whole store verifies, and no raw secret is anywhere on disk.
+    # Sealed on a clean stop; the whole store verifies, and no raw secret is on disk or in the journal.
     d.stop()
     r = ctl(d, "verify", check=False)
     assert r.returncode == 0, r.stdout + r.stderr
-    raw = store_bytes(d)
-    assert AWS_KEY.encode() not in raw and GITHUB_TOKEN.encode() not in raw
+    assert_no_raw_secret(journal, d, AWS_KEY, GITHUB_TOKEN)
     assert os.stat(d.state_dir / "recordings").st_mode & 0o777 == 0o700
     assert os.stat(d.state_dir / "recording.key").st_mode & 0o777 == 0o600
+
+
+APPROVALS = rf"""approvals:
+  timeout_seconds: 60
+rules:
+  - name: approve-rm-rf
+    match:
+      direction: response
+      content:
+        - field: exec_server_message.shell_args.command
+          regex: 'rm\s+-rf\s+/'
+    action: approve
+  - name: approve-schema-changes
+    match:
+      rpcs: ["{FILE_SYNC}"]
+      direction: request
+      content:
+        - field: contents
+          regex: 'DROP TABLE'
+    action: approve
+default_action: allow
+"""
+
+
+def wait_pending(d, timeout=20):
+    deadline = time.monotonic() + timeout
+    while True:
+        pending = json.loads(d.ctl("approvals", "--json").stdout)["pending"]
+        if pending:
+            return pending[0]
+        assert time.monotonic() < deadline, f"no pending approval:\n{d.log_text()[-3000:]}"
+        time.sleep(0.1)
+
+
+def finish(p):
+    out, _ = p.communicate(timeout=60)
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def test_approved_and_denied_sessions_replay_with_the_approval(recorded, journal, work):
+    d, jobs = recorded(APPROVALS)
+    d.descriptors = work / "cursor.desc"
+    # An agent run whose exec message waits for a person, who approves it.
+    p = jobs.spawn_client("run", "--prompt", "please rm -rf / now", "--file",
+                          f"deploy/aws.env=AWS_ACCESS_KEY_ID={AWS_KEY}\n", base_url="https://agentn.api5.cursor.sh")
+    approved = wait_pending(d)
+    assert approved["rule"] == "approve-rm-rf", approved
+    d.ctl("approve", approved["id"])
+    events = finish(p)
+    assert [e for e in events if e["event"] == "done"], events
+    # A file sync whose message waits too (a token in it), and is denied.
+    p = jobs.spawn_client("unary", "--method", FILE_SYNC, "--body", json.dumps(
+        {"relativeWorkspacePath": "db/schema.sql", "contents": f"DROP TABLE users; -- {GITHUB_TOKEN}"}))
+    denied = wait_pending(d)
+    assert denied["rule"] == "approve-schema-changes", denied
+    assert "DROP TABLE users; -- [MASKED:github-pat]" in denied["excerpt"], denied
+    d.ctl("deny", denied["id"])
+    events = finish(p)
+    assert [e for e in events if e["event"] == "error"][0]["code"] == "permission_denied", events
+    entries(journal, d, "connection_close", count=2)
+    found = wait_sessions(d, 2)
+
+    run = ctl(d, "replay", sessions_of(found, "AgentService/Run")[0]).stdout
+    assert "agent.v1.AgentService/Run" in run and "please rm -rf / now" in run, run
+    assert "[MASKED:aws-access-key-id]" in run and '"command": "rm -rf /"' in run, run
+    assert f"decision: rule 'approve-rm-rf' → approve (approval {approved['id']} approved by root" in run, run
+    assert "shell_result" in run and "turn_ended" in run, run
+    sync = ctl(d, "replay", sessions_of(found, FILE_SYNC)[0]).stdout
+    assert FILE_SYNC in sync, sync
+    assert f"decision: rule 'approve-schema-changes' → approve (approval {denied['id']} denied by root" in sync, sync
+    assert "end: refused (cordon: denied by root" in sync, sync
+    for text in (run, sync):
+        assert AWS_KEY not in text and GITHUB_TOKEN not in text, text
+
+    # The held messages' excerpts reached the journal masked; no raw secret is anywhere.
+    excerpts = [e["CORDON_EXCERPT"] for e in entries(journal, d, "approval", count=2, CORDON_APPROVAL="pending")]
+    assert any("[MASKED:github-pat]" in e for e in excerpts), excerpts
+    d.stop()
+    assert_no_raw_secret(journal, d, AWS_KEY, GITHUB_TOKEN)
+    r = ctl(d, "verify", check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
 
 
 def test_an_edited_or_deleted_segment_is_named_by_verify(recorded, journal, work):
