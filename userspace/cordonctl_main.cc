@@ -262,6 +262,7 @@ int main(int argc, char **argv)
 		("since", po::value<std::string>()->default_value(""), "sessions: active at or after (2026-11-29T17:00:00Z, 2h)")
 		("until", po::value<std::string>()->default_value(""), "sessions: begun at or before")
 		("all", "verify: the whole store (the default)")
+		("no-journal", "verify, export: do not hold the store against the journal's record of its segments")
 		("command", po::value<std::string>(), "command");
 	po::options_description hidden;
 	hidden.add_options()
@@ -306,6 +307,8 @@ int main(int argc, char **argv)
 		o.descriptors = vm["descriptors"].as<std::string>();
 		o.json = as_json;
 		o.all = vm.count("all") > 0;
+		o.journal = vm.count("no-journal") == 0;
+		o.journal_result = command == "verify";
 		o.format = vm["format"].as<std::string>();
 		o.identity = vm["identity"].as<std::string>();
 		o.host = vm["host"].as<std::string>();

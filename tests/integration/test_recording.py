@@ -248,6 +248,14 @@ def test_approved_and_denied_sessions_replay_with_the_approval(recorded, journal
     assert r.returncode == 0, r.stdout + r.stderr
 
 
+def verify_results(store):
+    """The CORDON_RESULT of every `cordonctl verify` journaled for `store`."""
+    out = subprocess.run(["journalctl", "--no-pager", "-o", "json", "SYSLOG_IDENTIFIER=cordonctl",
+                          "CORDON_EVENT=recording_verify", f"CORDON_RECORDINGS={store}"],
+                         capture_output=True, text=True, check=True).stdout
+    return [json.loads(line)["CORDON_RESULT"] for line in out.splitlines() if line.strip()]
+
+
 def test_an_edited_or_deleted_segment_is_named_by_verify(recorded, journal, work):
     d, jobs = recorded()
     d.descriptors = work / "cursor.desc"
@@ -276,6 +284,30 @@ def test_an_edited_or_deleted_segment_is_named_by_verify(recorded, journal, work
     first.write_bytes(original)
     os.chmod(first, 0o600)
     assert ctl(d, "verify", check=False).returncode == 0
+
+    # The newest segment deleted: the chain alone cannot tell (it looks like a shorter store),
+    # but cordond journaled every segment it started and sealed.
+    sealed = entries(journal, d, "recording_segment", CORDON_SEGMENT_STATE="sealed")
+    newest = segments[-1]
+    assert sealed[-1]["CORDON_SEGMENT"] == newest.name, sealed
+    assert sealed[-1]["CORDON_RECORDINGS"] == str((d.state_dir / "recordings").resolve()), sealed
+    kept = newest.read_bytes()
+    newest.unlink()
+    assert ctl(d, "verify", "--no-journal", check=False).returncode == 0
+    r = ctl(d, "verify", check=False)
+    assert r.returncode == 1 and f"{newest.name} is missing" in r.stdout and "journal" in r.stdout, r.stdout
+    newest.write_bytes(kept)
+    os.chmod(newest, 0o600)
+    r = ctl(d, "verify", check=False)
+    assert r.returncode == 0 and "the journal witnessed" in r.stdout, r.stdout
+    # Each verify is journaled by cordonctl, with its finding.
+    store = (d.state_dir / "recordings").resolve()
+    results = verify_results(store)
+    deadline = time.monotonic() + 10
+    while results.count("tampered") < 3 and time.monotonic() < deadline:
+        time.sleep(0.2)
+        results = verify_results(store)
+    assert results.count("tampered") == 3 and "ok" in results, results
 
 
 def test_two_hundred_parallel_sessions_all_verify(recorded, journal, work):

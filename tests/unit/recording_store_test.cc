@@ -223,8 +223,14 @@ constexpr uint64_t kSmallSegments = 700; // bytes: a few records a segment
 // Three sessions over two cordond runs: c-1a2b (GitHub, two exchanges: an allowed chat and a
 // blocked agent run); c-3c4d (GitLab, a held request approved by a person) in the second run; c-5e6f
 // (no identity) after it.
-void write_sessions(const std::string &dir, const std::string &key, const std::string &host = "ci-host-1")
+void write_sessions(const std::string &dir, const std::string &key, const std::string &host = "ci-host-1",
+                    std::vector<record::SegmentWitness> *witnesses = nullptr)
 {
+	auto witness = [&](record::SegmentWriter &w) {
+		for (auto &seen : w.take_witnesses())
+			if (witnesses)
+				witnesses->push_back(std::move(seen));
+	};
 	{
 		auto w = record::SegmentWriter::open(dir, key, host, "test", kSmallSegments);
 		ASSERT_TRUE(w) << w.error().message();
@@ -245,6 +251,7 @@ void write_sessions(const std::string &dir, const std::string &key, const std::s
 		s.exchange_end(kT0 + 23000, 2, "blocked", 30, 0, 0);
 		s.end(kT0 + 30000, "closed", 2);
 		ASSERT_TRUE((*w)->checkpoint(true));
+		witness(**w);
 	} // cordond stops
 	{
 		auto w = record::SegmentWriter::open(dir, key, host, "test", kSmallSegments);
@@ -269,6 +276,8 @@ void write_sessions(const std::string &dir, const std::string &key, const std::s
 		u.decision(t2 + 1100, 1, "chat-ok", "allow");
 		u.exchange_end(t2 + 2000, 1, "ok", 1, 1, 0);
 		u.end(t2 + 3000, "closed", 1);
+		ASSERT_TRUE((*w)->checkpoint(true));
+		witness(**w);
 	}
 }
 
@@ -276,6 +285,7 @@ struct Store {
 	RecordingTempDir tmp;
 	std::string dir, key;
 	std::vector<uint64_t> segments;
+	std::vector<record::SegmentWitness> witnesses; // what cordond would have journaled
 
 	Store()
 	{
@@ -286,7 +296,7 @@ struct Store {
 	}
 	void write()
 	{
-		write_sessions(dir, key);
+		write_sessions(dir, key, "ci-host-1", &witnesses);
 		auto list = record::list_segments(dir);
 		ASSERT_TRUE(list);
 		segments = *list;
@@ -303,6 +313,7 @@ struct Store {
 		return segments[1];
 	}
 	record::VerifyReport verify() const { return record::verify_store(dir, key); }
+	record::VerifyReport verify_witnessed() const { return record::verify_store(dir, key, witnesses); }
 	std::vector<Record> records() const
 	{
 		auto r = record::read_store(dir);
@@ -939,4 +950,94 @@ TEST(RecordingStore, MessageFramesReadBackAsWholeRecords)
 	EXPECT_EQ((*records)[2].message().payload(), "second");
 	EXPECT_EQ((*records)[2].seq(), 2u);
 	EXPECT_EQ((*records)[2].prev_sha256().size(), 32u);
+}
+
+// ---- the journal as a witness ---------------------------------------------------------------------
+
+// Deleting the newest segments, or cutting the newest at a record boundary, leaves a store that
+// chains and looks like a crash. Only a witness outside the store can tell: cordond journals each
+// segment it starts and seals.
+TEST(RecordingWitness, EveryStartAndSealIsWitnessedAndMatches)
+{
+	Store st;
+	st.write();
+	size_t sealed = 0, started = 0;
+	for (const auto &w : st.witnesses)
+		(w.sealed ? sealed : started)++;
+	EXPECT_EQ(sealed, st.segments.size());
+	EXPECT_EQ(started, st.segments.size());
+	const auto r = st.verify_witnessed();
+	EXPECT_TRUE(r.ok()) << report_text(r);
+	EXPECT_EQ(r.witnessed, st.witnesses.size());
+}
+
+TEST(RecordingWitness, DeletedNewestSegmentIsNamed)
+{
+	Store st;
+	st.write();
+	const uint64_t newest = st.segments.back();
+	fs::remove(st.path(newest));
+	EXPECT_TRUE(st.verify().ok()) << "without a witness this looks like a shorter store";
+	const auto r = st.verify_witnessed();
+	EXPECT_FALSE(r.ok());
+	const std::string problems = all_problems(r);
+	EXPECT_NE(problems.find(record::segment_name(newest) + " is missing"), std::string::npos) << problems;
+	EXPECT_NE(problems.find("deleted"), std::string::npos) << problems;
+}
+
+TEST(RecordingWitness, NewestSegmentCutAtARecordBoundaryIsNamed)
+{
+	Store st;
+	st.write();
+	const uint64_t newest = st.segments.back();
+	auto read = record::read_segment(st.path(newest));
+	ASSERT_TRUE(read);
+	ASSERT_GE(read->records.size(), 3u);
+	std::string bytes = read_bytes(st.path(newest));
+	bytes.resize(read->offsets[read->records.size() - 2]); // the seal and the record before it gone
+	write_bytes(st.path(newest), bytes);
+	const auto plain = st.verify();
+	EXPECT_TRUE(plain.ok()) << "without a witness this looks like a crash: " << report_text(plain);
+	const auto r = st.verify_witnessed();
+	EXPECT_FALSE(r.ok());
+	EXPECT_NE(all_problems(r).find(record::segment_name(newest) + " is not the segment cordond sealed"),
+	          std::string::npos)
+	    << report_text(r);
+}
+
+TEST(RecordingWitness, NewestSegmentsReplacedByAnotherHistoryAreNamed)
+{
+	// An attacker with the key cannot be stopped; one without it can only rewrite from scratch:
+	// another store written under another key, copied over the newest segment.
+	Store st;
+	st.write();
+	Store other;
+	other.write();
+	const uint64_t newest = st.segments.back();
+	fs::copy_file(other.path(newest), st.path(newest), fs::copy_options::overwrite_existing);
+	const auto r = st.verify_witnessed();
+	EXPECT_FALSE(r.ok());
+	EXPECT_NE(all_problems(r).find("is not the segment cordond"), std::string::npos) << report_text(r);
+}
+
+TEST(RecordingWitness, PrunedSegmentsAreNotMissing)
+{
+	Store st;
+	st.write();
+	uint64_t total = 0;
+	for (uint64_t i : st.segments)
+		total += fs::file_size(st.path(i));
+	{
+		auto w = record::SegmentWriter::open(st.dir, st.key, "ci-host-1", "test", kSmallSegments);
+		ASSERT_TRUE(w);
+		auto removed = (*w)->prune(total / 2, 0);
+		ASSERT_TRUE(removed);
+		ASSERT_FALSE(removed->empty());
+		ASSERT_TRUE((*w)->checkpoint(true));
+		for (auto &seen : (*w)->take_witnesses())
+			st.witnesses.push_back(std::move(seen));
+	}
+	const auto r = st.verify_witnessed();
+	EXPECT_TRUE(r.ok()) << report_text(r);
+	EXPECT_NE(all_notes(r).find("pruned"), std::string::npos);
 }

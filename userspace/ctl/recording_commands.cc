@@ -16,6 +16,7 @@
 #include <ostream>
 
 #include "common/strings.h"
+#include "ctl/journal_witness.h"
 #include "ctl/printable.h"
 #include "proxy/message_decoder.h"
 #include "proxy/rpc.h"
@@ -32,7 +33,9 @@ constexpr size_t kFlatWidth = 100;            // a JSON value this short stays o
 constexpr int64_t kMaxRelativeSeconds = int64_t{100} * 365 * 86400;
 
 const char *const kRecordingUsage =
-    R"(usage: cordonctl verify [ID | --all] [--json]   check the recordings' chain and checkpoints
+    R"(usage: cordonctl verify [ID | --all] [--json] [--no-journal]
+                                                  check the recordings' chain and checkpoints, and
+                                                  the segments cordond's journal saw
        cordonctl sessions [--identity GLOB] [--host GLOB] [--rpc GLOB] [--action GLOB]
                           [--since T] [--until T] [--json]
        cordonctl replay ID                        a session as a readable transcript
@@ -605,7 +608,21 @@ int run_verify(const std::vector<std::string> &args, const RecordingCommandOptio
 		err << "cordonctl verify: " << store.error().message() << "\n";
 		return 1;
 	}
-	const record::VerifyReport report = record::verify_store(o.recordings, *key);
+	JournalWitnesses witnesses;
+	if (o.journal)
+		witnesses = read_journal_witnesses(o.recordings);
+	record::VerifyReport report = record::verify_store(o.recordings, *key, witnesses.segments);
+	if (!o.journal)
+		report.notes.push_back("the journal was not consulted (--no-journal)");
+	else if (!witnesses.journal_open)
+		report.notes.push_back("no journal to hold the store against (" + witnesses.error +
+		                       "): the deletion of the newest segments cannot be told");
+	else
+		report.notes.push_back("the journal witnessed " + std::to_string(report.witnessed) +
+		                       " segment starts and seals; all " +
+		                       (report.ok() ? "match the store" : "checked"));
+	if (o.journal_result)
+		journal_verify_result(o.recordings, report.ok(), problem_count(report), args.empty() ? "" : args[0]);
 	json session;
 	std::vector<std::string> segments;
 	if (!args.empty()) {
@@ -691,7 +708,9 @@ int run_replay_or_export(const std::string &command, const std::vector<std::stri
 	if (auto key = record::load_key(o.key_file); !key) {
 		verify_problems.push_back("cannot read the recording key: " + key.error().message());
 	} else {
-		const record::VerifyReport report = record::verify_store(o.recordings, *key);
+		const record::VerifyReport report = record::verify_store(
+		    o.recordings, *key,
+		    o.journal ? read_journal_witnesses(o.recordings).segments : std::vector<record::SegmentWitness>{});
 		verified = report.ok();
 		verify_problems = verify_report_json(report)["problems"];
 	}
@@ -1050,6 +1069,14 @@ Result<json> export_session(const std::vector<Record> &records, const std::strin
 	            {"verified", verified}};
 }
 
+size_t problem_count(const record::VerifyReport &report)
+{
+	size_t problems = report.problems.size();
+	for (const auto &s : report.segments)
+		problems += s.problems.size();
+	return problems;
+}
+
 json verify_report_json(const record::VerifyReport &report)
 {
 	json segments = json::array();
@@ -1060,9 +1087,7 @@ json verify_report_json(const record::VerifyReport &report)
 		                        {"authenticated", s.authenticated},
 		                        {"problems", s.problems},
 		                        {"notes", s.notes}});
-	size_t problems = report.problems.size();
-	for (const auto &s : report.segments)
-		problems += s.problems.size();
+	const size_t problems = problem_count(report);
 	return json{{"ok", report.ok()},           {"segments", std::move(segments)}, {"sessions", report.sessions},
 	            {"problems", report.problems}, {"notes", report.notes},           {"problem_count", problems}};
 }

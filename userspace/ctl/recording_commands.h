@@ -27,8 +27,10 @@ struct RecordingCommandOptions {
 	std::string key_file;    // <state dir>/recording.key
 	std::string descriptors; // Cursor's descriptor set; generic decoding when unreadable
 	bool json = false;
-	bool all = false;   // verify --all
-	std::string format; // export: only "json" ("" means json)
+	bool all = false;            // verify --all
+	bool journal = true;         // verify, export: hold the store against the journal's segment witnesses
+	bool journal_result = false; // verify: journal the result (cordonctl itself, not its tests)
+	std::string format;          // export: only "json" ("" means json)
 	// sessions: globs (fnmatch) and the time window
 	std::string identity, host, rpc, action, since, until;
 };
@@ -81,6 +83,7 @@ bool replay_session(const std::vector<recording::Record> &records, const std::st
 Result<nlohmann::ordered_json> export_session(const std::vector<recording::Record> &records, const std::string &id,
                                               const proxy::MessageDecoder &decoder, bool verified);
 
+size_t problem_count(const record::VerifyReport &report);
 nlohmann::ordered_json verify_report_json(const record::VerifyReport &report);
 void print_verify_report(const record::VerifyReport &report, std::ostream &out);
 

@@ -54,6 +54,11 @@ Result<std::unique_ptr<Recorder>> Recorder::start(RecorderSettings settings, Jou
 	                                          settings.max_segment_bytes);
 	if (!writer)
 		return plain_error("recordings: " + writer.error().message());
+	// The journal names the store by its canonical path, which `cordonctl verify` looks up.
+	if (char *real = ::realpath(settings.dir.c_str(), nullptr)) {
+		settings.dir = real;
+		::free(real);
+	}
 	auto r = std::unique_ptr<Recorder>(new Recorder(std::move(settings), journal));
 	r->writer_ = std::move(*writer);
 	r->thread_ = std::thread([raw = r.get()] { raw->run(); });
@@ -157,6 +162,23 @@ void Recorder::fail(const std::string &why)
 	journal_.send(std::move(e));
 }
 
+void Recorder::journal_witnesses()
+{
+	for (const auto &w : writer_->take_witnesses()) {
+		JournalEntry e;
+		e.priority = 6;
+		e.message = std::string("recording segment ") + w.name + (w.sealed ? " sealed" : " started");
+		e.add("CORDON_EVENT", "recording_segment")
+		    .add("CORDON_RECORDINGS", settings_.dir)
+		    .add("CORDON_SEGMENT", w.name)
+		    .add("CORDON_SEGMENT_STATE", w.sealed ? "sealed" : "started")
+		    .add("CORDON_CHAIN_HASH", record::hex(w.hash));
+		if (w.sealed)
+			e.add("CORDON_RECORDS", std::to_string(w.records));
+		journal_.send(std::move(e));
+	}
+}
+
 void Recorder::run()
 {
 	using Clock = std::chrono::steady_clock;
@@ -221,7 +243,7 @@ void Recorder::run()
 			e.add("CORDON_EVENT", "recording_recovered").add("CORDON_RECORDINGS", settings_.dir);
 			journal_.send(std::move(e));
 		}
-		if (ok && (settings_.max_total_bytes || settings_.max_age_seconds) &&
+		if (ok && !stop && (settings_.max_total_bytes || settings_.max_age_seconds) &&
 		    now - last_prune >= std::chrono::seconds(60)) {
 			last_prune = now;
 			auto removed = writer_->prune(settings_.max_total_bytes, settings_.max_age_seconds);
@@ -237,6 +259,7 @@ void Recorder::run()
 				journal_.send(std::move(e));
 			}
 		}
+		journal_witnesses();
 		lock.lock();
 		if (ok) {
 			stats_.records += written;

@@ -67,6 +67,8 @@ private:
 	Recorder(RecorderSettings settings, Journal &journal);
 	void run();
 	void fail(const std::string &why);
+	// Each segment started or sealed, to the journal: an outside witness for `cordonctl verify`.
+	void journal_witnesses();
 	// Queues what `frame` appends (`size`: about how much), or fails recording when it would not fit.
 	template <typename Frame> void enqueue(size_t size, Frame &&frame);
 

@@ -363,6 +363,7 @@ Status SegmentWriter::start_segment()
 	bytes_ = flushed_bytes_ = 0;
 	since_checkpoint_ = flushed_since_checkpoint_ = 0;
 	flushed_hash_ = last_hash_;
+	const std::string continues_from = last_hash_;
 	pending_.clear();
 	recording::Record r;
 	auto *s = r.mutable_segment_start();
@@ -379,6 +380,7 @@ Status SegmentWriter::start_segment()
 		return st;
 	}
 	open_ = true;
+	witnesses_.push_back({segment_name(index_), false, continues_from, 0, {}});
 	// The new name must survive a crash too.
 	UniqueFd dirfd(::open(dir_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
 	if (dirfd)
@@ -445,6 +447,7 @@ Status SegmentWriter::checkpoint(bool final)
 			return st;
 		fd_.reset();
 		open_ = false;
+		witnesses_.push_back({segment_name(index_), true, last_hash_, seq_, {}});
 		index_++;
 	}
 	return {};
@@ -516,13 +519,55 @@ Result<std::vector<std::string>> SegmentWriter::prune(uint64_t max_total_bytes, 
 
 // --- verifying ----------------------------------------------------------------------------------
 
+namespace {
+
+// The store against what the journal saw: the chain alone cannot tell that its newest segments
+// were deleted, or replaced by a shorter history that chains just as well.
+void check_witnesses(const std::vector<uint64_t> &indexes, const std::vector<SegmentRead> &reads,
+                     const std::map<std::string, std::string> &pruned, const std::vector<SegmentWitness> &witnesses,
+                     VerifyReport &report)
+{
+	for (const auto &w : witnesses) {
+		uint64_t index = 0;
+		if (!parse_segment_name(w.name, index))
+			continue;
+		report.witnessed++;
+		const std::string seen = std::string("the journal saw it ") + (w.sealed ? "sealed" : "started") +
+		                         (w.when.empty() ? "" : " at " + w.when);
+		auto at = std::find(indexes.begin(), indexes.end(), index);
+		if (at == indexes.end()) {
+			if (!pruned.count(w.name))
+				report.problems.push_back(w.name +
+				                          " is missing and no authenticated prune record says why (" +
+				                          seen + "): deleted");
+			continue;
+		}
+		const SegmentRead &r = reads[static_cast<size_t>(at - indexes.begin())];
+		if (r.records.empty())
+			continue; // already a problem (or the torn segment being written)
+		if (!w.sealed) {
+			if (r.records[0].prev_sha256() != w.hash)
+				report.problems.push_back(w.name + " is not the segment cordond started (" + seen +
+				                          " continuing another record): replaced");
+			continue;
+		}
+		const bool same = r.records.size() == w.records && r.hashes.back() == w.hash;
+		if (!same)
+			report.problems.push_back(w.name + " is not the segment cordond sealed (" + seen + " with " +
+			                          std::to_string(w.records) + " records and another seal; it holds " +
+			                          std::to_string(r.records.size()) + "): replaced or cut short");
+	}
+}
+
+} // namespace
+
 bool VerifyReport::ok() const
 {
 	return problems.empty() &&
 	       std::all_of(segments.begin(), segments.end(), [](const Segment &s) { return s.problems.empty(); });
 }
 
-VerifyReport verify_store(const std::string &dir, std::string_view key)
+VerifyReport verify_store(const std::string &dir, std::string_view key, const std::vector<SegmentWitness> &witnesses)
 {
 	VerifyReport report;
 	auto indexes = list_segments(dir);
@@ -658,6 +703,7 @@ VerifyReport verify_store(const std::string &dir, std::string_view key)
 		previous_last = r.hashes.back();
 		report.segments.push_back(std::move(seg));
 	}
+	check_witnesses(*indexes, reads, pruned, witnesses, report);
 	return report;
 }
 

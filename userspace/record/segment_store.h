@@ -7,6 +7,7 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "common/result.h"
@@ -48,6 +49,16 @@ struct SegmentRead {
 };
 Result<SegmentRead> read_segment(const std::string &path);
 
+// What the writer said about a segment when it started or sealed it, kept outside the store (cordond
+// journals it): the witness that a deleted or replaced newest segment cannot take along.
+struct SegmentWitness {
+	std::string name;     // segment-00000003.rec
+	bool sealed = false;  // false: started
+	std::string hash;     // sealed: its seal's SHA-256; started: the hash it continues the chain from
+	uint64_t records = 0; // sealed: its records, the seal included
+	std::string when;     // for messages: when the witness saw it ("" when unknown)
+};
+
 class SegmentWriter {
 public:
 	// Opens `dir` (created 0700), continues the chain after the newest segment there (sealed, or
@@ -75,6 +86,8 @@ public:
 	// over `max_total_bytes` (0: no size limit), and records a Prune. Never the open segment.
 	Result<std::vector<std::string>> prune(uint64_t max_total_bytes, int64_t max_age_seconds);
 
+	// Segments started and sealed since the last call, for the journal.
+	std::vector<SegmentWitness> take_witnesses() { return std::exchange(witnesses_, {}); }
 	uint64_t segment_index() const { return index_; }
 	uint64_t records_since_checkpoint() const { return since_checkpoint_; }
 	const std::string &dir() const { return dir_; }
@@ -98,6 +111,7 @@ private:
 	// The state at the end of what reached the file: restored when a flush fails.
 	uint64_t flushed_seq_ = 0, flushed_bytes_ = 0, flushed_since_checkpoint_ = 0;
 	std::string flushed_hash_;
+	std::vector<SegmentWitness> witnesses_;
 };
 
 // Framing: a record on disk (and in the recorder's queue) is a varint length, then its bytes.
@@ -125,9 +139,13 @@ struct VerifyReport {
 	std::vector<std::string> problems; // store-level: missing segments, chain breaks between segments
 	std::vector<std::string> notes;
 	uint64_t sessions = 0;
+	uint64_t witnessed = 0; // segment witnesses checked
 	bool ok() const;
 };
-VerifyReport verify_store(const std::string &dir, std::string_view key);
+// `witnesses`: what the journal saw of the store's segments; a segment it saw that is gone without
+// an authenticated prune, or that is not the one it saw, is a problem.
+VerifyReport verify_store(const std::string &dir, std::string_view key,
+                          const std::vector<SegmentWitness> &witnesses = {});
 
 // Every record of every segment, in order (for sessions, replay and export).
 Result<std::vector<recording::Record>> read_store(const std::string &dir);
