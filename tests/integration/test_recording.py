@@ -4,6 +4,7 @@ server streaming, bidi, the HTTP/1.1 SSE fallback, blocked, approved and denied)
 appear nowhere on disk or in the journal; tampering is caught; a full disk refuses new sessions."""
 import json
 import os
+import re
 import subprocess
 import time
 
@@ -230,11 +231,15 @@ def test_approved_and_denied_sessions_replay_with_the_approval(recorded, journal
     run = ctl(d, "replay", sessions_of(found, "AgentService/Run")[0]).stdout
     assert "agent.v1.AgentService/Run" in run and "please rm -rf / now" in run, run
     assert "[MASKED:aws-access-key-id]" in run and '"command": "rm -rf /"' in run, run
-    assert f"decision: rule 'approve-rm-rf' → approve (approval {approved['id']} approved by root" in run, run
+    # The decision where it was made, on the held message, with when it was answered.
+    assert re.search(rf"decision: rule 'approve-rm-rf' → approve on ← #\d+ \(approval {approved['id']} "
+                     r"approved by root.* at \+[\d.]+ m?s, after ", run), run
     assert "shell_result" in run and "turn_ended" in run, run
     sync = ctl(d, "replay", sessions_of(found, FILE_SYNC)[0]).stdout
     assert FILE_SYNC in sync, sync
-    assert f"decision: rule 'approve-schema-changes' → approve (approval {denied['id']} denied by root" in sync, sync
+    assert re.search(rf"decision: rule 'approve-schema-changes' → approve on → #0 \(approval {denied['id']} "
+                     r"denied by root.* at ", sync), sync
+    assert "that message is recorded as the job sent it; it was never forwarded" in sync, sync
     assert "end: refused (cordon: denied by root" in sync, sync
     for text in (run, sync):
         assert AWS_KEY not in text and GITHUB_TOKEN not in text, text

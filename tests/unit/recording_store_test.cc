@@ -186,6 +186,28 @@ public:
 		d->set_approver(approver);
 		put(std::move(r));
 	}
+	// As cordond writes one: at the exchange's end, with when it was decided (and answered), and
+	// the message a content rule stopped.
+	void decision_made(int64_t written, int64_t decided, int64_t answered, uint64_t exchange,
+	                   const std::string &rule, const std::string &action, const std::string &approval,
+	                   bool on_message, uint64_t index)
+	{
+		Record r = base(written);
+		auto *d = r.mutable_decision();
+		d->set_exchange(exchange);
+		d->set_rule(rule);
+		d->set_action(action);
+		d->set_decided_us(decided);
+		d->set_answered_us(answered);
+		if (!approval.empty()) {
+			d->set_approval_id("a-99");
+			d->set_approval(approval);
+			d->set_approver("bob");
+		}
+		d->set_on_message(on_message);
+		d->set_message_index(index);
+		put(std::move(r));
+	}
 	void exchange_end(int64_t t, uint64_t exchange, const std::string &result, uint64_t up, uint64_t down,
 	                  uint64_t masked)
 	{
@@ -247,7 +269,8 @@ void write_sessions(const std::string &dir, const std::string &key, const std::s
 		ASSERT_TRUE((*w)->checkpoint(false));
 		s.request(kT0 + 20000, 2, "api2.cursor.sh", "/agent.v1.AgentService/Run");
 		s.message(kT0 + 21000, 2, false, 0, lfield(2, "rm -rf /"));
-		s.decision(kT0 + 22000, 2, "no-rm-rf", "block");
+		s.message(kT0 + 21500, 2, false, 1, lfield(2, "echo after"));
+		s.decision_made(kT0 + 23000, kT0 + 21000, 0, 2, "no-rm-rf", "block", "", true, 0);
 		s.exchange_end(kT0 + 23000, 2, "blocked", 30, 0, 0);
 		s.end(kT0 + 30000, "closed", 2);
 		ASSERT_TRUE((*w)->checkpoint(true));
@@ -445,8 +468,13 @@ TEST(RecordingStore, ReplayShowsDecodedMessagesDecisionsAndTimesInOrder)
 	    "end: ok, 120 B up, 340 B down, 2 masked",
 	    "exchange 2",
 	    "→ POST api2.cursor.sh /agent.v1.AgentService/Run",
+	    "→ #0",
 	    "rm -rf /",
-	    "decision: rule 'no-rm-rf' → block",
+	    // Shown where it was decided, not where it was written (the exchange's end).
+	    "+21.000 ms        decision: rule 'no-rm-rf' → block on → #0",
+	    "(that message is recorded as the job sent it; it was never forwarded)",
+	    "→ #1",
+	    "echo after",
 	    "end: blocked",
 	    "+30.000 ms",
 	    "session end: closed, 2 requests, 1234 B up, 5678 B down",

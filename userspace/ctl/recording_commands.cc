@@ -385,11 +385,13 @@ const RecordedSession *find_session(const std::vector<RecordedSession> &sessions
 
 // --- the transcript -------------------------------------------------------------------------------
 
-std::string decision_text(const recording::Decision &d)
+std::string decision_text(const recording::Decision &d, int64_t t0)
 {
 	std::string out =
 	    "decision: " + (d.rule().empty() ? std::string("default") : "rule '" + printable(d.rule()) + "'") + " → " +
 	    printable(or_dash(d.action()));
+	if (d.on_message())
+		out += std::string(" on ") + (d.response() ? "← #" : "→ #") + std::to_string(d.message_index());
 	if (!d.approval_id().empty() || !d.approval().empty() || !d.approver().empty()) {
 		out += " (";
 		std::string sep;
@@ -403,9 +405,18 @@ std::string decision_text(const recording::Decision &d)
 		}
 		if (!d.approver().empty())
 			out += sep + "by " + printable(d.approver());
+		if (d.answered_us() != 0)
+			out += sep + "at " + relative_ms(d.answered_us() - t0) + ", after " +
+			       human_duration(d.answered_us() - d.decided_us());
 		out += ")";
 	}
 	return out;
+}
+
+// The decision stopped what it was about: that request or message never left cordon.
+bool stopped(const recording::Decision &d)
+{
+	return d.action() == "block" || d.approval() == "denied" || d.approval() == "timed_out";
 }
 
 void print_headers(const google::protobuf::RepeatedPtrField<recording::Header> &headers, std::ostream &out)
@@ -465,7 +476,6 @@ void print_exchange(const RecordedSession &s, const RecordedExchange &x, const p
 		std::vector<const Record *> v;
 		if (x.request)
 			v.push_back(x.request);
-		v.insert(v.end(), x.decisions.begin(), x.decisions.end());
 		v.insert(v.end(), x.messages.begin(), x.messages.end());
 		if (x.response)
 			v.push_back(x.response);
@@ -473,6 +483,25 @@ void print_exchange(const RecordedSession &s, const RecordedExchange &x, const p
 			v.push_back(x.end);
 		// As written: the writer's order is the time order (times can repeat).
 		std::stable_sort(v.begin(), v.end(), std::less<const Record *>());
+		// A decision is written when its exchange ends; it is shown where it was made: after the
+		// message a content rule stopped, or after the request.
+		for (const Record *d : x.decisions) {
+			const auto &dec = d->decision();
+			if (dec.decided_us() == 0) { // recorded before cordon kept when it decided: as written
+				v.insert(std::upper_bound(v.begin(), v.end(), d, std::less<const Record *>()), d);
+				continue;
+			}
+			auto anchor = std::find_if(v.begin(), v.end(), [&](const Record *r) {
+				if (dec.on_message())
+					return r->has_message() && r->message().index() == dec.message_index() &&
+					       r->message().response() == dec.response();
+				return r->has_request();
+			});
+			v.insert(anchor == v.end()
+			             ? std::upper_bound(v.begin(), v.end(), d, std::less<const Record *>())
+			             : anchor + 1,
+			         d);
+		}
 		return v;
 	}();
 	for (const Record *rec : all) {
@@ -484,7 +513,15 @@ void print_exchange(const RecordedSession &s, const RecordedExchange &x, const p
 			    << (r.protocol().empty() ? "" : " (" + printable(r.protocol()) + ")") << "\n";
 			print_headers(r.headers(), out);
 		} else if (rec->has_decision()) {
-			out << std::left << std::setw(18) << at << decision_text(rec->decision()) << "\n";
+			const auto &d = rec->decision();
+			out << std::left << std::setw(18) << (d.decided_us() ? relative_ms(d.decided_us() - t0) : at)
+			    << decision_text(d, t0) << "\n";
+			if (stopped(d))
+				out << "                  ("
+				    << (d.on_message()
+				            ? "that message is recorded as the job sent it; it was never forwarded"
+				            : "the request was never forwarded")
+				    << ")\n";
 		} else if (rec->has_message()) {
 			print_message(x, *rec, t0, decoder, out);
 		} else if (rec->has_response()) {

@@ -110,6 +110,7 @@ std::shared_ptr<PendingApproval> Approvals::open(ApprovalSubject subject)
 			a->state_ = PendingApproval::State::Approved;
 			a->by_grant_ = true;
 			a->approver_ = g.approver;
+			a->answered_ = a->created_;
 			JournalEntry e;
 			e.message = "approval " + a->id_ + " granted by a standing grant from " + g.approver + ": " +
 			            s.identity + " " + s.what;
@@ -155,6 +156,7 @@ void Approvals::decide(PendingApproval &a, PendingApproval::State state, const s
 {
 	a.state_ = state;
 	a.approver_ = approver;
+	a.answered_ = SystemClock::now();
 	a.reason_ = reason;
 	JournalEntry e;
 	e.priority = state == PendingApproval::State::Approved ? 5 : 4;

@@ -40,6 +40,8 @@ public:
 	const std::string &id() const { return id_; }
 	State state() const { return state_; }
 	const std::string &approver() const { return approver_; }
+	// When it was answered (a person, a grant or the timeout); epoch when still pending.
+	std::chrono::system_clock::time_point answered_at() const { return answered_; }
 	const ApprovalSubject &subject() const { return subject_; }
 	// "pending", "approved", "denied", "timed_out", "granted" (a standing grant let it through).
 	std::string state_name() const;
@@ -51,7 +53,7 @@ private:
 	State state_ = State::Pending;
 	bool by_grant_ = false;
 	std::string approver_, reason_;
-	std::chrono::system_clock::time_point created_, expires_;
+	std::chrono::system_clock::time_point created_, expires_, answered_{};
 };
 
 class Approvals {

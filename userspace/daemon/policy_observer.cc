@@ -14,6 +14,11 @@
 namespace cordon {
 namespace {
 
+int64_t epoch_us(std::chrono::system_clock::time_point t)
+{
+	return std::chrono::duration_cast<std::chrono::microseconds>(t.time_since_epoch()).count();
+}
+
 constexpr size_t kExcerptBytes = 400;
 // Decoded messages nested deeper than this are not walked (the walk recurses): their raw bytes
 // are searched instead.
@@ -103,6 +108,7 @@ PolicyObserver::Exchange &PolicyObserver::plan(const proxy::RequestInfo &request
 	if (fresh) {
 		it->second.plan = rules_->plan(caller_, request);
 		it->second.decided = it->second.plan.decision;
+		it->second.decided.decided_us = epoch_us(std::chrono::system_clock::now());
 	}
 	return it->second;
 }
@@ -204,12 +210,16 @@ proxy::Verdict PolicyObserver::judge(Exchange &e, const proxy::RequestInfo &requ
 	                                partial ? std::string_view(message.payload) : std::string_view());
 	if (!d)
 		return proxy::Verdict::forward();
-	if (d->action == policy::Action::Block) {
+	if (d->action == policy::Action::Block || d->action == policy::Action::Approve) {
 		e.decided = *d;
-		return refuse(*d);
+		e.decided.decided_us = epoch_us(std::chrono::system_clock::now());
+		e.decided.on_message = true;
+		e.decided.response = message.direction == proxy::Direction::Response;
+		e.decided.message_index = message.index;
 	}
+	if (d->action == policy::Action::Block)
+		return refuse(*d);
 	if (d->action == policy::Action::Approve) {
-		e.decided = *d;
 		return hold(e, request, message.direction, too_deep ? message.payload.substr(0, kExcerptBytes) : text);
 	}
 	return proxy::Verdict::forward();
@@ -224,6 +234,8 @@ policy::Decision PolicyObserver::take(uint64_t number)
 	if (const auto &a = it->second.approval) {
 		d.approval = a->state_name();
 		d.approver = a->approver();
+		if (a->answered_at().time_since_epoch().count() != 0)
+			d.answered_us = epoch_us(a->answered_at());
 	}
 	exchanges_.erase(it);
 	return d;

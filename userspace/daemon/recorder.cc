@@ -391,6 +391,11 @@ void SessionRecording::exchange_done(const proxy::RequestInfo &info, const proxy
 		dec->set_approval_id(d->approval_id);
 		dec->set_approval(d->approval);
 		dec->set_approver(d->approver);
+		dec->set_decided_us(d->decided_us);
+		dec->set_answered_us(d->answered_us);
+		dec->set_on_message(d->on_message);
+		dec->set_response(d->response);
+		dec->set_message_index(d->message_index);
 		recorder_.record(std::move(r));
 	}
 	recording::Record r = record();

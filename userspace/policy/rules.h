@@ -49,6 +49,10 @@ struct Decision {
 	std::shared_ptr<const InjectSpec> inject{}; // with Action::Inject
 	// Filled in on the data path for the journal: an approve rule's outcome.
 	std::string approval_id{}, approval{}, approver{};
+	// ... and for the recording: when it was decided (answered), and on which message.
+	int64_t decided_us = 0, answered_us = 0;
+	bool on_message = false, response = false;
+	uint64_t message_index = 0;
 };
 
 class Rules {
