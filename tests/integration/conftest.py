@@ -193,7 +193,7 @@ _port = [15600 + (os.getpid() % 500) * 4]
 
 class Cordond:
     def __init__(self, cgroups, tmp, targets, ports=(80,), quic_ports=(443,), extra_yaml="", args=(), tls_yaml=None,
-                 hosts=(), exempt=()):
+                 hosts=(), exempt=(), prefix=(), env=None):
         _port[0] += 1
         self.cgroups = cgroups
         self.listen_port = _port[0]
@@ -222,13 +222,16 @@ class Cordond:
             f"  control_socket: {self.socket}\n"
             f"  state_dir: {self.state_dir}\n" + extra_yaml)
         self.args = list(args)
+        self.prefix = list(prefix)  # e.g. setpriv with the unit's capabilities
+        self.env = env
         self.proc = None
 
     def start(self, wait=True):
         self.log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [str(CORDOND), "--config", str(self.policy), "--cgroup", self.cgroups.path("daemon"), *self.args],
-            stdout=self.log, stderr=self.log)
+            [*self.prefix, str(CORDOND), "--config", str(self.policy), "--cgroup", self.cgroups.path("daemon"),
+             *self.args],
+            stdout=self.log, stderr=self.log, env=self.env)
         if wait:
             deadline = time.monotonic() + 15
             while True:

@@ -884,8 +884,17 @@ Status run_daemon(const DaemonOptions &options)
 		current_scopes = std::move(fresh);
 	};
 	uint64_t ticks = 0;
+	// Under systemd's WatchdogSec: a ping from the loop's own ticker, so a loop that stops turning
+	// (a deadlock, a stuck handler) stops the pings and systemd restarts cordond.
+	uint64_t watchdog_usec = 0;
+	const bool watchdog = sd_watchdog_enabled(0, &watchdog_usec) > 0;
+	if (watchdog)
+		log::info("systemd watchdog: pinging every second (WatchdogSec " +
+		          std::to_string(watchdog_usec / 1000000) + " s)");
 	auto &ticker = static_cast<Ticker &>(ev.add(std::make_unique<Ticker>([&] {
 		auto now = Clock::now();
+		if (watchdog)
+			sd_notify(0, "WATCHDOG=1");
 		relay.tick(now);
 		control.tick(now);
 		runtime.sweep_enrollments();
