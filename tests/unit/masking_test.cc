@@ -347,6 +347,128 @@ TEST(Masking, EverySplitOfAKeyAcrossTwoMessages)
 	}
 }
 
+namespace {
+
+std::string varint_field(uint32_t number, uint64_t value)
+{
+	return varint(uint64_t{number} << 3) + varint(value);
+}
+
+// A chat request as tests/standin/client.mjs sends it, one file attached both ways:
+// StreamUnifiedChatRequestWithTools { stream_unified_chat_request (1) {
+//   conversation (1) { text (1), type (2) = HUMAN, attached_code_chunks (3) {
+//     relative_workspace_path (1), start_line_number (2) = 1, lines (3) = content.split('\n') },
+//     bubble_id (13) },
+//   model_details (5) { model_name (1) },
+//   current_file (15) { relative_workspace_path (1), contents (2) = content },
+//   conversation_id (23) } }
+std::string chat_request(const std::string &prompt, const std::string &path, const std::string &content,
+                         const std::string &bubble_id)
+{
+	std::string chunk = field(1, path) + varint_field(2, 1);
+	for (size_t at = 0;;) { // JavaScript's split: "a\n" is ["a", ""], and "" lines are sent too
+		const size_t nl = content.find('\n', at);
+		chunk += field(3, content.substr(at, nl == std::string::npos ? std::string::npos : nl - at));
+		if (nl == std::string::npos)
+			break;
+		at = nl + 1;
+	}
+	const std::string conversation = field(1, prompt) + varint_field(2, 1) + field(3, chunk) + field(13, bubble_id);
+	const std::string request = field(1, conversation) + field(5, field(1, "claude-4-sonnet")) +
+	                            field(15, field(1, path) + field(2, content)) +
+	                            field(23, "9b0c6f4e-5d1a-4c1e-9a57-3f1f0c2d7e11");
+	return field(1, request);
+}
+
+// The request as the other side reads it (Cursor's schema, proto field names).
+nlohmann::json chat_request_json(const std::string &payload)
+{
+	const rpc::RpcName rpc{"aiserver.v1.ChatService", "StreamUnifiedChatWithTools"};
+	return nlohmann::json::parse(decoder()->to_json(rpc, Direction::Request, payload, false))
+	    .at("stream_unified_chat_request");
+}
+
+} // namespace
+
+// The bidi chat of tests/integration/test_recording.py: two requests, each carrying the same file
+// `deploy/aws.env` as attached_code_chunks.lines (["AWS_ACCESS_KEY_ID=<key>", ""]: no newline,
+// so the line ends mid-word and is held) and as current_file.contents. Each request is whole: the
+// second one's line is not the continuation of the first one's, whether it arrives while that
+// is still held or after its deadline let it go. Joined, the two lines read as one long
+// generic-secret value ("...XYZAWS_ACCESS_KEY_ID=AKIA...") that swallowed the second line whole.
+TEST(Masking, TheSameFileInTwoChatRequestsIsMaskedInEachAndNothingIsLost)
+{
+	const std::string content = "AWS_ACCESS_KEY_ID=" + kAwsKey + "\n";
+	const std::string masked_line = "AWS_ACCESS_KEY_ID=[MASKED:aws-access-key-id]";
+	for (bool deadline_between : {false, true}) {
+		SCOPED_TRACE(deadline_between ? "the first request left at its deadline" : "both held together");
+		Harness h(engine());
+		auto pipe = h.pipe(Direction::Request, Protocol::ConnectStream, "application/connect+proto");
+		std::string out;
+		ASSERT_TRUE(
+		    pipe->write(bytes(rpc::encode_envelope(0, chat_request("explain", "deploy/aws.env", content,
+		                                                           "0d4f8a52-8f0e-4b6a-9c53-1b7e2a9d6c01"))),
+		                out));
+		if (deadline_between) {
+			ASSERT_TRUE(pipe->hold_deadline().has_value());
+			ASSERT_TRUE(pipe->release_held(*pipe->hold_deadline(), out));
+			ASSERT_EQ(payloads(out).size(), 1u);
+		}
+		ASSERT_TRUE(pipe->write(
+		    bytes(rpc::encode_envelope(0, chat_request("now leak a token", "deploy/aws.env", content,
+		                                               "6a2e9c1d-3b7f-4e80-8d15-c4f0a9b2e367"))),
+		    out));
+		ASSERT_TRUE(pipe->finish(out));
+		const auto got = payloads(out);
+		ASSERT_EQ(got.size(), 2u);
+		const std::vector<std::string> prompts = {"explain", "now leak a token"};
+		for (size_t i = 0; i < got.size(); i++) {
+			SCOPED_TRACE("request " + std::to_string(i + 1));
+			const auto r = chat_request_json(got[i]);
+			const auto &turn = r.at("conversation").at(0);
+			EXPECT_EQ(turn.at("text"), prompts[i]);
+			EXPECT_EQ(turn.at("attached_code_chunks").at(0).at("lines"), nlohmann::json({masked_line, ""}));
+			EXPECT_EQ(r.at("current_file").at("contents"), masked_line + "\n");
+			EXPECT_EQ(got[i].find(kAwsKey), std::string::npos);
+		}
+		EXPECT_EQ(h.masker.take(1).masked, 4u) << "the key, twice in each request";
+	}
+}
+
+// Whole requests whose joins would hide a key: a prompt ending mid-word followed by one that
+// starts with a key ("helloAKIA..." is no key to the scanner), and a bare key sent twice
+// ("AKIA...XYZAKIA...XYZ" neither).
+TEST(Masking, AKeyIsNotHiddenByTheRequestBeforeIt)
+{
+	const std::vector<std::pair<std::string, std::string>> cases = {
+	    {"hello", kAwsKey + " is my key"},
+	    {"my key: " + kAwsKey, "my key: " + kAwsKey},
+	    {kAwsKey, kAwsKey},
+	};
+	for (const auto &[first, second] : cases) {
+		SCOPED_TRACE(first + " | " + second);
+		Harness h(engine());
+		auto pipe = h.pipe(Direction::Request, Protocol::ConnectStream, "application/connect+proto");
+		std::string out;
+		ASSERT_TRUE(pipe->write(bytes(rpc::encode_envelope(0, chat_request(first, "a.txt", first, "b1")) +
+		                              rpc::encode_envelope(0, chat_request(second, "a.txt", second, "b2"))),
+		                        out));
+		ASSERT_TRUE(pipe->finish(out));
+		const auto got = payloads(out);
+		ASSERT_EQ(got.size(), 2u);
+		for (size_t i = 0; i < got.size(); i++) {
+			const std::string &sent = i == 0 ? first : second;
+			std::string expected = sent;
+			if (auto at = expected.find(kAwsKey); at != std::string::npos)
+				expected.replace(at, kAwsKey.size(), "[MASKED:aws-access-key-id]");
+			const auto r = chat_request_json(got[i]);
+			EXPECT_EQ(r.at("conversation").at(0).at("text"), expected) << "request " << i + 1;
+			EXPECT_EQ(r.at("current_file").at("contents"), expected) << "request " << i + 1;
+			EXPECT_EQ(got[i].find(kAwsKey), std::string::npos) << "request " << i + 1;
+		}
+	}
+}
+
 // Without Cursor's schema, a slice of streamed base64 can parse as a protobuf message by chance
 // ("0A0B" are two varint fields, "b " a 32-byte string field). It is still the text of the field
 // that carried the key's start, so it is joined to it and masked with it.

@@ -2,6 +2,9 @@
 // message waits only while its end could begin a secret, and nothing is lost or reordered.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cctype>
+
 #include "mask/text_stream.h"
 
 using namespace cordon::mask;
@@ -374,4 +377,120 @@ TEST(TextStream, TheEndOfTheDataCutsNothing)
 	auto cut = held.take_settled();
 	ASSERT_EQ(cut.size(), 1u);
 	EXPECT_EQ(cut[0].texts[0], "the header reads [MASKED:private-key]");
+}
+
+namespace {
+
+// A stand-in closer to the real rules, for what joining does to word boundaries: an AWS key id
+// only as a whole word (\bAKIA[0-9A-Z]{16}\b), and a "..._KEY_ID=" assignment's value of 16
+// or more word characters (generic-secret, listed after the key id: it names a secret both find).
+std::vector<Hit> word_find(std::string_view text)
+{
+	const auto word = [](char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '_'; };
+	std::vector<Hit> hits;
+	for (size_t at = text.find("AKIA"); at != std::string_view::npos; at = text.find("AKIA", at + 1)) {
+		size_t end = at + 4;
+		while (end < text.size() && end < at + 20 &&
+		       (std::isdigit(static_cast<unsigned char>(text[end])) ||
+		        std::isupper(static_cast<unsigned char>(text[end]))))
+			end++;
+		if (end == at + 20 && (at == 0 || !word(text[at - 1])) && (end == text.size() || !word(text[end])))
+			hits.push_back({at, 20, "aws-access-key-id"});
+	}
+	for (size_t at = text.find("KEY_ID="); at != std::string_view::npos; at = text.find("KEY_ID=", at + 1)) {
+		size_t from = at + 7, end = from;
+		while (end < text.size() && (word(text[end]) || text[end] == '='))
+			end++;
+		if (end - from >= 16)
+			hits.push_back({from, end - from, "generic-secret"});
+	}
+	std::stable_sort(hits.begin(), hits.end(), [](const Hit &a, const Hit &b) { return a.offset < b.offset; });
+	return merge_hits(std::move(hits));
+}
+
+TextStream make_word_stream()
+{
+	return TextStream(word_find, [](const std::string &rule, size_t) { return "[MASKED:" + rule + "]"; });
+}
+
+std::vector<std::string> texts_of(TextStream &ts)
+{
+	ts.finish();
+	std::vector<std::string> out;
+	for (auto &s : ts.take_settled())
+		for (auto &t : s.texts)
+			out.push_back(t);
+	return out;
+}
+
+} // namespace
+
+// Each request of a bidi chat carries the attached file again: "AWS_ACCESS_KEY_ID=<key>" (a line,
+// so no newline: held) in one message and the same line in the next are two values, not one.
+// Joined, they read as one generic-secret value "<key>AWS_ACCESS_KEY_ID=<key>" that took the
+// second line whole, leaving it empty with no marker.
+TEST(TextStream, AValueSentAgainInTheNextMessageIsNotJoinedToTheFirst)
+{
+	const std::string line = "AWS_ACCESS_KEY_ID=" + kKey2;
+	const std::string masked = "AWS_ACCESS_KEY_ID=[MASKED:aws-access-key-id]";
+	auto ts = make_word_stream();
+	ts.add({{"1.1.3.3", line}});
+	EXPECT_TRUE(ts.take_settled().empty()) << "it ends mid-word: held";
+	ts.add({{"1.1.3.3", line}});
+	auto out = ts.take_settled();
+	ASSERT_EQ(out.size(), 1u) << "the first leaves as it reads on its own";
+	EXPECT_EQ(out[0].texts[0], masked);
+	EXPECT_EQ(out[0].rules, std::vector<std::string>{"aws-access-key-id"});
+	EXPECT_EQ(texts_of(ts), std::vector<std::string>{masked});
+
+	// The same after the first went at its deadline (its text is the run's context then).
+	auto late = make_word_stream();
+	late.add({{"1.1.3.3", line}});
+	late.settle_all();
+	ASSERT_EQ(late.take_settled().at(0).texts[0], masked);
+	late.add({{"1.1.3.3", line}});
+	EXPECT_EQ(texts_of(late), std::vector<std::string>{masked});
+}
+
+// Joins that would hide a key: a text ending mid-word before one that starts with a key, a key
+// before a text that starts with a word, a key sent twice.
+TEST(TextStream, AJoinNeverHidesAKeyEitherSideReadsOnItsOwn)
+{
+	const std::string m = "[MASKED:aws-access-key-id]";
+	const std::vector<std::pair<std::pair<std::string, std::string>, std::vector<std::string>>> cases = {
+	    {{"hello", kKey2 + " is my key"}, {"hello", m + " is my key"}},
+	    {{"my key " + kKey2, "thanks "}, {"my key " + m, "thanks "}},
+	    {{"my key " + kKey2, "my key " + kKey2}, {"my key " + m, "my key " + m}},
+	    {{kKey2, kKey2}, {m, m}},
+	};
+	for (const auto &[in, expected] : cases) {
+		auto ts = make_word_stream();
+		ts.add({{"1.1", in.first}});
+		ts.add({{"1.1", in.second}});
+		EXPECT_EQ(texts_of(ts), expected) << in.first << " | " << in.second;
+	}
+}
+
+// What a join is for still holds with word boundaries: a key cut anywhere is masked where it
+// starts and removed from where it goes on.
+TEST(TextStream, AKeyCutAnywhereIsStillJoinedWithWordBoundaries)
+{
+	const std::string text = "key: " + kKey2 + " done\n";
+	for (size_t cut = 1; cut < text.size(); cut++) {
+		auto ts = make_word_stream();
+		ts.add({{"2.1", text.substr(0, cut)}});
+		ts.add({{"2.1", text.substr(cut)}});
+		const auto out = texts_of(ts);
+		ASSERT_EQ(out.size(), 2u) << "cut " << cut;
+		EXPECT_EQ(out[0] + out[1], "key: [MASKED:aws-access-key-id] done\n") << "cut " << cut;
+	}
+	const std::string assignment = "AWS_ACCESS_KEY_ID=" + kKey2 + "\n";
+	for (size_t cut = 1; cut < assignment.size(); cut++) {
+		auto ts = make_word_stream();
+		ts.add({{"2.1", assignment.substr(0, cut)}});
+		ts.add({{"2.1", assignment.substr(cut)}});
+		const auto out = texts_of(ts);
+		ASSERT_EQ(out.size(), 2u) << "cut " << cut;
+		EXPECT_EQ(out[0] + out[1], "AWS_ACCESS_KEY_ID=[MASKED:aws-access-key-id]\n") << "cut " << cut;
+	}
 }

@@ -9,7 +9,7 @@ namespace cordon::mask {
 
 std::vector<Hit> merge_hits(std::vector<Hit> hits)
 {
-	std::sort(hits.begin(), hits.end(), [](const Hit &a, const Hit &b) {
+	std::stable_sort(hits.begin(), hits.end(), [](const Hit &a, const Hit &b) {
 		return a.offset != b.offset ? a.offset < b.offset : a.length > b.length;
 	});
 	std::vector<Hit> out;
@@ -144,13 +144,61 @@ uint64_t TextStream::add(std::vector<Leaf> leaves, Clock::time_point now)
 	return seq;
 }
 
+// Joining is a guess: that the same field of the next message goes on where this one stopped, as
+// a streamed answer does. A message may instead carry a whole value of its own (each request of a
+// bidi chat carries its conversation, attached files and current file again), and then the join
+// reads a text no one sends: "...=AKIA...XYZ" + "AWS_ACCESS_KEY_ID=AKIA...XYZ" is one long
+// generic-secret value that would swallow the second text whole, and "hello" + "AKIA... is my key"
+// hides the key from the scanner (no word boundary where the texts meet).
+// So the guess stands only while a secret the new text holds on its own is still found where it
+// starts: the join may add secrets to it (the rest of one begun before), never move or hide them.
+// The rest of a secret cut across messages is no secret on its own (it lacks the context that
+// makes it one, such as a key's prefix or name).
+bool TextStream::continues(const Run &run, size_t start, const std::vector<Hit> &joined, std::string_view text)
+{
+	// The join changes how the new text reads only through a secret that crosses into it, or where
+	// the texts meet inside a word (\b no longer holds there): otherwise spare the second scan.
+	const bool crossed = std::any_of(joined.begin(), joined.end(),
+	                                 [&](const Hit &j) { return j.offset < start && j.offset + j.length > start; });
+	if (!crossed && is_boundary(run.text[start - 1]))
+		return true;
+	for (const Hit &h : find_(text))
+		if (std::none_of(joined.begin(), joined.end(),
+		                 [&](const Hit &j) { return j.offset == start + h.offset; }))
+			return false;
+	return true;
+}
+
 void TextStream::append(Run &run, uint64_t seq, size_t leaf, const std::string &text)
 {
 	const size_t start = run.text.size();
-	run.pieces.push_back(Piece{seq, leaf, start, text.size()});
 	run.text += text;
-	held_bytes_ += text.size();
 	std::vector<Hit> hits = find_(run.text);
+	if (start > 0 && run.block_rule.empty() && run.block_hits.empty() && !continues(run, start, hits, text)) {
+		// Not a continuation. What is held leaves as its own text reads; as much of the joined
+		// reading as lies in it is masked too, in case the guess was wrong the other way.
+		run.text.resize(start);
+		for (Hit &h : hits)
+			if (h.offset < start && h.offset + h.length > run.unsettled_from) {
+				h.length = std::min(h.offset + h.length, start) - h.offset;
+				run.hits.push_back(std::move(h));
+			}
+		run.hits = merge_hits(std::move(run.hits)); // the held text's own reading names a secret first
+		settle_run(run);
+		const Clock::time_point last_added = run.last_added;
+		run = Run{};
+		run.last_added = last_added;
+		append(run, seq, leaf, text);
+		return;
+	}
+	run.pieces.push_back(Piece{seq, leaf, start, text.size()});
+	held_bytes_ += text.size();
+	// What an earlier reading found in the held text stays found: the joined text may read it
+	// otherwise ("AKIA...XYZ" + "thanks" is no key, a value one character longer may fall below
+	// its rule's entropy), and either reading may be the one its reader gets.
+	for (const Hit &h : run.hits)
+		if (h.offset >= run.unsettled_from && !h.continuation)
+			hits.push_back(h);
 	if (!run.block_rule.empty()) {
 		// The rest of a cut private key, up to the end of its END line (markers may straddle
 		// pieces: the search starts a marker's length back).

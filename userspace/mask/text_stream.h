@@ -8,6 +8,13 @@
 // What leaves is each message with its texts masked: a secret that spans messages is replaced
 // by the replacement text where it starts and removed from the messages it continues into, so
 // the joined text a client builds reads "[MASKED:rule]".
+//
+// A join is a guess, and some messages carry whole values instead (each request of a bidi chat
+// sends its attached files again). A text is not joined to the run before it when the joined
+// reading would move or hide a secret the text holds on its own; the run then starts over, and
+// what it held leaves as it reads alone. Nor does a join unmask what an earlier reading found in
+// the text held. So a value sent again is masked in each message, and no text is removed from a
+// message unless it continues a secret begun in the one before.
 #pragma once
 
 #include <chrono>
@@ -114,6 +121,9 @@ private:
 	};
 
 	void append(Run &run, uint64_t seq, size_t leaf, const std::string &text);
+	// Whether `text`, joined to the run at `start` (`joined`: the hits of the joined text), reads
+	// as the continuation of what the run holds (text_stream.cc says when it does not).
+	bool continues(const Run &run, size_t start, const std::vector<Hit> &joined, std::string_view text);
 	// Settles the pieces that end before `until` (the run's text offset).
 	void settle(Run &run, size_t until);
 	void settle_run(Run &run) { settle(run, run.text.size()); }
