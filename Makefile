@@ -4,6 +4,8 @@
 #                 integration tests
 #   make demo     install missing packages, build, run the end-to-end demo
 #   make bench    benchmarks, figures printed as tables (see bench/RESULTS.md)
+#   make install  PREFIX (/usr/local), DESTDIR; make uninstall removes exactly what it put there
+#   make deb      a Debian package in $(BUILD) (scripts/build-deb.sh; DEB_VERSION to override)
 
 BUILD    ?= build
 CXX      ?= g++
@@ -13,12 +15,26 @@ PROTOC   ?= protoc
 PYTHON   ?= /usr/bin/python3
 PREFIX   ?= /usr/local
 DESTDIR  ?=
+# Where `make install` puts the rest. systemd and systemd-tmpfiles read both /usr/lib and
+# /usr/local/lib, so each follows PREFIX; for PREFIX=/usr the unit goes where Debian 12 keeps
+# packaged units (`pkg-config --variable=systemdsystemunitdir systemd`).
+UNITDIR     ?= $(if $(filter /usr,$(PREFIX)),/lib/systemd/system,$(PREFIX)/lib/systemd/system)
+TMPFILESDIR ?= $(PREFIX)/lib/tmpfiles.d
+DOCDIR      ?= $(PREFIX)/share/doc/cordon
+MANDIR      ?= $(PREFIX)/share/man
+# Not under PREFIX: the embedded default policy reads /usr/share/cordon/cursor.desc.
+DATADIR     := /usr/share/cordon
+# make deb: the package's version (default: kCordonVersion, Debian revision 1) and where it goes.
+DEB_VERSION ?=
+DEB_OUT     ?= $(BUILD)
 
 ARCH := $(shell uname -m | sed 's/x86_64/x86/;s/aarch64/arm64/')
 
 INCLUDES := -I$(BUILD) -I$(BUILD)/gen -Iinclude -Iuserspace -Ibpf
 CXXFLAGS_BASE := -std=c++20 -Wall -Wextra -Werror -g $(INCLUDES) -MMD -MP
 CXXFLAGS ?= -O2
+# Debian's hardening for the two installed binaries: a read-only GOT (relro + bindnow).
+LDFLAGS ?= -Wl,-z,relro -Wl,-z,now
 SAN_FLAGS := -O1 -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
 LIBS := -lbpf -lelf -luring -lsystemd -lboost_program_options -lyaml-cpp -lprotobuf -lssl -lcrypto -lnghttp2 -lz \
 	-lhs -lre2 -lpcre2-8 -lresolv -lpthread
@@ -46,7 +62,7 @@ SAN_UNIT_OBJS := $(patsubst %.cc,$(BUILD)/san/%.o,$(UNIT_SRCS))
 BENCH_SRCS := $(wildcard bench/*.cc)
 MICROBENCH_SRCS := $(wildcard bench/micro/*.cc)
 
-.PHONY: all deps test unit unit-san integration demo bench fmt fmt-check install uninstall clean fuzz fuzz-regress standin
+.PHONY: all deps test unit unit-san integration demo bench fmt fmt-check install uninstall deb clean fuzz fuzz-regress standin
 .DELETE_ON_ERROR:
 .SECONDEXPANSION:
 
@@ -110,10 +126,10 @@ $(BUILD)/libcordon-san.a: $(SAN_LIB_OBJS)
 	ar rcs $@ $^
 
 $(BUILD)/cordond: $(BUILD)/obj/userspace/cordond_main.o $(BUILD)/libcordon.a
-	$(CXX) $^ -o $@ $(LIBS)
+	$(CXX) $(LDFLAGS) $^ -o $@ $(LIBS)
 
 $(BUILD)/cordonctl: $(BUILD)/obj/userspace/cordonctl_main.o $(BUILD)/libcordon.a
-	$(CXX) $^ -o $@ $(LIBS)
+	$(CXX) $(LDFLAGS) $^ -o $@ $(LIBS)
 
 $(BUILD)/unit-tests: $(UNIT_OBJS) $(BUILD)/libcordon.a
 	$(CXX) $^ -o $@ $(TEST_LIBS) $(LIBS) -lgtest_main
@@ -181,17 +197,32 @@ fmt:
 fmt-check:
 	clang-format --dry-run --Werror $(shell find userspace tests bench -name '*.cc' -o -name '*.h') bpf/*.c bpf/*.h include/cordon/*.h
 
+# The unit names /usr/local paths (ExecStart, ...): the installed copy names this PREFIX's.
+# State (/var/lib/cordon), the CA's place in the trust store and the pins are not installed
+# files: `cordonctl ca uninstall` and `cordonctl detach` remove those (the package does it itself).
 install: all
 	install -D -m 0755 $(BUILD)/cordond $(DESTDIR)$(PREFIX)/sbin/cordond
 	install -D -m 0755 $(BUILD)/cordonctl $(DESTDIR)$(PREFIX)/bin/cordonctl
-	install -D -m 0644 systemd/cordon.service $(DESTDIR)/lib/systemd/system/cordon.service
-	install -D -m 0644 userspace/config/default_policy.yaml $(DESTDIR)/usr/share/cordon/policy.yaml.example
-	install -D -m 0644 $(BUILD)/cursor.desc $(DESTDIR)/usr/share/cordon/cursor.desc
+	install -d -m 0755 $(DESTDIR)$(UNITDIR)
+	sed -e 's|/usr/local/sbin/|$(PREFIX)/sbin/|g' -e 's|/usr/local/bin/|$(PREFIX)/bin/|g' \
+	    -e 's|/usr/share/doc/cordon/|$(DOCDIR)/|g' systemd/cordon.service > $(DESTDIR)$(UNITDIR)/cordon.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/cordon.service
+	install -D -m 0644 systemd/cordon.tmpfiles $(DESTDIR)$(TMPFILESDIR)/cordon.conf
+	install -D -m 0644 userspace/config/default_policy.yaml $(DESTDIR)$(DATADIR)/policy.yaml.example
+	install -D -m 0644 $(BUILD)/cursor.desc $(DESTDIR)$(DATADIR)/cursor.desc
+	install -D -m 0644 README.md $(DESTDIR)$(DOCDIR)/README.md
+	install -D -m 0644 man/cordond.8 $(DESTDIR)$(MANDIR)/man8/cordond.8
+	install -D -m 0644 man/cordonctl.1 $(DESTDIR)$(MANDIR)/man1/cordonctl.1
 
 uninstall:
 	rm -f $(DESTDIR)$(PREFIX)/sbin/cordond $(DESTDIR)$(PREFIX)/bin/cordonctl
-	rm -f $(DESTDIR)/lib/systemd/system/cordon.service
-	rm -rf $(DESTDIR)/usr/share/cordon
+	rm -f $(DESTDIR)$(UNITDIR)/cordon.service $(DESTDIR)$(TMPFILESDIR)/cordon.conf
+	rm -f $(DESTDIR)$(MANDIR)/man8/cordond.8 $(DESTDIR)$(MANDIR)/man1/cordonctl.1
+	rm -rf $(DESTDIR)$(DATADIR) $(DESTDIR)$(DOCDIR)
+
+# The package is built from `make install DESTDIR=<stage> PREFIX=/usr`; see scripts/build-deb.sh.
+deb: all
+	MAKE="$(MAKE)" BUILD="$(BUILD)" DEB_VERSION="$(DEB_VERSION)" DEB_OUT="$(DEB_OUT)" ./scripts/build-deb.sh
 
 clean:
 	rm -rf $(BUILD)

@@ -22,6 +22,8 @@ packages=(
   python3-seccomp
   # side-by-side benchmarks: plain relays, TLS-terminating and TLS-intercepting proxies, h2load
   socat haproxy nginx-light mitmproxy nghttp2-client
+  # make deb (dpkg-shlibdeps for the Depends, dpkg-parsechangelog) and its test's lintian run
+  dpkg-dev lintian
 )
 
 missing=()
