@@ -33,6 +33,8 @@ commands:
   status     what cordond is doing: programs, listeners, counters, live connections
   watch      every intercepted request and message, decoded, as it happens (root only)
              --json: one JSON event per line; --count N: stop after N messages; --seconds S
+  metrics    cordond's metrics in the Prometheus text format, as its metrics endpoint serves
+             them (root only)
   reload     read the policy file again: its rules and masking apply to new connections (root
              only; SIGHUP does the same)
   detach     detach and unpin cordon's BPF programs (root only); traffic then flows unseen
@@ -343,6 +345,20 @@ int main(int argc, char **argv)
 			std::cout << reply->dump(2) << "\n";
 		else
 			print_status(*reply);
+		return 0;
+	}
+	if (command == "metrics") {
+		auto reply = control_request(socket, json{{"command", "metrics"}});
+		if (!reply)
+			return report_not_running(socket, pin_dir, reply.error().message(), as_json);
+		if (!reply->value("ok", false)) {
+			std::cerr << "cordonctl: " << reply->value("error", std::string("request failed")) << "\n";
+			return 1;
+		}
+		if (as_json)
+			std::cout << reply->dump(2) << "\n";
+		else
+			std::cout << reply->value("text", std::string());
 		return 0;
 	}
 	if (command == "reload") {

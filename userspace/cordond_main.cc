@@ -55,6 +55,8 @@ std::string overrides_yaml(const po::variables_map &vm)
 		out << YAML::Key << "control_socket" << YAML::Value << vm["control-socket"].as<std::string>();
 	if (vm.count("state-dir"))
 		out << YAML::Key << "state_dir" << YAML::Value << vm["state-dir"].as<std::string>();
+	if (vm.count("metrics-listen"))
+		out << YAML::Key << "metrics_listen" << YAML::Value << vm["metrics-listen"].as<std::string>();
 	out << YAML::EndMap << YAML::EndMap;
 	return out.c_str();
 }
@@ -79,6 +81,7 @@ int main(int argc, char **argv)
 		("pin-dir", po::value<std::string>(), "bpffs directory for pinned programs and maps (daemon.pin_dir)")
 		("control-socket", po::value<std::string>(), "control socket path (daemon.control_socket)")
 		("state-dir", po::value<std::string>(), "root-only state: the host CA (daemon.state_dir)")
+		("metrics-listen", po::value<std::string>(), "Prometheus metrics at unix:/PATH or IP:PORT; \"\" for none (daemon.metrics_listen)")
 		("upstream-ca", po::value<std::string>(), "verify Cursor against this PEM bundle instead of the system store (tls.upstream_ca_file)")
 		("descriptors", po::value<std::string>(), "Cursor's message descriptor set, for decoding (tls.descriptors)")
 		("log-level", po::value<std::string>()->default_value("info"), "debug, info, warning or error");

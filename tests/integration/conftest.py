@@ -44,9 +44,13 @@ def _root_and_build():
     for binary in (CORDOND, CORDONCTL):
         if not binary.exists():
             pytest.fail(f"{binary} is missing: run `make` first")
+    # cordond's production defaults live here; tests must point every path elsewhere.
+    host_paths = [pathlib.Path(p) for p in ("/run/cordon", "/var/lib/cordon", "/sys/fs/bpf/cordon")]
+    existed = {p for p in host_paths if p.exists()}
     yield
+    leftovers = [p for p in host_paths if p.exists() and p not in existed]
     # Nothing of ours may outlive the session.
-    leftovers = [p for p in pathlib.Path("/sys/fs/bpf").glob("cordon-it-*")]
+    leftovers += [p for p in pathlib.Path("/sys/fs/bpf").glob("cordon-it-*")]
     leftovers += [p for p in cgroup2_mount().glob("cordon-it-*")]
     netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     leftovers += [line.split()[0] for line in netns.splitlines() if line.startswith("cordon-it-")]
@@ -193,7 +197,7 @@ _port = [15600 + (os.getpid() % 500) * 4]
 
 class Cordond:
     def __init__(self, cgroups, tmp, targets, ports=(80,), quic_ports=(443,), extra_yaml="", args=(), tls_yaml=None,
-                 hosts=(), exempt=(), prefix=(), env=None):
+                 hosts=(), exempt=(), prefix=(), env=None, capture_yaml="", metrics_listen=None):
         _port[0] += 1
         self.cgroups = cgroups
         self.listen_port = _port[0]
@@ -220,7 +224,10 @@ class Cordond:
             f"  listen_port: {self.listen_port}\n"
             f"  pin_dir: {self.pin_dir}\n"
             f"  control_socket: {self.socket}\n"
-            f"  state_dir: {self.state_dir}\n" + extra_yaml)
+            f"  state_dir: {self.state_dir}\n"
+            # Never the host's /run/cordon: a test leaves nothing behind, and runs side by side.
+            f"  metrics_listen: \"{metrics_listen if metrics_listen is not None else 'unix:' + str(tmp / 'metrics.sock')}\"\n"
+            + extra_yaml)
         self.args = list(args)
         self.prefix = list(prefix)  # e.g. setpriv with the unit's capabilities
         self.env = env

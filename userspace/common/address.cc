@@ -1,6 +1,7 @@
 #include "common/address.h"
 
 #include <arpa/inet.h>
+#include <sys/un.h>
 
 #include <charconv>
 #include <cstring>
@@ -112,6 +113,36 @@ Result<SocketAddress> SocketAddress::parse(std::string_view text)
 	if (!p)
 		return p.error();
 	return SocketAddress{*ip, *p};
+}
+
+Result<ListenEndpoint> ListenEndpoint::parse(std::string_view text)
+{
+	constexpr std::string_view kUnix = "unix:";
+	ListenEndpoint e;
+	if (text.substr(0, kUnix.size()) == kUnix) {
+		auto path = text.substr(kUnix.size());
+		if (path.empty() || path.front() != '/')
+			return plain_error("'" + std::string(text) + "': the socket path must be absolute");
+		// sockaddr_un's sun_path, with its terminating NUL.
+		if (path.size() >= sizeof(sockaddr_un::sun_path))
+			return plain_error("'" + std::string(text) + "': the socket path is too long");
+		if (path.find('\0') != std::string_view::npos)
+			return plain_error("'" + std::string(text) + "': the socket path holds a NUL");
+		e.unix_path = std::string(path);
+		return e;
+	}
+	auto addr = SocketAddress::parse(text);
+	if (!addr)
+		return plain_error("expected unix:/PATH, IPv4:port or [IPv6]:port, got '" + std::string(text) + "'");
+	if (addr->port == 0)
+		return plain_error("'" + std::string(text) + "': port 0 is not a fixed port");
+	e.inet = *addr;
+	return e;
+}
+
+std::string ListenEndpoint::to_string() const
+{
+	return is_unix() ? "unix:" + unix_path : inet.to_string();
 }
 
 Result<SocketAddress> SocketAddress::from_sockaddr(const sockaddr *sa, socklen_t len)

@@ -44,6 +44,16 @@ struct SocketAddress {
 	auto operator<=>(const SocketAddress &) const = default;
 };
 
+// Where a local service listens: "unix:/run/cordon/metrics.sock", "127.0.0.1:9464" or "[::1]:9464".
+struct ListenEndpoint {
+	std::string unix_path; // set for a unix socket (absolute)
+	SocketAddress inet;    // otherwise: an address and a port other than 0
+
+	static Result<ListenEndpoint> parse(std::string_view text);
+	bool is_unix() const { return !unix_path.empty(); }
+	std::string to_string() const;
+};
+
 // A prefix in v4-mapped space: "10.0.0.0/8" becomes ::ffff:10.0.0.0/104.
 struct Cidr {
 	IpAddress base;

@@ -190,6 +190,15 @@ const std::map<std::string, Validator> &validators()
 	    {"cordon.config.Tls.max_message_bytes",
 	     [](const std::string &v) { return check_range(v, 1024, 1024u * 1024 * 1024); }},
 	    {"cordon.config.Daemon.control_socket", check_absolute_path},
+	    {"cordon.config.Daemon.metrics_listen",
+	     [](const std::string &v) -> Result<std::string> {
+		     if (v.empty())
+			     return v; // no endpoint
+		     auto endpoint = ListenEndpoint::parse(v);
+		     if (!endpoint)
+			     return endpoint.error();
+		     return endpoint->to_string();
+	     }},
 	    {"cordon.config.MaskRule.id", check_rule_id},
 	    {"cordon.config.MaskRule.regex", check_rule_regex},
 	    {"cordon.config.MaskRule.allowlist", check_re2},

@@ -14,6 +14,7 @@
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <set>
 
 #include "bpf/kernel_programs.h"
@@ -26,6 +27,8 @@
 #include "daemon/event_loop.h"
 #include "daemon/journal.h"
 #include "daemon/masking.h"
+#include "daemon/metrics.h"
+#include "daemon/metrics_server.h"
 #include "daemon/recorder.h"
 #include "daemon/relay.h"
 #include "daemon/resolver.h"
@@ -244,6 +247,8 @@ struct Runtime {
 	std::unique_ptr<TokenVerifier> tokens{};
 	identity::Enrollments enrollments{};
 	Approvals approvals{journal};
+	DaemonMetrics *metrics = nullptr;
+	std::string metrics_listen{}, metrics_error{}; // for status: where, and why not
 
 	void configure_approvals(const config::Approvals &a)
 	{
@@ -389,6 +394,8 @@ struct Runtime {
 			e.add("CORDON_RESULT", "failed").add("CORDON_ERROR", why);
 			log::error(e.message);
 			journal.send(std::move(e));
+			if (metrics)
+				metrics->policy_reloaded(false);
 			return json{{"ok", false}, {"error", why}};
 		};
 		if (source.empty() || source.front() == '<')
@@ -440,6 +447,8 @@ struct Runtime {
 		    (mask ? "on" : "off") +
 		    (restart.empty() ? "" : "; changes to " + needs_restart + " need a restart and were not applied");
 		e.priority = restart.empty() ? 6 : 4;
+		if (metrics)
+			metrics->policy_reloaded(true);
 		e.add("CORDON_RESULT", "ok")
 		    .add("CORDON_RULES", std::to_string((*rules)->size()))
 		    .add_if("CORDON_NEEDS_RESTART", needs_restart);
@@ -513,6 +522,7 @@ struct Runtime {
 		              {"buffers", pool->count()}};
 		j["journal"] = {
 		    {"written", journal.written()}, {"dropped", journal.dropped()}, {"fell_back", journal.fell_back()}};
+		j["metrics"] = {{"listen", metrics_listen}, {"error", metrics_error}};
 		j["tls"] = {
 		    {"ca_fingerprint", ca.fingerprint_sha256()},
 		    {"ca_certificate", ca.cert_path()},
@@ -585,6 +595,12 @@ struct Runtime {
 			if (peer.uid != 0)
 				return answer({{"ok", false}, {"error", "permission denied: identities is for root"}});
 			return answer(identities());
+		}
+		if (command == "metrics") {
+			// What the metrics endpoint serves, whether or not it is open.
+			if (peer.uid != 0)
+				return answer({{"ok", false}, {"error", "permission denied: metrics is for root"}});
+			return answer({{"ok", true}, {"text", metrics ? metrics->render() : std::string()}});
 		}
 		if (command == "reload") {
 			if (peer.uid != 0)
@@ -747,6 +763,7 @@ Status run_daemon(const DaemonOptions &options)
 		return pool.error();
 
 	CgroupPathCache cgroup_paths(*hierarchy, 4096);
+	DaemonMetrics metrics; // outlives the relay, which counts into it
 	RelaySettings rs;
 	rs.listen = {SocketAddress{ks.listen_ipv4, ks.listen_port}, SocketAddress{ks.listen_ipv6, ks.listen_port}};
 	rs.upstream_mark = ks.upstream_mark;
@@ -824,6 +841,7 @@ Status run_daemon(const DaemonOptions &options)
 	rs.tls.approvals = &runtime.approvals;
 	rs.tls.policy_version = policy_version(options.policy_source, p);
 	rs.tls.recorder = recorder.get();
+	rs.metrics = &metrics;
 	log::info(std::to_string((*rules)->size()) + " policy rules; default action " +
 	          (p.default_action() == config::Rule::BLOCK ? "block" : "allow"));
 	RelayServer relay(**loop, **pool, kp, journal, cgroup_paths, rs);
@@ -846,6 +864,29 @@ Status run_daemon(const DaemonOptions &options)
 	runtime.decoder = decoder.get();
 	if (Status st = control.start(); !st)
 		return st;
+	metrics.watch({&relay, pool->get(), &kp, &journal, &runtime.approvals, recorder.get()});
+	runtime.metrics = &metrics;
+	// Metrics watch cordond; they are never a reason to stop it. An endpoint that cannot open is
+	// reported (log, journal, status) and cordond runs on without it.
+	std::optional<MetricsServer> metrics_server;
+	if (const std::string &listen = p.daemon().metrics_listen(); !listen.empty()) {
+		runtime.metrics_listen = listen;
+		metrics_server.emplace(**loop, *ListenEndpoint::parse(listen), [&metrics] { return metrics.render(); });
+		if (Status st = metrics_server->start(); !st) {
+			runtime.metrics_error = st.error().message();
+			JournalEntry e;
+			e.priority = 3;
+			e.message = "metrics endpoint " + listen +
+			            " not opened, cordond runs without it: " + runtime.metrics_error;
+			e.add("CORDON_EVENT", "metrics_error")
+			    .add("CORDON_METRICS_LISTEN", listen)
+			    .add("CORDON_ERROR", runtime.metrics_error);
+			log::error(e.message);
+			journal.send(std::move(e));
+		} else {
+			log::info("metrics at " + listen + " (GET /metrics)");
+		}
+	}
 
 	UniqueFd sfd(::signalfd(-1, &signals, SFD_NONBLOCK | SFD_CLOEXEC));
 	if (!sfd)

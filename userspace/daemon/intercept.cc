@@ -17,6 +17,7 @@
 #include "common/log.h"
 #include "daemon/journal.h"
 #include "daemon/masking.h"
+#include "daemon/metrics.h"
 #include "daemon/policy_observer.h"
 #include "daemon/recorder.h"
 #include "daemon/relay.h"
@@ -54,8 +55,8 @@ constexpr size_t kReadChunk = 256 * 1024;
 // Journals each HTTP exchange on an intercepted connection.
 class RequestJournal : public proxy::ExchangeObserver {
 public:
-	RequestJournal(Journal &journal, const ConnectionIdentity &id, RelayStats &stats)
-	    : journal_(journal), id_(id), stats_(stats)
+	RequestJournal(Journal &journal, const ConnectionIdentity &id, RelayStats &stats, DaemonMetrics &metrics)
+	    : journal_(journal), id_(id), stats_(stats), metrics_(metrics)
 	{}
 	void set_masker(ConnectionMasker *masker) { masker_ = masker; }
 	void set_policy(PolicyObserver *policy) { policy_ = policy; }
@@ -68,6 +69,7 @@ public:
 		e.priority = s.result == "ok" ? 6 : 4;
 		const std::string what =
 		    r.rpc.empty() ? r.method + " " + r.path.substr(0, r.path.find('?')) : r.rpc.full();
+		const char *protocol = rpc::to_string(s.response.status ? s.response.protocol : r.protocol);
 		e.message = "request " + id_.id + "#" + std::to_string(r.number) + ": " + r.host + " " + what + " -> " +
 		            std::to_string(s.response.status) + " " + s.result +
 		            (s.error.empty() ? "" : " (" + s.error + ")");
@@ -77,7 +79,7 @@ public:
 		    .add("CORDON_HOST", r.host)
 		    .add("CORDON_METHOD", r.method)
 		    .add("CORDON_PATH", r.path.substr(0, r.path.find('?')))
-		    .add("CORDON_PROTO", rpc::to_string(s.response.status ? s.response.protocol : r.protocol))
+		    .add("CORDON_PROTO", protocol)
 		    .add("CORDON_HTTP", r.http)
 		    .add("CORDON_STATUS", std::to_string(s.response.status))
 		    .add("CORDON_REQ_BYTES", std::to_string(s.request_bytes))
@@ -100,7 +102,7 @@ public:
 			    .add_if("CORDON_APPROVAL", d.approval)
 			    .add_if("CORDON_APPROVER", d.approver);
 		}
-		uint64_t masked = 0;
+		uint64_t masked = 0, unscanned = 0;
 		if (masker_) {
 			// Counts and rule ids only: the secrets themselves are never written anywhere.
 			MaskTally t = masker_->take(r.number);
@@ -112,9 +114,11 @@ public:
 					ids += (ids.empty() ? "" : ",") + id;
 				e.add("CORDON_MASK_RULES", ids);
 			}
+			unscanned = t.unscanned;
 			if (t.unscanned)
 				e.add("CORDON_UNSCANNED", std::to_string(t.unscanned));
 		}
+		metrics_.request_done(protocol, s.result, decided ? &*decided : nullptr, masked, unscanned, s.duration);
 		if (recording_)
 			recording_->exchange_done(r, s, decided ? &*decided : nullptr, masked);
 		journal_.send(std::move(e));
@@ -124,6 +128,7 @@ private:
 	Journal &journal_;
 	const ConnectionIdentity &id_;
 	RelayStats &stats_;
+	DaemonMetrics &metrics_;
 	ConnectionMasker *masker_ = nullptr;
 	PolicyObserver *policy_ = nullptr;
 	SessionRecording *recording_ = nullptr;
@@ -136,7 +141,7 @@ public:
 	InterceptConnection(RelayServer &server, ConnectionIdentity identity, UniqueFd client, std::string hello,
 	                    std::vector<std::string> alpn)
 	    : server_(server), id_(std::move(identity)), hello_(std::move(hello)), offered_(std::move(alpn)),
-	      request_journal_(server.journal_, id_, server.stats_)
+	      request_journal_(server.journal_, id_, server.stats_, *server.metrics_)
 	{
 		if (server.settings_.tls.watch)
 			watch_ = std::make_unique<ConnectionWatch>(*server.settings_.tls.watch, id_);
@@ -595,6 +600,7 @@ private:
 		s.out_offset += static_cast<size_t>(res);
 		s.out_bytes -= static_cast<size_t>(res);
 		s.bytes_out += static_cast<uint64_t>(res);
+		server_.metrics_->add_bytes(side == kUpstream, static_cast<uint64_t>(res));
 		if (s.out_offset == s.out.front().size()) {
 			s.out.pop_front();
 			s.out_offset = 0;
@@ -721,6 +727,7 @@ private:
 			e.add("CORDON_ERRNO", std::to_string(error_)).add("CORDON_ERROR", std::strerror(error_));
 		server_.journal_.send(std::move(e));
 		server_.stats_.closed++;
+		server_.metrics_->connection_closed(result_);
 		if (recording_)
 			recording_->end(result_, sides_[kUpstream].bytes_out, sides_[kClient].bytes_out, requests);
 	}

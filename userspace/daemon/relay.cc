@@ -13,6 +13,7 @@
 #include "common/cgroup.h"
 #include "common/log.h"
 #include "daemon/journal.h"
+#include "daemon/metrics.h"
 #include "tls/client_hello.h"
 
 namespace cordon {
@@ -454,10 +455,13 @@ private:
 			return;
 		case SniAction::Passthrough:
 			server_.stats_.passed_through++;
+			// What was read while deciding goes first, as it came.
+			server_.metrics_->add_bytes(true, flows_[kUp].bytes);
 			initial_ = std::move(hello_);
 			return connect_upstream();
 		case SniAction::Refuse:
 			server_.stats_.refused++;
+			server_.metrics_->add_bytes(true, flows_[kUp].bytes); // as CORDON_BYTES_UP counts them
 			if (!hello_.empty() && static_cast<uint8_t>(hello_[0]) == 0x16)
 				(void)!::send(client_.get(), kAccessDeniedAlert, sizeof(kAccessDeniedAlert),
 				              MSG_NOSIGNAL | MSG_DONTWAIT);
@@ -577,6 +581,7 @@ private:
 			f.last_progress = Clock::now(); // the clock for a stalled send starts now
 		f.count++;
 		f.bytes += static_cast<uint64_t>(res);
+		server_.metrics_->add_bytes(index == kUp, static_cast<uint64_t>(res));
 		last_activity_ = Clock::now();
 		pump(index);
 	}
@@ -624,6 +629,7 @@ private:
 			// Ended before a decision (closed during the hello): still journal who it was.
 			mode_ = "none";
 			journal_open();
+			server_.metrics_->add_bytes(true, flows_[kUp].bytes);
 		}
 		result_ = result;
 		error_ = error;
@@ -652,6 +658,7 @@ private:
 		if (!reason_.empty())
 			e.add("CORDON_REASON", reason_);
 		server_.journal_.send(std::move(e));
+		server_.metrics_->connection_opened(mode_);
 	}
 
 	void journal_close()
@@ -680,6 +687,7 @@ private:
 			e.add("CORDON_ERRNO", std::to_string(error_)).add("CORDON_ERROR", std::strerror(error_));
 		server_.journal_.send(std::move(e));
 		server_.stats_.closed++;
+		server_.metrics_->connection_closed(result_);
 	}
 
 	RelayServer &server_;
@@ -714,6 +722,9 @@ RelayServer::RelayServer(EventLoop &loop, BufferPool &pool, KernelPrograms &kern
                          CgroupPathCache &cgroups, RelaySettings settings)
     : loop_(loop), pool_(pool), kernel_(kernel), journal_(journal), cgroups_(cgroups), settings_(std::move(settings))
 {
+	if (!settings_.metrics)
+		own_metrics_ = std::make_unique<DaemonMetrics>();
+	metrics_ = settings_.metrics ? settings_.metrics : own_metrics_.get();
 	uint32_t random = 0;
 	if (::getrandom(&random, sizeof(random), 0) != sizeof(random))
 		random = static_cast<uint32_t>(Clock::now().time_since_epoch().count());
@@ -779,6 +790,7 @@ void RelayServer::on_accepted(int raw_fd, const SocketAddress &local)
 		return refuse();
 	if (live_.size() >= settings_.max_connections) {
 		stats_.over_limit++;
+		metrics_->connection_rejected("connection_limit");
 		auto now = Clock::now();
 		if (now - last_limit_log_ > std::chrono::seconds(10)) {
 			log::warning("connection limit (" + std::to_string(settings_.max_connections) +
@@ -806,6 +818,7 @@ void RelayServer::on_accepted(int raw_fd, const SocketAddress &local)
 		// Someone connected to the listener directly, or the origin was lost: there is no
 		// destination to go to, and relaying blind could loop. Refuse.
 		stats_.lookup_missed++;
+		metrics_->connection_rejected("no_origin");
 		if (Status st = kernel_.add_to_counter(CORDON_CTR_LOOKUP_MISSED, 1); !st)
 			log::error(st.error().message());
 		auto now = Clock::now();

@@ -29,6 +29,7 @@
 namespace cordon {
 
 class Approvals;
+class DaemonMetrics;
 class Recorder;
 
 class KernelPrograms;
@@ -82,6 +83,7 @@ struct RelaySettings {
 	std::chrono::seconds idle_timeout{0}; // 0: never
 	uint32_t max_connections = 20000;
 	TlsSettings tls;
+	DaemonMetrics *metrics = nullptr; // counted into; the server keeps its own when null
 };
 
 // What `cordonctl status` shows for one live connection.
@@ -181,6 +183,8 @@ private:
 	UserNames users_;
 	RelaySettings settings_;
 	RelayStats stats_;
+	std::unique_ptr<DaemonMetrics> own_metrics_; // when the settings bring none
+	DaemonMetrics *metrics_ = nullptr;           // never null
 	std::vector<SocketAddress> listening_;
 	std::unordered_set<TrackedConnection *> live_;
 	std::deque<std::pair<TrackedConnection *, int>> starved_;
