@@ -144,7 +144,7 @@ static __always_inline struct cordon_decision decide(struct bpf_sock_addr *ctx, 
 	if (!cordon_port_relevant(facts.port_flags, facts.sock_type))
 		return pass;
 	facts.is_target = is_target(addr);
-	if (!facts.is_target)
+	if (!facts.is_target && !(facts.port_flags & CORDON_PORT_ALL_DESTINATIONS))
 		return pass;
 	facts.scope = current_scope();
 	facts.sk_mark = ctx->sk->mark;
@@ -181,6 +181,7 @@ static __always_inline int remember_origin(struct bpf_sock_addr *ctx, const __u8
 	st->origin.gid = uid_gid >> 32;
 	st->origin.cgroup_id = bpf_get_current_cgroup_id();
 	st->origin.netns_cookie = bpf_get_netns_cookie(ctx);
+	st->origin.flags = is_target(addr) ? CORDON_ORIGIN_TARGET : 0;
 	st->origin.socket_cookie = 0;
 	st->origin.connect_boot_ns = bpf_ktime_get_boot_ns();
 	bpf_get_current_comm(st->origin.comm, sizeof(st->origin.comm));

@@ -61,7 +61,8 @@ CORDON_INLINE struct cordon_decision cordon_decide_connect(const struct cordon_c
 {
 	struct cordon_decision d = {CORDON_VERDICT_PASS, -1};
 
-	if (!cordon_port_relevant(f->port_flags, f->sock_type) || !f->is_target)
+	if (!cordon_port_relevant(f->port_flags, f->sock_type) ||
+	    !(f->is_target || (f->port_flags & CORDON_PORT_ALL_DESTINATIONS)))
 		return d;
 	/* cordond's own upstream sockets: marked, in cordond's namespace, from cordond's cgroup. The
 	 * mark alone is not enough: since Linux 5.17 CAP_NET_RAW may set SO_MARK, and container

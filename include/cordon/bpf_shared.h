@@ -41,6 +41,9 @@ enum cordon_scope {
 enum cordon_port_flag {
 	CORDON_PORT_TCP_CAPTURE = 1, /* redirect TCP connections to targets on this port */
 	CORDON_PORT_UDP_REFUSE = 2,  /* refuse UDP to targets on this port (QUIC) */
+	/* Strict mode (capture.mode: all-tls): the two above apply to every destination, target or
+	 * not; cordond then decides by SNI / Host. Catches addresses no resolver has seen yet. */
+	CORDON_PORT_ALL_DESTINATIONS = 4,
 };
 
 /* Key of the `targets` LPM trie. IPv4 is stored v4-mapped (::ffff:a.b.c.d, prefix 96 + n) so
@@ -90,12 +93,16 @@ struct cordon_origin {
 	__u32 tid;
 	__u32 uid;
 	__u32 gid;
-	__u32 reserved;
+	__u32 flags; /* enum cordon_origin_flag */
 	__u64 cgroup_id;
 	__u64 netns_cookie;
 	__u64 socket_cookie;   /* set at publish; guards the delete at close against tuple reuse */
 	__u64 connect_boot_ns; /* bpf_ktime_get_boot_ns() at connect */
 	char comm[CORDON_COMM_LEN];
+};
+
+enum cordon_origin_flag {
+	CORDON_ORIGIN_TARGET = 1, /* the destination was a capture target (else: strict mode caught it) */
 };
 
 /* Per-socket local storage (`origin_store`): the origin plus the tuple it was published under. */

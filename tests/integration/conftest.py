@@ -216,7 +216,7 @@ class Cordond:
             f"  hosts: {json.dumps(list(hosts))}\n"
             f"  cidrs: {json.dumps(list(targets))}\n"
             f"  ports: {json.dumps(list(ports))}\n"
-            f"  quic_ports: {json.dumps(list(quic_ports))}\n"
+            f"  quic_ports: {json.dumps(list(quic_ports))}\n" + capture_yaml +
             "enforce:\n"
             f"  cgroups: [\"{cgroups.path('job')}\"]\n"
             f"  exempt_cgroups: {json.dumps([cgroups.path(e) for e in exempt])}\n"

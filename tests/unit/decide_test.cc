@@ -36,6 +36,35 @@ TEST(Decide, NonTargetPassesUncounted)
 	EXPECT_EQ(d.counter, -1);
 }
 
+// Strict mode (capture.mode: all-tls): every destination on a captured port, decided by SNI later.
+TEST(Decide, StrictModeRedirectsEveryDestinationOnACapturedPort)
+{
+	auto f = tcp_to_target();
+	f.is_target = 0;
+	f.port_flags |= CORDON_PORT_ALL_DESTINATIONS;
+	auto d = cordon_decide_connect(&f, kMark);
+	EXPECT_EQ(d.verdict, CORDON_VERDICT_REDIRECT);
+	EXPECT_EQ(d.counter, CORDON_CTR_REDIRECTED);
+	// ... and refuses UDP on a QUIC port to any address, so clients fall back to TCP.
+	f.sock_type = CORDON_SOCK_DGRAM;
+	d = cordon_decide_connect(&f, kMark);
+	EXPECT_EQ(d.verdict, CORDON_VERDICT_REFUSE);
+	// But not on ports it does not capture, and never for cordond's own sockets or exempt cgroups.
+	f.sock_type = CORDON_SOCK_STREAM;
+	f.port_flags = CORDON_PORT_ALL_DESTINATIONS | CORDON_PORT_UDP_REFUSE;
+	EXPECT_EQ(cordon_decide_connect(&f, kMark).verdict, CORDON_VERDICT_PASS);
+	f.port_flags = CORDON_PORT_TCP_CAPTURE | CORDON_PORT_ALL_DESTINATIONS;
+	f.scope = CORDON_SCOPE_EXEMPT;
+	EXPECT_EQ(cordon_decide_connect(&f, kMark).verdict, CORDON_VERDICT_PASS);
+	f.scope = CORDON_SCOPE_ENFORCE;
+	f.in_cordond_cgroup = 1;
+	f.sk_mark = kMark;
+	EXPECT_EQ(cordon_decide_connect(&f, kMark).verdict, CORDON_VERDICT_PASS);
+	f.in_cordond_cgroup = 0;
+	f.scope = CORDON_SCOPE_NONE;
+	EXPECT_EQ(cordon_decide_connect(&f, kMark).verdict, CORDON_VERDICT_PASS);
+}
+
 TEST(Decide, UncapturedPortPassesUncounted)
 {
 	auto f = tcp_to_target();

@@ -221,6 +221,9 @@ std::map<uint16_t, uint32_t> port_flags(const config::Capture &c)
 		flags[static_cast<uint16_t>(p)] |= CORDON_PORT_TCP_CAPTURE;
 	for (uint32_t p : c.quic_ports())
 		flags[static_cast<uint16_t>(p)] |= CORDON_PORT_UDP_REFUSE;
+	if (c.mode() == config::ALL_TLS)
+		for (auto &[port, f] : flags)
+			f |= CORDON_PORT_ALL_DESTINATIONS;
 	return flags;
 }
 
@@ -777,6 +780,7 @@ Status run_daemon(const DaemonOptions &options)
 	};
 	rs.tls.missing_sni = sni_action(p.tls().missing_sni());
 	rs.tls.non_target_sni = sni_action(p.tls().non_target_sni());
+	rs.tls.capture_all = p.capture().mode() == config::ALL_TLS;
 	rs.tls.hello_timeout = std::chrono::milliseconds(p.tls().hello_timeout_ms());
 	rs.tls.handshake_timeout = std::chrono::milliseconds(p.tls().handshake_timeout_ms());
 	rs.tls.server_ctx = server_ctx->get();

@@ -1,4 +1,5 @@
 #include "daemon/relay.h"
+#include "proxy/http_host.h"
 
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -427,10 +428,16 @@ private:
 			if (parsed.hello.has_ech)
 				return decide(SniAction::Refuse,
 				              "encrypted ClientHello (ECH) behind SNI " + parsed.hello.sni);
+			// Strict capture caught it for its port alone: somebody else's TLS, left unread.
+			if (caught_for_port_only())
+				return decide(SniAction::Passthrough,
+				              "SNI " + parsed.hello.sni + " is not a capture host (strict capture)");
 			return decide(server_.settings_.tls.non_target_sni,
 			              "SNI " + parsed.hello.sni + " is not a capture host");
 
 		case tls::HelloStatus::NotTls:
+			if (caught_for_port_only())
+				return on_plain_http();
 			peeking_ = false;
 			return decide(server_.settings_.tls.missing_sni, "not TLS: " + parsed.error);
 		case tls::HelloStatus::Malformed:
@@ -438,6 +445,44 @@ private:
 			// Broken TLS is never relayed: it cannot be inspected, and it has no honest use.
 			peeking_ = false;
 			return decide(SniAction::Refuse, std::string("bad ClientHello: ") + parsed.error);
+		}
+	}
+
+	// Strict capture (capture.mode: all-tls) redirected this connection for its port, not for a
+	// target address.
+	bool caught_for_port_only() const
+	{
+		return server_.settings_.tls.capture_all && !(id_.origin.flags & CORDON_ORIGIN_TARGET);
+	}
+
+	// Plain bytes to an address that is not a target, under strict capture: HTTP naming a
+	// capture host is refused (Cursor is never spoken to in the clear), the rest passes unread.
+	void on_plain_http()
+	{
+		std::string host;
+		switch (proxy::parse_http_host(hello_, host)) {
+		case proxy::HttpHeadStatus::NeedMore:
+			return arm_hello_recv(); // the hello timeout bounds the wait
+		case proxy::HttpHeadStatus::NotHttp:
+			peeking_ = false;
+			return decide(SniAction::Passthrough, "neither TLS nor HTTP (strict capture)");
+		case proxy::HttpHeadStatus::TooLarge:
+			peeking_ = false;
+			return decide(SniAction::Refuse, "plain HTTP head over " + std::to_string(proxy::kMaxHttpHead) +
+			                                     " bytes (strict capture)");
+		case proxy::HttpHeadStatus::Ambiguous:
+			peeking_ = false;
+			return decide(SniAction::Refuse, "plain HTTP naming two hosts (strict capture)");
+		case proxy::HttpHeadStatus::Http2:
+			peeking_ = false; // its host is in HPACK, unread: it could be Cursor's
+			return decide(SniAction::Refuse, "HTTP/2 with prior knowledge (h2c) (strict capture)");
+		case proxy::HttpHeadStatus::Complete:
+			peeking_ = false;
+			if (!host.empty() && any_matches(server_.settings_.tls.intercept_hosts, host))
+				return decide(SniAction::Refuse, "plain HTTP to capture host " + host);
+			return decide(SniAction::Passthrough, "plain HTTP to " +
+			                                          (host.empty() ? std::string("no host") : host) +
+			                                          " (strict capture)");
 		}
 	}
 

@@ -58,6 +58,10 @@ struct TlsSettings {
 	std::vector<HostPattern> intercept_hosts; // capture.hosts
 	SniAction missing_sni = SniAction::Refuse;
 	SniAction non_target_sni = SniAction::Refuse;
+	// capture.mode: all-tls. A connection the kernel caught only for its port (not a target
+	// address) is intercepted for a capture host's SNI and passed through otherwise; plain
+	// HTTP naming a capture host in Host is refused.
+	bool capture_all = false;
 	std::chrono::milliseconds hello_timeout{5000};
 	std::chrono::milliseconds handshake_timeout{15000};
 	SSL_CTX *server_ctx = nullptr; // toward jobs
