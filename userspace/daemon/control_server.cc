@@ -12,6 +12,7 @@
 
 #include "common/log.h"
 #include "common/unique_fd.h"
+#include "daemon/accept_listener.h"
 
 namespace cordon {
 namespace {
@@ -49,50 +50,6 @@ bool ControlPeer::alive() const
 	// Signal 0 checks for existence; a pidfd never points at a process that reused the pid.
 	return pidfd && ::syscall(SYS_pidfd_send_signal, pidfd->get(), 0, nullptr, 0) == 0;
 }
-
-class ControlListener : public IoHandler {
-public:
-	ControlListener(ControlServer &server, UniqueFd fd) : server_(server), fd_(std::move(fd)) {}
-	void arm()
-	{
-		io_uring_prep_multishot_accept(loop().prepare(*this, kAccept), fd_.get(), nullptr, nullptr,
-		                               SOCK_NONBLOCK | SOCK_CLOEXEC);
-	}
-	void on_completion(uint8_t op, int res, uint32_t flags) override
-	{
-		if (op == kRetry) {
-			if (!finished())
-				arm();
-			return;
-		}
-		if (op != kAccept)
-			return;
-		if (res >= 0) {
-			server_.on_accepted(res);
-		} else if (res != -ECANCELED) {
-			// EMFILE and friends: back off instead of spinning on the same error.
-			log::warning(std::string("control accept: ") + std::strerror(-res));
-			if (!(flags & IORING_CQE_F_MORE) && !finished()) {
-				retry_.tv_sec = 0;
-				retry_.tv_nsec = 100 * 1000 * 1000;
-				io_uring_prep_timeout(loop().prepare(*this, kRetry), &retry_, 0, 0);
-			}
-			return;
-		}
-		if (!(flags & IORING_CQE_F_MORE) && !finished() && res != -ECANCELED)
-			arm();
-	}
-	void on_stop() override
-	{
-		loop().cancel_fd(*this, fd_.get(), kCancel);
-		mark_finished();
-	}
-
-private:
-	ControlServer &server_;
-	UniqueFd fd_;
-	__kernel_timespec retry_{};
-};
 
 class ControlSession : public IoHandler {
 public:
@@ -266,8 +223,8 @@ Status ControlServer::start()
 		return system_error("chmod " + path_);
 	if (::listen(fd.get(), 128) != 0)
 		return system_error("listen on " + path_);
-	auto &listener =
-	    static_cast<ControlListener &>(loop_.add(std::make_unique<ControlListener>(*this, std::move(fd))));
+	auto &listener = static_cast<AcceptListener &>(loop_.add(std::make_unique<AcceptListener>(
+	    std::move(fd), "control", [this](int accepted) { on_accepted(accepted); })));
 	listener.arm();
 	return {};
 }

@@ -56,7 +56,6 @@ public:
 
 private:
 	friend class ControlSession;
-	friend class ControlListener;
 	void on_accepted(int fd);
 	void forget(ControlSession *session, uid_t uid);
 

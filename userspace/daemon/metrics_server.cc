@@ -11,6 +11,7 @@
 
 #include "common/log.h"
 #include "common/unique_fd.h"
+#include "daemon/accept_listener.h"
 
 namespace cordon {
 namespace {
@@ -99,50 +100,6 @@ std::string metrics_http_response(const MetricsHttpAnswer &answer, const std::st
 		out += body;
 	return out;
 }
-
-class MetricsListener : public IoHandler {
-public:
-	MetricsListener(MetricsServer &server, UniqueFd fd) : server_(server), fd_(std::move(fd)) {}
-	void arm()
-	{
-		io_uring_prep_multishot_accept(loop().prepare(*this, kAccept), fd_.get(), nullptr, nullptr,
-		                               SOCK_NONBLOCK | SOCK_CLOEXEC);
-	}
-	void on_completion(uint8_t op, int res, uint32_t flags) override
-	{
-		if (op == kRetry) {
-			if (!finished())
-				arm();
-			return;
-		}
-		if (op != kAccept)
-			return;
-		if (res >= 0) {
-			server_.on_accepted(res);
-		} else if (res != -ECANCELED) {
-			// EMFILE and friends: back off instead of spinning on the same error.
-			log::warning(std::string("metrics accept: ") + std::strerror(-res));
-			if (!(flags & IORING_CQE_F_MORE) && !finished()) {
-				retry_.tv_sec = 0;
-				retry_.tv_nsec = 100 * 1000 * 1000;
-				io_uring_prep_timeout(loop().prepare(*this, kRetry), &retry_, 0, 0);
-			}
-			return;
-		}
-		if (!(flags & IORING_CQE_F_MORE) && !finished() && res != -ECANCELED)
-			arm();
-	}
-	void on_stop() override
-	{
-		loop().cancel_fd(*this, fd_.get(), kCancel);
-		mark_finished();
-	}
-
-private:
-	MetricsServer &server_;
-	UniqueFd fd_;
-	__kernel_timespec retry_{};
-};
 
 // One scrape: read the request head, answer, close.
 class MetricsSession : public IoHandler {
@@ -333,8 +290,8 @@ Status MetricsServer::start()
 	}
 	if (::listen(fd.get(), static_cast<int>(kMaxSessions)) != 0)
 		return system_error("listen on " + where);
-	auto &listener =
-	    static_cast<MetricsListener &>(loop_.add(std::make_unique<MetricsListener>(*this, std::move(fd))));
+	auto &listener = static_cast<AcceptListener &>(loop_.add(std::make_unique<AcceptListener>(
+	    std::move(fd), "metrics", [this](int accepted) { on_accepted(accepted); })));
 	listener.arm();
 	return {};
 }

@@ -53,7 +53,6 @@ public:
 
 private:
 	friend class MetricsSession;
-	friend class MetricsListener;
 	void on_accepted(int fd);
 	Status bind_unix(UniqueFd &fd);
 
