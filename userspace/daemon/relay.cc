@@ -1,5 +1,4 @@
 #include "daemon/relay.h"
-#include "proxy/http_host.h"
 
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -15,6 +14,7 @@
 #include "common/log.h"
 #include "daemon/journal.h"
 #include "daemon/metrics.h"
+#include "proxy/http_host.h"
 #include "tls/client_hello.h"
 
 namespace cordon {
