@@ -1069,3 +1069,55 @@ TEST(RecordingWitness, PrunedSegmentsAreNotMissing)
 	EXPECT_TRUE(r.ok()) << report_text(r);
 	EXPECT_NE(all_notes(r).find("pruned"), std::string::npos);
 }
+
+// Each Prune record names its own round's segments, and lives in the segment open at the time,
+// which a later round may prune in turn: what lies below an authenticated gap at the head is
+// retention all the same, however many rounds ago.
+TEST(RecordingWitness, SegmentsPrunedRoundsAgoAreNotMissing)
+{
+	Store st;
+	st.write();
+	for (int round = 0; round < 3; round++) {
+		auto list = record::list_segments(st.dir);
+		ASSERT_TRUE(list);
+		uint64_t total = 0;
+		for (uint64_t i : *list)
+			total += fs::file_size(st.path(i));
+		auto w = record::SegmentWriter::open(st.dir, st.key, "ci-host-1", "test", kSmallSegments);
+		ASSERT_TRUE(w);
+		SessionScript s(**w, "c-round-" + std::to_string(round));
+		s.start(kT0 + (4 + round) * kHour, "github:acme/app", "/usr/bin/node", "/ci/job", "api2.cursor.sh");
+		s.end(kT0 + (4 + round) * kHour + 1, "closed", 0);
+		ASSERT_TRUE((*w)->checkpoint(true));
+		auto removed = (*w)->prune(total / 2, 0);
+		ASSERT_TRUE(removed) << removed.error().message();
+		ASSERT_FALSE(removed->empty());
+		ASSERT_TRUE((*w)->checkpoint(true));
+		for (auto &seen : (*w)->take_witnesses())
+			st.witnesses.push_back(std::move(seen));
+	}
+	const auto r = st.verify_witnessed();
+	EXPECT_TRUE(r.ok()) << report_text(r);
+	EXPECT_GT(r.witnessed, 0u);
+	// Deleting the newest is still caught after all that pruning.
+	auto list = record::list_segments(st.dir);
+	ASSERT_TRUE(list);
+	fs::remove(st.path(list->back()));
+	EXPECT_FALSE(st.verify_witnessed().ok());
+}
+
+// A store purged and made again at the same path (a new key) is not held to the old one's
+// witnesses, which the journal keeps until it rotates.
+TEST(RecordingWitness, WitnessesOfAnotherKeyAreIgnored)
+{
+	Store st;
+	st.write();
+	auto foreign = st.witnesses;
+	for (auto &w : foreign) {
+		w.key_id = "0123456789abcdef";
+		w.name = record::segment_name(90 + (&w - foreign.data()));
+	}
+	const auto r = record::verify_store(st.dir, st.key, foreign);
+	EXPECT_TRUE(r.ok()) << report_text(r);
+	EXPECT_EQ(r.witnessed, 0u);
+}

@@ -53,15 +53,20 @@ JournalWitnesses read_journal_witnesses(const std::string &recordings)
 {
 	JournalWitnesses out;
 	sd_journal *raw = nullptr;
-	if (int rc = sd_journal_open(&raw, SD_JOURNAL_LOCAL_ONLY); rc < 0) {
+	// The system journal only: users' own journals hold what they wrote themselves.
+	if (int rc = sd_journal_open(&raw, SD_JOURNAL_LOCAL_ONLY | SD_JOURNAL_SYSTEM); rc < 0) {
 		out.error = std::string("cannot open the journal: ") + std::strerror(-rc);
 		return out;
 	}
 	std::unique_ptr<sd_journal, JournalCloser> j(raw);
 	const std::string event = "CORDON_EVENT=recording_segment";
 	const std::string store = "CORDON_RECORDINGS=" + canonical(recordings);
+	// Anyone may write CORDON_* fields to the journal; _UID is journald's own, from the sender's
+	// credentials: only root's entries (cordond's) witness anything.
+	const std::string root = "_UID=0";
 	if (sd_journal_add_match(j.get(), event.data(), event.size()) < 0 ||
-	    sd_journal_add_match(j.get(), store.data(), store.size()) < 0) {
+	    sd_journal_add_match(j.get(), store.data(), store.size()) < 0 ||
+	    sd_journal_add_match(j.get(), root.data(), root.size()) < 0) {
 		out.error = "cannot search the journal";
 		return out;
 	}
@@ -73,6 +78,7 @@ JournalWitnesses read_journal_witnesses(const std::string &recordings)
 		w.sealed = field(j.get(), "CORDON_SEGMENT_STATE") == "sealed";
 		w.hash = unhex(field(j.get(), "CORDON_CHAIN_HASH"));
 		w.records = std::strtoull(field(j.get(), "CORDON_RECORDS").c_str(), nullptr, 10);
+		w.key_id = field(j.get(), "CORDON_KEY_ID");
 		uint64_t usec = 0;
 		if (sd_journal_get_realtime_usec(j.get(), &usec) >= 0) {
 			const time_t secs = static_cast<time_t>(usec / 1000000);

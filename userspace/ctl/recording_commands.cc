@@ -485,22 +485,23 @@ void print_exchange(const RecordedSession &s, const RecordedExchange &x, const p
 		std::stable_sort(v.begin(), v.end(), std::less<const Record *>());
 		// A decision is written when its exchange ends; it is shown where it was made: after the
 		// message a content rule stopped, or after the request.
+		// Decisions recorded before cordon kept when it decided go where they were written
+		// (first, while `v` is still in writer order for the search).
+		for (const Record *d : x.decisions)
+			if (d->decision().decided_us() == 0)
+				v.insert(std::upper_bound(v.begin(), v.end(), d, std::less<const Record *>()), d);
 		for (const Record *d : x.decisions) {
 			const auto &dec = d->decision();
-			if (dec.decided_us() == 0) { // recorded before cordon kept when it decided: as written
-				v.insert(std::upper_bound(v.begin(), v.end(), d, std::less<const Record *>()), d);
+			if (dec.decided_us() == 0)
 				continue;
-			}
 			auto anchor = std::find_if(v.begin(), v.end(), [&](const Record *r) {
 				if (dec.on_message())
 					return r->has_message() && r->message().index() == dec.message_index() &&
 					       r->message().response() == dec.response();
 				return r->has_request();
 			});
-			v.insert(anchor == v.end()
-			             ? std::upper_bound(v.begin(), v.end(), d, std::less<const Record *>())
-			             : anchor + 1,
-			         d);
+			// Its anchor not recorded (pruned, or cut by max_message_bytes): before the end.
+			v.insert(anchor != v.end() ? anchor + 1 : v.end() - (x.end && v.back() == x.end ? 1 : 0), d);
 		}
 		return v;
 	}();

@@ -162,6 +162,16 @@ void Recorder::fail(const std::string &why)
 	journal_.send(std::move(e));
 }
 
+uint64_t Recorder::count_frames(std::string_view batch)
+{
+	uint64_t n = 0;
+	size_t pos = 0;
+	std::string_view rec;
+	while (record::next_frame(batch, pos, rec))
+		n++;
+	return n;
+}
+
 void Recorder::journal_witnesses()
 {
 	for (const auto &w : writer_->take_witnesses()) {
@@ -172,7 +182,8 @@ void Recorder::journal_witnesses()
 		    .add("CORDON_RECORDINGS", settings_.dir)
 		    .add("CORDON_SEGMENT", w.name)
 		    .add("CORDON_SEGMENT_STATE", w.sealed ? "sealed" : "started")
-		    .add("CORDON_CHAIN_HASH", record::hex(w.hash));
+		    .add("CORDON_CHAIN_HASH", record::hex(w.hash))
+		    .add("CORDON_KEY_ID", w.key_id);
 		if (w.sealed)
 			e.add("CORDON_RECORDS", std::to_string(w.records));
 		journal_.send(std::move(e));
@@ -260,10 +271,18 @@ void Recorder::run()
 			}
 		}
 		journal_witnesses();
+		// A failed write drops what was buffered since the last good one: those are lost, the
+		// rest of the batch reached the file (or was never tried, and is lost too).
+		const uint64_t dropped = writer_->take_dropped();
 		lock.lock();
 		if (ok) {
 			stats_.records += written;
 			stats_.bytes += bytes;
+		} else {
+			const uint64_t frames = count_frames(batch);
+			const uint64_t kept = written > dropped ? written - dropped : 0;
+			stats_.records += kept;
+			stats_.lost += frames - kept;
 		}
 		if (stop && queue_.empty())
 			return;

@@ -69,6 +69,7 @@ private:
 	void fail(const std::string &why);
 	// Each segment started or sealed, to the journal: an outside witness for `cordonctl verify`.
 	void journal_witnesses();
+	static uint64_t count_frames(std::string_view batch);
 	// Queues what `frame` appends (`size`: about how much), or fails recording when it would not fit.
 	template <typename Frame> void enqueue(size_t size, Frame &&frame);
 

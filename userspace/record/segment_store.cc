@@ -340,6 +340,7 @@ Status SegmentWriter::flush()
 	if (!st) {
 		// Take partial records back out (a full disk), so later records still follow the chain.
 		(void)!::ftruncate(fd_.get(), static_cast<off_t>(flushed_bytes_));
+		dropped_ += seq_ - flushed_seq_;
 		last_hash_ = flushed_hash_;
 		seq_ = flushed_seq_;
 		bytes_ = flushed_bytes_;
@@ -369,7 +370,7 @@ Status SegmentWriter::start_segment()
 	auto *s = r.mutable_segment_start();
 	s->set_index(index_);
 	s->set_host(host_);
-	s->set_key_id(hex(sha256(key_)).substr(0, 16));
+	s->set_key_id(key_id());
 	s->set_cordon_version(version_);
 	write_record(r);
 	since_checkpoint_ = 1;
@@ -380,7 +381,7 @@ Status SegmentWriter::start_segment()
 		return st;
 	}
 	open_ = true;
-	witnesses_.push_back({segment_name(index_), false, continues_from, 0, {}});
+	witnesses_.push_back({segment_name(index_), false, continues_from, 0, {}, key_id()});
 	// The new name must survive a crash too.
 	UniqueFd dirfd(::open(dir_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
 	if (dirfd)
@@ -443,12 +444,15 @@ Status SegmentWriter::checkpoint(bool final)
 	if (Status st = flush(); !st)
 		return st;
 	if (final) {
-		if (Status st = sync(); !st)
-			return st;
+		// The seal is written: the segment is closed whatever fdatasync says, since nothing may
+		// ever follow a seal (verify would call it appended after sealing). Its error is still
+		// reported.
+		Status st = sync();
 		fd_.reset();
 		open_ = false;
-		witnesses_.push_back({segment_name(index_), true, last_hash_, seq_, {}});
+		witnesses_.push_back({segment_name(index_), true, last_hash_, seq_, {}, key_id()});
 		index_++;
+		return st;
 	}
 	return {};
 }
@@ -524,19 +528,31 @@ namespace {
 // The store against what the journal saw: the chain alone cannot tell that its newest segments
 // were deleted, or replaced by a shorter history that chains just as well.
 void check_witnesses(const std::vector<uint64_t> &indexes, const std::vector<SegmentRead> &reads,
-                     const std::map<std::string, std::string> &pruned, const std::vector<SegmentWitness> &witnesses,
-                     VerifyReport &report)
+                     const std::map<std::string, std::string> &pruned, bool head_pruned,
+                     const std::vector<SegmentWitness> &witnesses, VerifyReport &report)
 {
+	// A witness from another store that once lived at this path (purged and made again, a new
+	// key) says nothing about this one: only witnesses naming this store's key count.
+	std::string key_id;
+	for (const auto &r : reads)
+		if (!r.records.empty() && r.records[0].has_segment_start()) {
+			key_id = r.records[0].segment_start().key_id();
+			break;
+		}
 	for (const auto &w : witnesses) {
 		uint64_t index = 0;
-		if (!parse_segment_name(w.name, index))
+		if (!parse_segment_name(w.name, index) || (!w.key_id.empty() && !key_id.empty() && w.key_id != key_id))
 			continue;
 		report.witnessed++;
 		const std::string seen = std::string("the journal saw it ") + (w.sealed ? "sealed" : "started") +
 		                         (w.when.empty() ? "" : " at " + w.when);
 		auto at = std::find(indexes.begin(), indexes.end(), index);
 		if (at == indexes.end()) {
-			if (!pruned.count(w.name))
+			// Pruning goes oldest first, and each Prune record names only its own round's
+			// segments (an earlier round's record may itself be pruned since): everything below
+			// an authenticated gap at the head is retention.
+			const bool below_pruned_head = head_pruned && !indexes.empty() && index < indexes.front();
+			if (!pruned.count(w.name) && !below_pruned_head)
 				report.problems.push_back(w.name +
 				                          " is missing and no authenticated prune record says why (" +
 				                          seen + "): deleted");
@@ -602,6 +618,7 @@ VerifyReport verify_store(const std::string &dir, std::string_view key, const st
 		reads.push_back(std::move(*r));
 	}
 	std::string previous_last; // the hash the next segment must start from
+	bool head_pruned = false;  // the segments before the first one are gone by authenticated pruning
 	for (size_t k = 0; k < indexes->size(); k++) {
 		const uint64_t index = (*indexes)[k];
 		const SegmentRead &r = reads[k];
@@ -632,9 +649,11 @@ VerifyReport verify_store(const std::string &dir, std::string_view key, const st
 			// Segments before this one are gone: fine if pruning said so.
 			const std::string before = segment_name(index - 1);
 			auto p = pruned.find(before);
-			if (p != pruned.end() && p->second == first_prev)
+			if (p != pruned.end() && p->second == first_prev) {
 				report.notes.push_back(before + " and earlier were pruned (retention), as recorded");
-			else {
+				if (k == 0)
+					head_pruned = true;
+			} else {
 				const uint64_t from = k == 0 ? 0 : (*indexes)[k - 1] + 1;
 				report.problems.push_back(
 				    segment_name(from) + (from + 1 < index ? " to " + before + " are" : " is") +
@@ -703,7 +722,7 @@ VerifyReport verify_store(const std::string &dir, std::string_view key, const st
 		previous_last = r.hashes.back();
 		report.segments.push_back(std::move(seg));
 	}
-	check_witnesses(*indexes, reads, pruned, witnesses, report);
+	check_witnesses(*indexes, reads, pruned, head_pruned, witnesses, report);
 	return report;
 }
 

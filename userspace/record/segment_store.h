@@ -57,6 +57,7 @@ struct SegmentWitness {
 	std::string hash;     // sealed: its seal's SHA-256; started: the hash it continues the chain from
 	uint64_t records = 0; // sealed: its records, the seal included
 	std::string when;     // for messages: when the witness saw it ("" when unknown)
+	std::string key_id;   // the store's key (SegmentStart.key_id): a witness of another store is ignored
 };
 
 class SegmentWriter {
@@ -89,6 +90,9 @@ public:
 	// Segments started and sealed since the last call, for the journal.
 	std::vector<SegmentWitness> take_witnesses() { return std::exchange(witnesses_, {}); }
 	uint64_t segment_index() const { return index_; }
+	// Records a failed flush dropped, since the last call (the recorder counts them as lost).
+	uint64_t take_dropped() { return std::exchange(dropped_, 0); }
+	std::string key_id() const { return hex(sha256(key_)).substr(0, 16); }
 	uint64_t records_since_checkpoint() const { return since_checkpoint_; }
 	const std::string &dir() const { return dir_; }
 
@@ -112,6 +116,7 @@ private:
 	uint64_t flushed_seq_ = 0, flushed_bytes_ = 0, flushed_since_checkpoint_ = 0;
 	std::string flushed_hash_;
 	std::vector<SegmentWitness> witnesses_;
+	uint64_t dropped_ = 0;
 };
 
 // Framing: a record on disk (and in the recorder's queue) is a varint length, then its bytes.
