@@ -104,12 +104,20 @@ static __always_inline __u32 port_flags(__u16 port)
 	return flags ? *flags : 0;
 }
 
-static __always_inline int is_target(const __u8 addr[16])
+/* The sources of the most specific targets entry holding addr (0: none). */
+static __always_inline __u32 target_sources(const __u8 addr[16])
 {
 	struct cordon_target_key key = {.prefixlen = 128};
+	struct cordon_target_value *value;
 
 	__builtin_memcpy(key.addr, addr, 16);
-	return bpf_map_lookup_elem(&targets, &key) != NULL;
+	value = bpf_map_lookup_elem(&targets, &key);
+	return value ? value->sources : 0;
+}
+
+static __always_inline int is_target(const __u8 addr[16])
+{
+	return (target_sources(addr) & (CORDON_TARGET_RESOLVED | CORDON_TARGET_CIDR)) != 0;
 }
 
 /* The deepest ancestor (or self) listed in cgroup_scope decides. */
@@ -138,13 +146,16 @@ static __always_inline struct cordon_decision decide(struct bpf_sock_addr *ctx, 
 	struct cordon_connect_facts facts = {};
 	struct cordon_decision pass = {CORDON_VERDICT_PASS, -1};
 	struct cordon_decision d;
+	__u32 sources;
 
 	facts.sock_type = ctx->type;
 	facts.port_flags = port_flags(port);
 	if (!cordon_port_relevant(facts.port_flags, facts.sock_type))
 		return pass;
-	facts.is_target = is_target(addr);
-	if (!facts.is_target && !(facts.port_flags & CORDON_PORT_ALL_DESTINATIONS))
+	sources = target_sources(addr);
+	facts.is_target = (sources & (CORDON_TARGET_RESOLVED | CORDON_TARGET_CIDR)) != 0;
+	facts.strict_exempt = !facts.is_target && (sources & CORDON_TARGET_STRICT_EXEMPT);
+	if (!facts.is_target && (!(facts.port_flags & CORDON_PORT_ALL_DESTINATIONS) || facts.strict_exempt))
 		return pass;
 	facts.scope = current_scope();
 	facts.sk_mark = ctx->sk->mark;

@@ -26,7 +26,7 @@ struct cordon_connect_facts {
 	__u8 is_target;         /* destination is in the targets trie */
 	__u8 same_netns;        /* the socket lives in cordond's network namespace */
 	__u8 in_cordond_cgroup; /* the caller is cordond itself (its own cgroup) */
-	__u8 reserved;
+	__u8 strict_exempt;     /* in a strict-capture exempt range (and not a target) */
 };
 
 enum cordon_verdict {
@@ -62,7 +62,7 @@ CORDON_INLINE struct cordon_decision cordon_decide_connect(const struct cordon_c
 	struct cordon_decision d = {CORDON_VERDICT_PASS, -1};
 
 	if (!cordon_port_relevant(f->port_flags, f->sock_type) ||
-	    !(f->is_target || (f->port_flags & CORDON_PORT_ALL_DESTINATIONS)))
+	    !(f->is_target || ((f->port_flags & CORDON_PORT_ALL_DESTINATIONS) && !f->strict_exempt)))
 		return d;
 	/* cordond's own upstream sockets: marked, in cordond's namespace, from cordond's cgroup. The
 	 * mark alone is not enough: since Linux 5.17 CAP_NET_RAW may set SO_MARK, and container

@@ -58,6 +58,11 @@ struct cordon_target_key {
 enum cordon_target_source {
 	CORDON_TARGET_RESOLVED = 1, /* a configured host name resolved to it */
 	CORDON_TARGET_CIDR = 2,     /* a configured CIDR */
+	/* Not a target, and never caught by strict capture either (capture.strict_exempt_cidrs:
+	 * loopback, link-local, the cloud metadata service): a job's connections there stay its own,
+	 * under the host's per-user firewall rules, instead of leaving from cordond. A more specific
+	 * target inside such a range still wins (the trie's longest match). */
+	CORDON_TARGET_STRICT_EXEMPT = 4,
 };
 
 struct cordon_target_value {

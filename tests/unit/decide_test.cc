@@ -65,6 +65,22 @@ TEST(Decide, StrictModeRedirectsEveryDestinationOnACapturedPort)
 	EXPECT_EQ(cordon_decide_connect(&f, kMark).verdict, CORDON_VERDICT_PASS);
 }
 
+// Loopback, link-local (the metadata service): strict capture leaves the job's own connection.
+TEST(Decide, StrictExemptRangesPassUnlessATargetLiesThere)
+{
+	auto f = tcp_to_target();
+	f.is_target = 0;
+	f.strict_exempt = 1;
+	f.port_flags |= CORDON_PORT_ALL_DESTINATIONS;
+	EXPECT_EQ(cordon_decide_connect(&f, kMark).verdict, CORDON_VERDICT_PASS);
+	f.sock_type = CORDON_SOCK_DGRAM;
+	EXPECT_EQ(cordon_decide_connect(&f, kMark).verdict, CORDON_VERDICT_PASS);
+	// A target inside an exempt range is a target (the trie's longest match says so).
+	f.sock_type = CORDON_SOCK_STREAM;
+	f.is_target = 1;
+	EXPECT_EQ(cordon_decide_connect(&f, kMark).verdict, CORDON_VERDICT_REDIRECT);
+}
+
 TEST(Decide, UncapturedPortPassesUncounted)
 {
 	auto f = tcp_to_target();

@@ -1,16 +1,21 @@
-// The Host of a plain HTTP request head: what strict capture decides port-80 connections by.
+// The Host of a plain HTTP request head: what strict capture decides port-80 connections by. It
+// must read every spelling of a request the way the most lenient server would.
 #include <gtest/gtest.h>
 
 #include "proxy/http_host.h"
 
+using cordon::proxy::HttpHead;
 using cordon::proxy::HttpHeadStatus;
-using cordon::proxy::parse_http_host;
+using cordon::proxy::parse_http_head;
 
 namespace {
 
 HttpHeadStatus host_of(std::string_view data, std::string &host)
 {
-	return parse_http_host(data, host);
+	HttpHead head;
+	const auto status = parse_http_head(data, head);
+	host = head.host;
+	return status;
 }
 
 } // namespace
@@ -29,6 +34,24 @@ TEST(HttpHost, NamesTheHostOfAWholeHead)
 	EXPECT_EQ(host, "");
 }
 
+// Spellings lenient servers accept: each must still name the host.
+TEST(HttpHost, LenientSpellingsStillNameTheHost)
+{
+	std::string host;
+	for (const char *head : {
+	         "\r\n\r\nGET / HTTP/1.1\r\nHost: api2.cursor.sh\r\n\r\n", // empty lines first
+	         "GET  /  HTTP/1.1\r\nHost: api2.cursor.sh\r\n\r\n",       // runs of spaces
+	         "GET\t/ HTTP/1.1\r\nHost: api2.cursor.sh\r\n\r\n",        // a tab
+	         "GET / HTTP/1.1\nX: a\nHost: api2.cursor.sh\n\n",         // bare LF
+	         "GET / HTTP/1.1\r\nX: a\nHost: api2.cursor.sh\r\n\r\n",   // mixed
+	         "GET / HTTP/1.1\r\nHost : api2.cursor.sh\r\n\r\n",        // space before the colon
+	         "GET / HTTP/1.1\r\nHost:\tapi2.cursor.sh \r\n\r\n",
+	     }) {
+		EXPECT_EQ(host_of(head, host), HttpHeadStatus::Complete) << head;
+		EXPECT_EQ(host, "api2.cursor.sh") << head;
+	}
+}
+
 TEST(HttpHost, WaitsForTheRestOfAHeadComingInPieces)
 {
 	const std::string head = "GET /aiserver.v1.AiService/AvailableModels HTTP/1.1\r\nHost: api2.cursor.sh\r\n\r\n";
@@ -45,7 +68,8 @@ TEST(HttpHost, OtherProtocolsAreNotHttp)
 	EXPECT_EQ(host_of("SSH-2.0-OpenSSH_9.2\r\n", host), HttpHeadStatus::NotHttp);
 	EXPECT_EQ(host_of(std::string("\x16\x03\x01\x02\x00", 5), host), HttpHeadStatus::NotHttp);
 	EXPECT_EQ(host_of("GET / HTTP/3.0\r\n\r\n", host), HttpHeadStatus::NotHttp);
-	EXPECT_EQ(host_of(" GET / HTTP/1.1\r\n\r\n", host), HttpHeadStatus::NotHttp);
+	// Leading blanks: some server might take it for a request, so it is read as one.
+	EXPECT_EQ(host_of(" GET / HTTP/1.1\r\n\r\n", host), HttpHeadStatus::Complete);
 }
 
 TEST(HttpHost, Http2WithPriorKnowledgeIsToldApart)
@@ -57,7 +81,7 @@ TEST(HttpHost, Http2WithPriorKnowledgeIsToldApart)
 	EXPECT_EQ(host_of("PRIVATE / HTTP/1.1\r\nHost: a\r\n\r\n", host), HttpHeadStatus::Complete);
 }
 
-TEST(HttpHost, NamesThatDisagreeAreAmbiguous)
+TEST(HttpHost, WhatAServerCouldReadTwoWaysIsAmbiguous)
 {
 	std::string host;
 	// Two Host headers: which one a server takes is its own business.
@@ -70,6 +94,20 @@ TEST(HttpHost, NamesThatDisagreeAreAmbiguous)
 	EXPECT_EQ(host, "api2.cursor.sh");
 	EXPECT_EQ(host_of("GET http://api2.cursor.sh/ HTTP/1.1\r\nHost: api2.cursor.sh\r\n\r\n", host),
 	          HttpHeadStatus::Complete);
+	// A folded line: part of the header before it, or a line of its own.
+	EXPECT_EQ(host_of("GET / HTTP/1.1\r\nHost: example.org\r\n api2.cursor.sh\r\n\r\n", host),
+	          HttpHeadStatus::Ambiguous);
+}
+
+TEST(HttpHost, UpgradesAreFlagged)
+{
+	HttpHead head;
+	EXPECT_EQ(
+	    parse_http_head("GET / HTTP/1.1\r\nHost: a.example\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n", head),
+	    HttpHeadStatus::Complete);
+	EXPECT_TRUE(head.upgrade);
+	EXPECT_EQ(parse_http_head("GET / HTTP/1.1\r\nHost: a.example\r\n\r\n", head), HttpHeadStatus::Complete);
+	EXPECT_FALSE(head.upgrade);
 }
 
 TEST(HttpHost, AHeadThatNeverEndsIsTooLarge)

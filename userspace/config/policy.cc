@@ -149,6 +149,13 @@ const std::map<std::string, Validator> &validators()
 			     return c.error();
 		     return c->to_string();
 	     }},
+	    {"cordon.config.Capture.strict_exempt_cidrs",
+	     [](const std::string &v) -> Result<std::string> {
+		     auto c = Cidr::parse(v);
+		     if (!c)
+			     return c.error();
+		     return c->to_string();
+	     }},
 	    {"cordon.config.Capture.ports", check_port},
 	    {"cordon.config.Capture.quic_ports", check_port},
 	    {"cordon.config.Capture.refresh_min_seconds",

@@ -491,22 +491,30 @@ struct Runtime {
 			                 {"addresses", n.addresses},
 			                 {"error", n.error},
 			                 {"next_refresh_s", n.next_refresh_in_s}});
-		json targets = json::array();
-		if (auto t = kernel.list_targets())
-			for (const auto &[cidr, source] : *t)
+		json targets = json::array(), strict_exempt = json::array();
+		if (auto t = kernel.list_targets()) {
+			for (const auto &[cidr, source] : *t) {
+				if (!(source & (CORDON_TARGET_CIDR | CORDON_TARGET_RESOLVED))) {
+					strict_exempt.push_back(cidr.to_string());
+					continue;
+				}
 				targets.push_back(
 				    {{"cidr", cidr.to_string()},
 				     {"source", (source & CORDON_TARGET_CIDR) && (source & CORDON_TARGET_RESOLVED)
 				                    ? "cidr+resolved"
 				                : (source & CORDON_TARGET_CIDR) ? "cidr"
 				                                                : "resolved"}});
+			}
+		}
 		j["capture"] = {
 		    {"ports", std::vector<uint32_t>(p.capture().ports().begin(), p.capture().ports().end())},
 		    {"quic_ports",
 		     std::vector<uint32_t>(p.capture().quic_ports().begin(), p.capture().quic_ports().end())},
 		    {"patterns", std::vector<std::string>(p.capture().hosts().begin(), p.capture().hosts().end())},
 		    {"hosts", hosts},
-		    {"targets", targets}};
+		    {"targets", targets},
+		    {"mode", p.capture().mode() == config::ALL_TLS ? "all-tls" : "targets"},
+		    {"strict_exempt", strict_exempt}};
 		json counters = json::object();
 		if (auto c = kernel.counters())
 			for (int i = 0; i < CORDON_CTR__COUNT; i++)
@@ -713,6 +721,15 @@ Status run_daemon(const DaemonOptions &options)
 	}
 	for (const auto &text : cidrs)
 		if (Status st = kp.add_target(*Cidr::parse(text), CORDON_TARGET_CIDR); !st)
+			return st;
+	std::set<std::string> exempt(p.capture().strict_exempt_cidrs().begin(),
+	                             p.capture().strict_exempt_cidrs().end());
+	for (const auto &[cidr, sources] : *existing)
+		if ((sources & CORDON_TARGET_STRICT_EXEMPT) && !exempt.count(cidr.to_string()))
+			if (Status st = kp.remove_target(cidr, CORDON_TARGET_STRICT_EXEMPT); !st)
+				return st;
+	for (const auto &text : exempt)
+		if (Status st = kp.add_target(*Cidr::parse(text), CORDON_TARGET_STRICT_EXEMPT); !st)
 			return st;
 
 	// The host CA, created on first start; leaves for intercepted names come from it.

@@ -5,6 +5,7 @@
 #include <sys/random.h>
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <array>
 #include <cstdio>
 #include <cstring>
@@ -459,12 +460,13 @@ private:
 	// capture host is refused (Cursor is never spoken to in the clear), the rest passes unread.
 	void on_plain_http()
 	{
-		std::string host;
-		switch (proxy::parse_http_host(hello_, host)) {
+		proxy::HttpHead head;
+		switch (proxy::parse_http_head(hello_, head)) {
 		case proxy::HttpHeadStatus::NeedMore:
 			return arm_hello_recv(); // the hello timeout bounds the wait
 		case proxy::HttpHeadStatus::NotHttp:
 			peeking_ = false;
+			watch_names_ = true;
 			return decide(SniAction::Passthrough, "neither TLS nor HTTP (strict capture)");
 		case proxy::HttpHeadStatus::TooLarge:
 			peeking_ = false;
@@ -472,18 +474,40 @@ private:
 			                                     " bytes (strict capture)");
 		case proxy::HttpHeadStatus::Ambiguous:
 			peeking_ = false;
-			return decide(SniAction::Refuse, "plain HTTP naming two hosts (strict capture)");
+			return decide(SniAction::Refuse, "plain HTTP a server could read two ways (strict capture)");
 		case proxy::HttpHeadStatus::Http2:
 			peeking_ = false; // its host is in HPACK, unread: it could be Cursor's
 			return decide(SniAction::Refuse, "HTTP/2 with prior knowledge (h2c) (strict capture)");
 		case proxy::HttpHeadStatus::Complete:
 			peeking_ = false;
-			if (!host.empty() && any_matches(server_.settings_.tls.intercept_hosts, host))
-				return decide(SniAction::Refuse, "plain HTTP to capture host " + host);
-			return decide(SniAction::Passthrough, "plain HTTP to " +
-			                                          (host.empty() ? std::string("no host") : host) +
-			                                          " (strict capture)");
+			if (head.host.empty())
+				return decide(SniAction::Refuse, "plain HTTP without a host (strict capture)");
+			if (any_matches(server_.settings_.tls.intercept_hosts, head.host) || names_capture_host(hello_))
+				return decide(SniAction::Refuse, "plain HTTP to capture host " + head.host);
+			if (head.upgrade) // what follows (h2c, a WebSocket) is not read: it could name anyone
+				return decide(SniAction::Refuse,
+				              "plain HTTP upgrade to another protocol (strict capture)");
+			// Later requests on this connection are not parsed: their bytes are searched instead.
+			watch_names_ = true;
+			return decide(SniAction::Passthrough, "plain HTTP to " + head.host + " (strict capture)");
 		}
+	}
+
+	// Whether `bytes` (with what came before, in name_tail_) name a capture host anywhere:
+	// plain bytes passed through under strict capture are searched for as long as they flow.
+	bool names_capture_host(std::string_view bytes)
+	{
+		std::string text = name_tail_;
+		text.append(bytes);
+		std::transform(text.begin(), text.end(), text.begin(), [](unsigned char c) { return std::tolower(c); });
+		size_t longest = 0;
+		for (const auto &pattern : server_.settings_.tls.intercept_hosts) {
+			longest = std::max(longest, pattern.name().size());
+			if (text.find(pattern.name()) != std::string::npos)
+				return true;
+		}
+		name_tail_ = text.substr(text.size() - std::min(text.size(), longest));
+		return false;
 	}
 
 	void decide(SniAction action, const std::string &reason)
@@ -620,6 +644,14 @@ private:
 			}
 			return fail(index == kUp ? "client_reset" : "upstream_reset", -res, true);
 		}
+		if (index == kUp && watch_names_ &&
+		    names_capture_host(std::string_view(reinterpret_cast<const char *>(server_.pool_.data(bid)),
+		                                        static_cast<size_t>(res)))) {
+			server_.pool_.recycle(bid);
+			reason_ = "a capture host named later on a plain connection (strict capture)";
+			server_.stats_.refused++;
+			return fail("refused", 0, true);
+		}
 		uint8_t tail = (f.head + f.count) % kMaxChunks;
 		f.chunks[tail] = Chunk{bid, static_cast<uint32_t>(res), 0};
 		if (f.count == 0)
@@ -747,6 +779,10 @@ private:
 	bool abortive_ = false;
 	bool connected_ = false; // upstream handshake done: sending (and passing on EOF) may start
 	bool peeking_ = true;
+	// Strict capture passed plain bytes through: search what the client sends on for capture
+	// host names (a second request on a kept-alive connection), keeping a name's length of tail.
+	bool watch_names_ = false;
+	std::string name_tail_;
 	bool hello_timed_out_ = false;
 	bool handed_over_ = false;
 	bool opened_ = false;
