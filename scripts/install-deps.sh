@@ -18,6 +18,8 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
   # integration tests and demo: real journald, real clients, namespaces, certificates
   systemd curl python3 python3-pytest python3-cryptography iproute2 util-linux procps openssl ca-certificates
+  # the DNS proxy tests: dig over UDP and TCP
+  bind9-dnsutils
   # the service test: the unit's system call filter, applied without systemd as PID 1
   python3-seccomp
   # side-by-side benchmarks: plain relays, TLS-terminating and TLS-intercepting proxies, h2load

@@ -193,10 +193,12 @@ _port = [15600 + (os.getpid() % 500) * 4]
 
 class Cordond:
     def __init__(self, cgroups, tmp, targets, ports=(80,), quic_ports=(443,), extra_yaml="", args=(), tls_yaml=None,
-                 hosts=(), exempt=(), prefix=(), env=None):
-        _port[0] += 1
+                 hosts=(), exempt=(), prefix=(), env=None, capture_yaml=""):
+        # Two ports per instance: the relay's listener and the DNS proxy's.
+        _port[0] += 2
         self.cgroups = cgroups
         self.listen_port = _port[0]
+        self.dns_port = _port[0] + 1
         self.pin_dir = f"/sys/fs/bpf/{cgroups.name}"
         self.socket = str(tmp / "control.sock")
         self.log_path = tmp / "cordond.log"
@@ -212,12 +214,13 @@ class Cordond:
             f"  hosts: {json.dumps(list(hosts))}\n"
             f"  cidrs: {json.dumps(list(targets))}\n"
             f"  ports: {json.dumps(list(ports))}\n"
-            f"  quic_ports: {json.dumps(list(quic_ports))}\n"
+            f"  quic_ports: {json.dumps(list(quic_ports))}\n" + capture_yaml +
             "enforce:\n"
             f"  cgroups: [\"{cgroups.path('job')}\"]\n"
             f"  exempt_cgroups: {json.dumps([cgroups.path(e) for e in exempt])}\n"
             "daemon:\n"
             f"  listen_port: {self.listen_port}\n"
+            f"  dns_port: {self.dns_port}\n"
             f"  pin_dir: {self.pin_dir}\n"
             f"  control_socket: {self.socket}\n"
             f"  state_dir: {self.state_dir}\n" + extra_yaml)
