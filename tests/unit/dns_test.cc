@@ -359,3 +359,12 @@ TEST(DnsServfail, KeepsIdQuestionAndRecursionDesired)
 	EXPECT_EQ(r2->size(), q.size());
 	EXPECT_FALSE(dns::servfail_for(q.data(), 11));
 }
+
+TEST(DnsServfail, NotForAQuestionWrittenWithPointers)
+{
+	// Found by the fuzzer: a question name pointing into the header would change meaning once the
+	// header becomes a SERVFAIL's. No real query compresses its question.
+	const uint8_t query[] = {0x80, 0x01, 0x00, 0x81, 0x00, 0x01, 0,    0,    0,
+	                         0,    0,    0,    0xc0, 0x02, 0x00, 0x01, 0x00, 0x01};
+	EXPECT_FALSE(dns::servfail_for(query, sizeof(query)));
+}

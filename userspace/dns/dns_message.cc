@@ -87,7 +87,7 @@ Result<AnswerChain> parse_answer(const uint8_t *message, size_t length)
 			return plain_error("malformed DNS answer record");
 		if (ns_rr_class(rr) != ns_c_in)
 			continue;
-		Record r{normalize(ns_rr_name(rr)), ns_rr_type(rr), ns_rr_ttl(rr), {}, {}};
+		Record r{normalize(ns_rr_name(rr)), static_cast<uint16_t>(ns_rr_type(rr)), ns_rr_ttl(rr), {}, {}};
 		const uint8_t *rdata = ns_rr_rdata(rr);
 		const size_t rdlen = ns_rr_rdlen(rr);
 		if (r.type == ns_t_a) {
@@ -159,6 +159,11 @@ std::optional<std::vector<uint8_t>> servfail_for(const uint8_t *query, size_t le
 	const size_t end = static_cast<size_t>(msg->_msg_ptr - query);
 	if (end > length)
 		return std::nullopt;
+	// Only a question written out label by label: a compression pointer (which no real query
+	// uses) could point into the header this rewrites, and the reply would ask something else.
+	for (size_t at = kHeaderSize; at < end && query[at] != 0; at += 1 + query[at])
+		if (query[at] & 0xc0)
+			return std::nullopt;
 	std::vector<uint8_t> out(query, query + end);
 	out[2] = static_cast<uint8_t>(0x80 | (out[2] & 0x79)); // QR, keep opcode and RD, clear AA/TC
 	out[3] = 0x80 | ns_r_servfail;                         // RA, SERVFAIL
