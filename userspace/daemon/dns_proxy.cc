@@ -557,6 +557,12 @@ Result<std::unique_ptr<DnsProxy>> DnsProxy::create(DnsProxySettings settings, Ke
 	for (const auto &address : proxy->settings_.listen) {
 		for (int type : {SOCK_DGRAM, SOCK_STREAM}) {
 			auto fd = bind_listener(address, type);
+			if (!fd && address.family() == AF_INET6 &&
+			    (fd.error().code == EADDRNOTAVAIL || fd.error().code == EAFNOSUPPORT)) {
+				// IPv6 off on this host, as the relay allows: IPv6 DNS is then refused, not leaked.
+				log::warning(fd.error().message());
+				continue;
+			}
 			if (!fd)
 				return fd.error();
 			// The programs redirect DNS only to sockets carrying cordond's tag.

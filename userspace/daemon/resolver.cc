@@ -148,10 +148,15 @@ void TargetResolver::expire(Clock::time_point now)
 {
 	std::vector<IpAddress> gone;
 	{
+		// The map write happens under the lock: a DNS answer learning the same address meanwhile
+		// must not have its fresh entry removed by this older decision.
 		std::lock_guard lock(mutex_);
 		for (auto it = addresses_.begin(); it != addresses_.end();) {
 			if (it->second.names.empty() && now - it->second.last_seen > settings_.retain &&
 			    !live_connections_.count(it->first)) {
+				Status st = kernel_.remove_target(Cidr{it->first, 128}, CORDON_TARGET_RESOLVED);
+				if (!st)
+					log::error(st.error().message());
 				gone.push_back(it->first);
 				it = addresses_.erase(it);
 			} else {
@@ -160,9 +165,6 @@ void TargetResolver::expire(Clock::time_point now)
 		}
 	}
 	for (const auto &ip : gone) {
-		Status st = kernel_.remove_target(Cidr{ip, 128}, CORDON_TARGET_RESOLVED);
-		if (!st)
-			log::error(st.error().message());
 		JournalEntry e;
 		e.message = "capture target " + ip.to_string() + " expired";
 		e.add("CORDON_EVENT", "capture_update").add("CORDON_REMOVED", ip.to_string());
