@@ -34,6 +34,8 @@ const volatile __u64 host_netns_cookie = 0;
 const volatile __u64 cordond_cgroup_id = 0;
 /* cordond's DNS proxy port (network order) on listen_ip4 / listen_ip6; 0: no DNS proxy. */
 const volatile __u32 dns_port_be = 0;
+/* While the proxy is not there: 0 refuses DNS (fail closed), 1 lets it go where it was sent. */
+const volatile __u32 dns_pass_when_down = 0;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
@@ -238,7 +240,8 @@ static __always_inline int cordond_listening(struct bpf_sock_addr *ctx, int v6)
 /* Send a DNS query to cordond's proxy (same family, or IPv4 for a v4-mapped destination). The
  * original resolver stays in the socket's storage for recvmsg and getpeername. As with TCP
  * capture, a proxy that is not there means refusal (fail closed): while cordond restarts,
- * lookups fail fast and are retried, instead of learning addresses nobody captures. */
+ * lookups fail fast and are retried, instead of learning addresses nobody captures. Unless the
+ * policy prefers the host's DNS working during such a gap (dns_pass_when_down). */
 static __always_inline int redirect_dns(struct bpf_sock_addr *ctx, const __u8 addr[16], __u16 port, __u16 family,
                                         int connecting)
 {
@@ -249,6 +252,8 @@ static __always_inline int redirect_dns(struct bpf_sock_addr *ctx, const __u8 ad
 	__u32 flags = CORDON_SK_DNS | (connecting ? CORDON_SK_REDIRECTED : 0);
 
 	if (!cordond_listening_on(ctx, v6, (__u16)dns_port_be, udp)) {
+		if (dns_pass_when_down)
+			return 1;
 		count(CORDON_CTR_REFUSED_NO_LISTENER);
 		return 0;
 	}

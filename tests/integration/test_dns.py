@@ -405,6 +405,15 @@ sys.stdin.read()
         time.sleep(0.2)
 
 
+def test_dns_can_pass_while_cordond_is_down_if_the_policy_says_so(cordond, cgroups, journal, tmp_path, dns_server):
+    d = dns_cordond(cordond, extra_capture="  dns_pass_when_down: true\n")
+    d.stop()
+    job = DnsJob(cgroups, tmp_path)
+    got = job.python(ASK, DNS_IP, 53, "sendto", build_query("direct.cursor.sh").hex())
+    assert got["source"] == [DNS_IP, 53]
+    assert parse_answer(bytes.fromhex(got["answer"]))[1] == [("direct.cursor.sh", A, DIRECT_IP)]
+
+
 def test_dns_is_refused_not_leaked_while_cordond_is_down(cordond, cgroups, journal, tmp_path, dns_server):
     """Fail closed: with cordond stopped, an enforced job's DNS is refused at once rather than
     answered unseen; unenforced cgroups are unaffected."""

@@ -1,10 +1,14 @@
 // The DNS proxy's reading of queries and answers: CNAME chains, crafted and malformed packets.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
+#include <cstdlib>
 #include <cstring>
+#include <map>
 #include <string>
 #include <vector>
 
+#include "daemon/dns_proxy.h"
 #include "dns/dns_message.h"
 
 using namespace cordon;
@@ -367,4 +371,49 @@ TEST(DnsServfail, NotForAQuestionWrittenWithPointers)
 	const uint8_t query[] = {0x80, 0x01, 0x00, 0x81, 0x00, 0x01, 0,    0,    0,
 	                         0,    0,    0,    0xc0, 0x02, 0x00, 0x01, 0x00, 0x01};
 	EXPECT_FALSE(dns::servfail_for(query, sizeof(query)));
+}
+
+namespace {
+std::string write_temp(const std::string &text)
+{
+	char path[] = "/tmp/cordon-dns-test-XXXXXX";
+	int fd = mkstemp(path);
+	EXPECT_GE(fd, 0);
+	EXPECT_EQ(::write(fd, text.data(), text.size()), static_cast<ssize_t>(text.size()));
+	::close(fd);
+	return path;
+}
+} // namespace
+
+TEST(DnsUpstream, FirstNameserverOfResolvConf)
+{
+	auto conf = write_temp("# comment\nsearch example.org\nnameserver 10.0.0.2\nnameserver 10.0.0.3\n");
+	auto got = system_resolver(conf, "/nonexistent");
+	ASSERT_TRUE(got) << got.error().message();
+	EXPECT_EQ(got->to_string(), "10.0.0.2:53");
+	::unlink(conf.c_str());
+}
+
+TEST(DnsUpstream, PastALoopbackStubToItsUpstream)
+{
+	// systemd-resolved's stub would send its own queries from an enforced cgroup back to cordond.
+	auto conf = write_temp("nameserver 127.0.0.53\noptions edns0 trust-ad\n");
+	auto resolved = write_temp("nameserver 127.0.0.1\nnameserver 2001:db8::53\nnameserver 10.0.0.9\n");
+	auto got = system_resolver(conf, resolved);
+	ASSERT_TRUE(got);
+	EXPECT_EQ(got->to_string(), "[2001:db8::53]:53");
+	// Without resolved's list, the stub it is.
+	auto stub = system_resolver(conf, "/nonexistent");
+	ASSERT_TRUE(stub);
+	EXPECT_EQ(stub->to_string(), "127.0.0.53:53");
+	::unlink(conf.c_str());
+	::unlink(resolved.c_str());
+}
+
+TEST(DnsUpstream, NoNameserverIsAnError)
+{
+	auto conf = write_temp("search example.org\n");
+	EXPECT_FALSE(system_resolver(conf, "/nonexistent"));
+	EXPECT_FALSE(system_resolver("/nonexistent", "/nonexistent"));
+	::unlink(conf.c_str());
 }

@@ -175,6 +175,7 @@ Result<std::unique_ptr<KernelPrograms>> KernelPrograms::attach(const KernelSetti
 	ro->host_netns_cookie = s.netns_cookie;
 	ro->cordond_cgroup_id = s.cgroup_id;
 	ro->dns_port_be = htons(s.dns_port);
+	ro->dns_pass_when_down = s.dns_pass_when_down ? 1 : 0;
 
 	// Adopt the maps the previous cordond pinned, when every one of them still fits: the
 	// origins of connections in flight, the targets and the counters carry over.

@@ -674,6 +674,7 @@ Status run_daemon(const DaemonOptions &options)
 	ks.listen_ipv6 = *IpAddress::parse(p.daemon().listen_ipv6());
 	ks.listen_port = static_cast<uint16_t>(p.daemon().listen_port());
 	ks.dns_port = p.capture().dns_proxy() ? static_cast<uint16_t>(p.daemon().dns_port()) : 0;
+	ks.dns_pass_when_down = p.capture().dns_pass_when_down();
 	ks.upstream_mark = p.daemon().upstream_mark();
 	ks.netns_cookie = *cookie;
 	ks.cgroup_id = *own_id;

@@ -21,11 +21,11 @@
 
 namespace cordon {
 
-Result<SocketAddress> system_resolver(const std::string &resolv_conf)
+namespace {
+std::vector<IpAddress> nameservers(const std::string &path)
 {
-	std::ifstream in(resolv_conf);
-	if (!in)
-		return system_error("read " + resolv_conf);
+	std::vector<IpAddress> out;
+	std::ifstream in(path);
 	std::string line;
 	while (std::getline(in, line)) {
 		std::istringstream words(line);
@@ -34,9 +34,25 @@ Result<SocketAddress> system_resolver(const std::string &resolv_conf)
 			continue;
 		value = value.substr(0, value.find('%')); // a scope id: loopback or global resolvers only
 		if (auto ip = IpAddress::parse(value))
-			return SocketAddress{*ip, 53};
+			out.push_back(*ip);
 	}
-	return plain_error(resolv_conf + " names no nameserver");
+	return out;
+}
+} // namespace
+
+Result<SocketAddress> system_resolver(const std::string &resolv_conf, const std::string &resolved_conf)
+{
+	auto listed = nameservers(resolv_conf);
+	if (listed.empty())
+		return plain_error(resolv_conf + " names no nameserver");
+	// A local stub (systemd-resolved's 127.0.0.53, say) sends its own upstream queries from an
+	// enforced cgroup, which the programs would hand back to cordond: a loop. Ask the stub's
+	// upstream directly instead, when the stub says which it is.
+	if (listed.front().is_loopback())
+		for (const auto &ip : nameservers(resolved_conf))
+			if (!ip.is_loopback())
+				return SocketAddress{ip, 53};
+	return SocketAddress{listed.front(), 53};
 }
 
 namespace {

@@ -43,8 +43,10 @@ struct DnsProxyStats {
 	uint64_t unreadable_answers = 0, servfail = 0, timeouts = 0, dropped = 0;
 };
 
-// The resolver the host itself uses: the first `nameserver` of /etc/resolv.conf, port 53.
-Result<SocketAddress> system_resolver(const std::string &resolv_conf = "/etc/resolv.conf");
+// The resolver the host itself uses: the first `nameserver` of /etc/resolv.conf, port 53. If
+// that is a loopback stub and systemd-resolved lists its upstreams, the first of those instead.
+Result<SocketAddress> system_resolver(const std::string &resolv_conf = "/etc/resolv.conf",
+                                      const std::string &resolved_conf = "/run/systemd/resolve/resolv.conf");
 
 class DnsProxy {
 public:
