@@ -203,9 +203,12 @@ std::vector<uint8_t> DnsProxy::Worker::answer_for(const Query &query, const uint
 	                                  [this](const std::string &n) { return any_matches(s_.hosts, n); });
 	if (captured && !chain->addresses.empty()) {
 		counters.captured_answers++;
-		auto added = proxy_.resolver_.learn(chain->question.name, chain->chain, chain->addresses,
-		                                    chain->ttl.value_or(0), query.witness);
-		counters.added_addresses += added.size();
+		auto learned = proxy_.resolver_.learn(chain->question.name, chain->chain, chain->addresses,
+		                                      chain->ttl.value_or(0), query.witness);
+		counters.added_addresses += learned.added.size();
+		// An address that is not in the targets map (it is full) must not reach the job.
+		if (!learned.complete)
+			return servfail(query);
 	}
 	return {answer, answer + length};
 }

@@ -208,14 +208,15 @@ TargetResolver::Clock::time_point TargetResolver::next_expiry() const
 	return next;
 }
 
-std::vector<IpAddress> TargetResolver::learn(const std::string &host, const std::vector<std::string> &chain,
-                                             const std::vector<IpAddress> &addresses, uint32_t ttl,
-                                             const DnsWitness &witness)
+TargetResolver::Learned TargetResolver::learn(const std::string &host, const std::vector<std::string> &chain,
+                                              const std::vector<IpAddress> &addresses, uint32_t ttl,
+                                              const DnsWitness &witness)
 {
 	const auto now = Clock::now();
 	const auto valid_until =
 	    now + std::clamp(std::chrono::seconds(ttl), settings_.refresh_min, settings_.refresh_max);
-	std::vector<IpAddress> added;
+	Learned learned;
+	std::vector<IpAddress> &added = learned.added;
 	{
 		std::lock_guard lock(mutex_);
 		for (const auto &ip : addresses) {
@@ -228,6 +229,7 @@ std::vector<IpAddress> TargetResolver::learn(const std::string &host, const std:
 			if (!st) {
 				log::error(st.error().message());
 				addresses_.erase(it);
+				learned.complete = false;
 				continue;
 			}
 			added.push_back(ip);
@@ -238,7 +240,7 @@ std::vector<IpAddress> TargetResolver::learn(const std::string &host, const std:
 	if (!added.empty())
 		wake_.notify_all();
 	if (added.empty())
-		return added;
+		return learned;
 	std::string list, names;
 	for (const auto &ip : added)
 		list += (list.empty() ? "" : ",") + ip.to_string();
@@ -255,7 +257,7 @@ std::vector<IpAddress> TargetResolver::learn(const std::string &host, const std:
 	for (const auto &[key, value] : witness.fields)
 		e.add(key, value);
 	journal_.send(std::move(e));
-	return added;
+	return learned;
 }
 
 void TargetResolver::connection_opened(const IpAddress &destination)

@@ -62,12 +62,16 @@ public:
 	// A DNS answer the proxy saw for a capture host (`host` the question, `chain` the names
 	// followed): its addresses become targets at once, before the answer is released. Each is
 	// kept for the TTL (clamped to refresh_min/max), then `retain`, and while a connection to it
-	// lives. Journals `dns_capture` when something was added; returns what was added.
+	// lives. Journals `dns_capture` when something was added.
 	struct DnsWitness {
 		std::vector<std::pair<std::string, std::string>> fields; // CORDON_* of who asked, if known
 	};
-	std::vector<IpAddress> learn(const std::string &host, const std::vector<std::string> &chain,
-	                             const std::vector<IpAddress> &addresses, uint32_t ttl, const DnsWitness &witness);
+	struct Learned {
+		std::vector<IpAddress> added;
+		bool complete = true; // false: an address could not be written (a full map); not captured
+	};
+	Learned learn(const std::string &host, const std::vector<std::string> &chain,
+	              const std::vector<IpAddress> &addresses, uint32_t ttl, const DnsWitness &witness);
 	// Live connections to an address keep it captured past its TTL and retain time.
 	void connection_opened(const IpAddress &destination);
 	void connection_closed(const IpAddress &destination);
