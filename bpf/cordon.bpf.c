@@ -8,6 +8,9 @@
  *  sockops         at ACTIVE_ESTABLISHED, publish the origin under the connection's 4-tuple so
  *                  cordond can find it after accept(); at TCP_CLOSE, withdraw it.
  *  getpeername4/6  a redirected client sees the peer it asked for.
+ *  DNS             with cordond's DNS proxy on, an enforced workload's UDP and TCP to port 53
+ *                  (connect4/6 for TCP and connected UDP, sendmsg4/6 for sendto) goes to the
+ *                  proxy; recvmsg4/6 show its answers as coming from the resolver the job asked.
  *
  * Decisions live in cordon_decide.h (host-tested); this file only gathers facts. */
 #include "vmlinux.h"
@@ -29,6 +32,10 @@ const volatile __u32 listen_port_be = 0;
 const volatile __u32 upstream_mark = 0;
 const volatile __u64 host_netns_cookie = 0;
 const volatile __u64 cordond_cgroup_id = 0;
+/* cordond's DNS proxy port (network order) on listen_ip4 / listen_ip6; 0: no DNS proxy. */
+const volatile __u32 dns_port_be = 0;
+/* While the proxy is not there: 0 refuses DNS (fail closed), 1 lets it go where it was sent. */
+const volatile __u32 dns_pass_when_down = 0;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
@@ -152,11 +159,13 @@ static __always_inline struct cordon_decision decide(struct bpf_sock_addr *ctx, 
 	facts.port_flags = port_flags(port);
 	if (!cordon_port_relevant(facts.port_flags, facts.sock_type))
 		return pass;
-	sources = target_sources(addr);
-	facts.is_target = (sources & (CORDON_TARGET_RESOLVED | CORDON_TARGET_CIDR)) != 0;
-	facts.strict_exempt = !facts.is_target && (sources & CORDON_TARGET_STRICT_EXEMPT);
-	if (!facts.is_target && (!(facts.port_flags & CORDON_PORT_ALL_DESTINATIONS) || facts.strict_exempt))
-		return pass;
+	if (!(facts.port_flags & CORDON_PORT_DNS)) {
+		sources = target_sources(addr);
+		facts.is_target = (sources & (CORDON_TARGET_RESOLVED | CORDON_TARGET_CIDR)) != 0;
+		facts.strict_exempt = !facts.is_target && (sources & CORDON_TARGET_STRICT_EXEMPT);
+		if (!facts.is_target && (!(facts.port_flags & CORDON_PORT_ALL_DESTINATIONS) || facts.strict_exempt))
+			return pass;
+	}
 	facts.scope = current_scope();
 	facts.sk_mark = ctx->sk->mark;
 	facts.same_netns = bpf_get_netns_cookie(ctx) == host_netns_cookie;
@@ -164,14 +173,15 @@ static __always_inline struct cordon_decision decide(struct bpf_sock_addr *ctx, 
 	d = cordon_decide_connect(&facts, upstream_mark);
 	/* A redirect is counted by the caller once it really happens (the listener check may
 	 * still refuse it). */
-	if (d.verdict != CORDON_VERDICT_REDIRECT)
+	if (d.verdict != CORDON_VERDICT_REDIRECT && d.verdict != CORDON_VERDICT_DNS)
 		count(d.counter);
 	return d;
 }
 
 /* Remember who is calling and where they meant to go, in the socket's own storage (freed with
  * the socket). Returns 0 when storage cannot be had: the caller then refuses, fail closed. */
-static __always_inline int remember_origin(struct bpf_sock_addr *ctx, const __u8 addr[16], __u16 port, __u16 family)
+static __always_inline int remember_origin(struct bpf_sock_addr *ctx, const __u8 addr[16], __u16 port, __u16 family,
+                                           __u32 flags)
 {
 	struct cordon_sk_state *st;
 	__u64 pid_tgid, uid_gid;
@@ -196,37 +206,100 @@ static __always_inline int remember_origin(struct bpf_sock_addr *ctx, const __u8
 	st->origin.socket_cookie = 0;
 	st->origin.connect_boot_ns = bpf_ktime_get_boot_ns();
 	bpf_get_current_comm(st->origin.comm, sizeof(st->origin.comm));
-	st->flags = CORDON_SK_REDIRECTED;
+	st->flags = flags;
 	return 1;
 }
 
 /* Is the socket listening on our redirect address really cordond's? A port above 1024 can be
  * taken by anyone while cordond is down; such a listener must never receive a job's traffic. */
-static __always_inline int cordond_listening(struct bpf_sock_addr *ctx, int v6)
+static __always_inline int cordond_listening_on(struct bpf_sock_addr *ctx, int v6, __u16 port_be, int udp)
 {
 	struct bpf_sock_tuple tuple = {};
 	struct bpf_sock *sk;
 	struct cordon_listener_tag *tag;
 	int ours = 0;
+	__u32 size;
 
 	if (v6) {
 		tuple.ipv6.daddr[0] = listen_ip6[0];
 		tuple.ipv6.daddr[1] = listen_ip6[1];
 		tuple.ipv6.daddr[2] = listen_ip6[2];
 		tuple.ipv6.daddr[3] = listen_ip6[3];
-		tuple.ipv6.dport = (__u16)listen_port_be;
-		sk = bpf_sk_lookup_tcp(ctx, &tuple, sizeof(tuple.ipv6), BPF_F_CURRENT_NETNS, 0);
+		tuple.ipv6.dport = port_be;
+		size = sizeof(tuple.ipv6);
 	} else {
 		tuple.ipv4.daddr = listen_ip4;
-		tuple.ipv4.dport = (__u16)listen_port_be;
-		sk = bpf_sk_lookup_tcp(ctx, &tuple, sizeof(tuple.ipv4), BPF_F_CURRENT_NETNS, 0);
+		tuple.ipv4.dport = port_be;
+		size = sizeof(tuple.ipv4);
 	}
+	if (udp)
+		sk = bpf_sk_lookup_udp(ctx, &tuple, size, BPF_F_CURRENT_NETNS, 0);
+	else
+		sk = bpf_sk_lookup_tcp(ctx, &tuple, size, BPF_F_CURRENT_NETNS, 0);
 	if (!sk)
 		return 0;
 	tag = bpf_sk_storage_get(&listener_tags, sk, 0, 0);
 	ours = tag && tag->magic == CORDON_LISTENER_MAGIC;
 	bpf_sk_release(sk);
 	return ours;
+}
+
+static __always_inline int cordond_listening(struct bpf_sock_addr *ctx, int v6)
+{
+	return cordond_listening_on(ctx, v6, (__u16)listen_port_be, 0);
+}
+
+/* Send a DNS query to cordond's proxy (same family, or IPv4 for a v4-mapped destination). The
+ * original resolver stays in the socket's storage for recvmsg and getpeername. As with TCP
+ * capture, a proxy that is not there means refusal (fail closed): while cordond restarts,
+ * lookups fail fast and are retried, instead of learning addresses nobody captures. Unless the
+ * policy prefers the host's DNS working during such a gap (dns_pass_when_down). */
+static __always_inline int redirect_dns(struct bpf_sock_addr *ctx, const __u8 addr[16], __u16 port, __u16 family,
+                                        int connecting)
+{
+	int v6 = family == AF_INET6 && !cordon_addr_is_v4_mapped(addr);
+	int udp = ctx->type == CORDON_SOCK_DGRAM;
+	/* connect() on UDP or TCP makes the rewrite permanent: getpeername answers for it, and
+	 * sockops publishes a TCP origin for the proxy's accept(). sendto() is per datagram. */
+	__u32 flags = CORDON_SK_DNS | (connecting ? CORDON_SK_REDIRECTED : 0);
+
+	if (!cordond_listening_on(ctx, v6, (__u16)dns_port_be, udp)) {
+		if (dns_pass_when_down)
+			return 1;
+		count(CORDON_CTR_REFUSED_NO_LISTENER);
+		return 0;
+	}
+	if (!remember_origin(ctx, addr, port, family, flags))
+		return 0;
+	count(CORDON_CTR_DNS_REDIRECTED);
+	if (family == AF_INET) {
+		ctx->user_ip4 = listen_ip4;
+	} else if (!v6) {
+		ctx->user_ip6[0] = 0;
+		ctx->user_ip6[1] = 0;
+		ctx->user_ip6[2] = bpf_htonl(0x0000ffff);
+		ctx->user_ip6[3] = listen_ip4;
+	} else {
+		ctx->user_ip6[0] = listen_ip6[0];
+		ctx->user_ip6[1] = listen_ip6[1];
+		ctx->user_ip6[2] = listen_ip6[2];
+		ctx->user_ip6[3] = listen_ip6[3];
+	}
+	ctx->user_port = dns_port_be;
+	return 1;
+}
+
+/* A UDP socket connected elsewhere after a DNS redirect must not keep answering getpeername or
+ * recvmsg with the old resolver. */
+static __always_inline void forget_dns(struct bpf_sock_addr *ctx)
+{
+	struct cordon_sk_state *st;
+
+	if (ctx->type != CORDON_SOCK_DGRAM)
+		return;
+	st = bpf_sk_storage_get(&origin_store, ctx->sk, 0, 0);
+	if (st)
+		st->flags = 0;
 }
 
 SEC("cgroup/connect4")
@@ -238,15 +311,19 @@ int cordon_connect4(struct bpf_sock_addr *ctx)
 
 	cordon_addr_from_ip4(addr, ctx->user_ip4);
 	d = decide(ctx, addr, port);
-	if (d.verdict == CORDON_VERDICT_PASS)
+	if (d.verdict == CORDON_VERDICT_PASS) {
+		forget_dns(ctx);
 		return 1;
+	}
 	if (d.verdict == CORDON_VERDICT_REFUSE)
 		return 0;
+	if (d.verdict == CORDON_VERDICT_DNS)
+		return redirect_dns(ctx, addr, port, AF_INET, 1);
 	if (!cordond_listening(ctx, 0)) {
 		count(CORDON_CTR_REFUSED_NO_LISTENER);
 		return 0;
 	}
-	if (!remember_origin(ctx, addr, port, AF_INET))
+	if (!remember_origin(ctx, addr, port, AF_INET, CORDON_SK_REDIRECTED))
 		return 0;
 	count(CORDON_CTR_REDIRECTED);
 	ctx->user_ip4 = listen_ip4;
@@ -268,16 +345,20 @@ int cordon_connect6(struct bpf_sock_addr *ctx)
 	ip6[3] = ctx->user_ip6[3];
 	cordon_addr_from_ip6(addr, ip6);
 	d = decide(ctx, addr, port);
-	if (d.verdict == CORDON_VERDICT_PASS)
+	if (d.verdict == CORDON_VERDICT_PASS) {
+		forget_dns(ctx);
 		return 1;
+	}
 	if (d.verdict == CORDON_VERDICT_REFUSE)
 		return 0;
+	if (d.verdict == CORDON_VERDICT_DNS)
+		return redirect_dns(ctx, addr, port, AF_INET6, 1);
 	/* A v4-mapped destination goes to the IPv4 listener. */
 	if (!cordond_listening(ctx, !cordon_addr_is_v4_mapped(addr))) {
 		count(CORDON_CTR_REFUSED_NO_LISTENER);
 		return 0;
 	}
-	if (!remember_origin(ctx, addr, port, AF_INET6))
+	if (!remember_origin(ctx, addr, port, AF_INET6, CORDON_SK_REDIRECTED))
 		return 0;
 	count(CORDON_CTR_REDIRECTED);
 	if (cordon_addr_is_v4_mapped(addr)) {
@@ -296,28 +377,38 @@ int cordon_connect6(struct bpf_sock_addr *ctx)
 	return 1;
 }
 
-/* Unconnected UDP (sendto): only refusal applies, there is no UDP redirect. */
+/* Unconnected UDP (sendto): QUIC to targets is refused; DNS goes to the proxy. */
 SEC("cgroup/sendmsg4")
 int cordon_sendmsg4(struct bpf_sock_addr *ctx)
 {
+	__u16 port = bpf_ntohs((__u16)ctx->user_port);
 	__u8 addr[16];
+	struct cordon_decision d;
 
 	cordon_addr_from_ip4(addr, ctx->user_ip4);
-	return decide(ctx, addr, bpf_ntohs((__u16)ctx->user_port)).verdict == CORDON_VERDICT_REFUSE ? 0 : 1;
+	d = decide(ctx, addr, port);
+	if (d.verdict == CORDON_VERDICT_DNS)
+		return redirect_dns(ctx, addr, port, AF_INET, 0);
+	return d.verdict == CORDON_VERDICT_REFUSE ? 0 : 1;
 }
 
 SEC("cgroup/sendmsg6")
 int cordon_sendmsg6(struct bpf_sock_addr *ctx)
 {
+	__u16 port = bpf_ntohs((__u16)ctx->user_port);
 	__u32 ip6[4];
 	__u8 addr[16];
+	struct cordon_decision d;
 
 	ip6[0] = ctx->user_ip6[0];
 	ip6[1] = ctx->user_ip6[1];
 	ip6[2] = ctx->user_ip6[2];
 	ip6[3] = ctx->user_ip6[3];
 	cordon_addr_from_ip6(addr, ip6);
-	return decide(ctx, addr, bpf_ntohs((__u16)ctx->user_port)).verdict == CORDON_VERDICT_REFUSE ? 0 : 1;
+	d = decide(ctx, addr, port);
+	if (d.verdict == CORDON_VERDICT_DNS)
+		return redirect_dns(ctx, addr, port, AF_INET6, 0);
+	return d.verdict == CORDON_VERDICT_REFUSE ? 0 : 1;
 }
 
 static __always_inline struct cordon_sk_state *redirected_state(struct bpf_sock *sk)
@@ -355,6 +446,71 @@ int cordon_getpeername6(struct bpf_sock_addr *ctx)
 	ctx->user_ip6[3] = ip6[3];
 	ctx->user_port = bpf_htons(st->origin.dst_port);
 	count(CORDON_CTR_PEER_REWRITTEN);
+	return 1;
+}
+
+/* An answer from the DNS proxy reads as coming from the resolver the job asked (recvmsg runs
+ * only when the caller asks for the source address; it must always return 1). */
+SEC("cgroup/recvmsg4")
+int cordon_recvmsg4(struct bpf_sock_addr *ctx)
+{
+	struct cordon_sk_state *st;
+	__u8 source[16], listener[16];
+
+	if (!dns_port_be || ctx->user_port != dns_port_be)
+		return 1;
+	st = bpf_sk_storage_get(&origin_store, ctx->sk, 0, 0);
+	if (!st)
+		return 1;
+	cordon_addr_from_ip4(source, ctx->user_ip4);
+	cordon_addr_from_ip4(listener, listen_ip4);
+	if (!cordon_dns_reply_rewrite(st->flags, source, bpf_ntohs((__u16)ctx->user_port), listener,
+	                              bpf_ntohs((__u16)dns_port_be)) ||
+	    !cordon_addr_is_v4_mapped(st->origin.dst_addr))
+		return 1;
+	ctx->user_ip4 = cordon_addr_ip4(st->origin.dst_addr);
+	ctx->user_port = bpf_htons(st->origin.dst_port);
+	count(CORDON_CTR_DNS_REPLY_REWRITTEN);
+	return 1;
+}
+
+SEC("cgroup/recvmsg6")
+int cordon_recvmsg6(struct bpf_sock_addr *ctx)
+{
+	struct cordon_sk_state *st;
+	__u8 source[16], listener[16];
+	__u32 ip6[4];
+
+	if (!dns_port_be || ctx->user_port != dns_port_be)
+		return 1;
+	st = bpf_sk_storage_get(&origin_store, ctx->sk, 0, 0);
+	if (!st)
+		return 1;
+	ip6[0] = ctx->user_ip6[0];
+	ip6[1] = ctx->user_ip6[1];
+	ip6[2] = ctx->user_ip6[2];
+	ip6[3] = ctx->user_ip6[3];
+	cordon_addr_from_ip6(source, ip6);
+	/* A dual-stack socket that asked a v4-mapped resolver hears the IPv4 listener, v4-mapped. */
+	if (cordon_addr_is_v4_mapped(source)) {
+		cordon_addr_from_ip4(listener, listen_ip4);
+	} else {
+		ip6[0] = listen_ip6[0];
+		ip6[1] = listen_ip6[1];
+		ip6[2] = listen_ip6[2];
+		ip6[3] = listen_ip6[3];
+		cordon_addr_from_ip6(listener, ip6);
+	}
+	if (!cordon_dns_reply_rewrite(st->flags, source, bpf_ntohs((__u16)ctx->user_port), listener,
+	                              bpf_ntohs((__u16)dns_port_be)))
+		return 1;
+	__builtin_memcpy(ip6, st->origin.dst_addr, 16);
+	ctx->user_ip6[0] = ip6[0];
+	ctx->user_ip6[1] = ip6[1];
+	ctx->user_ip6[2] = ip6[2];
+	ctx->user_ip6[3] = ip6[3];
+	ctx->user_port = bpf_htons(st->origin.dst_port);
+	count(CORDON_CTR_DNS_REPLY_REWRITTEN);
 	return 1;
 }
 

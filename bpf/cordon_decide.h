@@ -33,6 +33,7 @@ enum cordon_verdict {
 	CORDON_VERDICT_PASS = 0,     /* let the call proceed untouched */
 	CORDON_VERDICT_REDIRECT = 1, /* rewrite the destination to cordond's listener */
 	CORDON_VERDICT_REFUSE = 2,   /* fail the call with EPERM */
+	CORDON_VERDICT_DNS = 3,      /* rewrite the destination to cordond's DNS proxy */
 };
 
 struct cordon_decision {
@@ -44,6 +45,8 @@ struct cordon_decision {
  * This is all a connect() to a non-target port pays. */
 CORDON_INLINE int cordon_port_relevant(__u32 port_flags, __u32 sock_type)
 {
+	if ((port_flags & CORDON_PORT_DNS) && (sock_type == CORDON_SOCK_STREAM || sock_type == CORDON_SOCK_DGRAM))
+		return 1;
 	if (sock_type == CORDON_SOCK_STREAM)
 		return (port_flags & CORDON_PORT_TCP_CAPTURE) != 0;
 	if (sock_type == CORDON_SOCK_DGRAM)
@@ -57,18 +60,48 @@ CORDON_INLINE __u32 cordon_scope_merge(__u32 inherited, __u32 at_this_level)
 	return at_this_level != CORDON_SCOPE_NONE ? at_this_level : inherited;
 }
 
+/* cordond's own upstream sockets: marked, in cordond's namespace, from cordond's cgroup. The
+ * mark alone is not enough: since Linux 5.17 CAP_NET_RAW may set SO_MARK, and container
+ * runtimes hand that out. Explicitly exempt cgroups pass too. */
+CORDON_INLINE int cordon_exempt(const struct cordon_connect_facts *f, __u32 upstream_mark)
+{
+	return (f->same_netns && f->in_cordond_cgroup && upstream_mark != 0 && f->sk_mark == upstream_mark) ||
+	       f->scope == CORDON_SCOPE_EXEMPT;
+}
+
+/* DNS (port 53 with CORDON_PORT_DNS, any destination): an enforced workload's query goes to
+ * cordond's proxy, which learns the capture hosts' addresses before the answer is released.
+ * Only the same network namespace: 127.0.0.1 elsewhere is not cordond, and refusing DNS there
+ * would break every container's name resolution. cordond's own queries to its upstream are
+ * exempt like its other upstream sockets. Nothing here is counted unless redirected: DNS from
+ * unenforced cgroups is ordinary traffic. */
+CORDON_INLINE struct cordon_decision cordon_decide_dns(const struct cordon_connect_facts *f, __u32 upstream_mark)
+{
+	struct cordon_decision d = {CORDON_VERDICT_PASS, -1};
+
+	if (f->sock_type != CORDON_SOCK_STREAM && f->sock_type != CORDON_SOCK_DGRAM)
+		return d;
+	if (cordon_exempt(f, upstream_mark)) {
+		d.counter = CORDON_CTR_EXEMPT;
+		return d;
+	}
+	if (f->scope != CORDON_SCOPE_ENFORCE || !f->same_netns)
+		return d;
+	d.verdict = CORDON_VERDICT_DNS;
+	d.counter = CORDON_CTR_DNS_REDIRECTED;
+	return d;
+}
+
 CORDON_INLINE struct cordon_decision cordon_decide_connect(const struct cordon_connect_facts *f, __u32 upstream_mark)
 {
 	struct cordon_decision d = {CORDON_VERDICT_PASS, -1};
 
+	if (f->port_flags & CORDON_PORT_DNS)
+		return cordon_decide_dns(f, upstream_mark);
 	if (!cordon_port_relevant(f->port_flags, f->sock_type) ||
 	    !(f->is_target || ((f->port_flags & CORDON_PORT_ALL_DESTINATIONS) && !f->strict_exempt)))
 		return d;
-	/* cordond's own upstream sockets: marked, in cordond's namespace, from cordond's cgroup. The
-	 * mark alone is not enough: since Linux 5.17 CAP_NET_RAW may set SO_MARK, and container
-	 * runtimes hand that out. Explicitly exempt cgroups pass too. */
-	if ((f->same_netns && f->in_cordond_cgroup && upstream_mark != 0 && f->sk_mark == upstream_mark) ||
-	    f->scope == CORDON_SCOPE_EXEMPT) {
+	if (cordon_exempt(f, upstream_mark)) {
 		d.counter = CORDON_CTR_EXEMPT;
 		return d;
 	}
@@ -127,6 +160,22 @@ CORDON_INLINE __u32 cordon_addr_ip4(const __u8 addr[16])
 
 	__builtin_memcpy(&ip4, &addr[12], 4);
 	return ip4;
+}
+
+/* recvmsg: an answer from cordond's DNS proxy (source = the proxy's listener) on a socket whose
+ * query the proxy took is shown as coming from the resolver the job asked. glibc and others
+ * drop answers from any other source. */
+CORDON_INLINE int cordon_dns_reply_rewrite(__u32 sk_flags, const __u8 source[16], __u16 source_port,
+                                           const __u8 dns_listener[16], __u16 dns_port)
+{
+	int i;
+
+	if (!(sk_flags & CORDON_SK_DNS) || dns_port == 0 || source_port != dns_port)
+		return 0;
+	for (i = 0; i < 16; i++)
+		if (source[i] != dns_listener[i])
+			return 0;
+	return 1;
 }
 
 #endif /* CORDON_DECIDE_H */

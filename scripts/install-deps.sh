@@ -20,6 +20,8 @@ packages=(
   systemd curl python3 python3-pytest python3-cryptography iproute2 util-linux procps openssl ca-certificates
   # the metrics test reads the endpoint with Prometheus' own text-format parser
   python3-prometheus-client
+  # the DNS proxy tests: dig over UDP and TCP
+  bind9-dnsutils
   # the service test: the unit's system call filter, applied without systemd as PID 1
   python3-seccomp
   # side-by-side benchmarks: plain relays, TLS-terminating and TLS-intercepting proxies, h2load

@@ -97,6 +97,15 @@ void print_status(const json &s)
 	for (auto it = s["counters"].begin(); it != s["counters"].end(); ++it)
 		std::cout << " " << it.key() << "=" << it.value();
 	std::cout << "\n";
+	if (s.contains("dns")) {
+		const json &d = s["dns"];
+		std::cout << "dns proxy:   " << join(d["listen"]) << " -> " << d["upstream"].get<std::string>() << "; "
+		          << d["udp_queries"] << " udp + " << d["tcp_queries"] << " tcp queries, "
+		          << d["captured_answers"] << " captured answers (" << d["added_addresses"]
+		          << " addresses added), " << d["servfail"] << " servfail, " << d["timeouts"] << " timeouts\n";
+	} else {
+		std::cout << "dns proxy:   off (capture.dns_proxy: false)\n";
+	}
 	const json &r = s["relay"];
 	std::cout << "relay:       " << r["active"] << " active, " << r["accepted"] << " accepted, " << r["closed"]
 	          << " closed, " << r["lookup_missed"] << " without origin, " << r["upstream_failed"]

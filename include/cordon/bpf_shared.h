@@ -18,16 +18,18 @@
 
 /* Indices of the per-CPU `counters` map. */
 enum cordon_counter {
-	CORDON_CTR_REDIRECTED = 0,          /* TCP connect to a capture target, rewritten to cordond */
-	CORDON_CTR_EXEMPT = 1,              /* target destination, but cordond's own socket (mark/cgroup) */
-	CORDON_CTR_UNENFORCED = 2,          /* target destination from a cgroup outside the enforced scope */
-	CORDON_CTR_REFUSED_QUIC = 3,        /* UDP to a target on a refused port (QUIC) */
-	CORDON_CTR_REFUSED_NETNS = 4,       /* target destination from another network namespace */
-	CORDON_CTR_ORIGIN_LOST = 5,         /* a redirect whose origin could not be stored/published */
-	CORDON_CTR_PEER_REWRITTEN = 6,      /* getpeername answered with the original destination */
-	CORDON_CTR_LOOKUP_MISSED = 7,       /* written by cordond: accepted connection with no origin */
-	CORDON_CTR_REFUSED_NO_LISTENER = 8, /* redirect refused: cordond's own listener is not there */
-	CORDON_CTR__COUNT = 9,
+	CORDON_CTR_REDIRECTED = 0,           /* TCP connect to a capture target, rewritten to cordond */
+	CORDON_CTR_EXEMPT = 1,               /* target destination, but cordond's own socket (mark/cgroup) */
+	CORDON_CTR_UNENFORCED = 2,           /* target destination from a cgroup outside the enforced scope */
+	CORDON_CTR_REFUSED_QUIC = 3,         /* UDP to a target on a refused port (QUIC) */
+	CORDON_CTR_REFUSED_NETNS = 4,        /* target destination from another network namespace */
+	CORDON_CTR_ORIGIN_LOST = 5,          /* a redirect whose origin could not be stored/published */
+	CORDON_CTR_PEER_REWRITTEN = 6,       /* getpeername answered with the original destination */
+	CORDON_CTR_LOOKUP_MISSED = 7,        /* written by cordond: accepted connection with no origin */
+	CORDON_CTR_REFUSED_NO_LISTENER = 8,  /* redirect refused: cordond's own listener is not there */
+	CORDON_CTR_DNS_REDIRECTED = 9,       /* a DNS query (UDP or TCP port 53) sent to cordond's DNS proxy */
+	CORDON_CTR_DNS_REPLY_REWRITTEN = 10, /* a DNS answer's source shown as the resolver the job asked */
+	CORDON_CTR__COUNT = 11,
 };
 
 /* Values of the `cgroup_scope` map (cgroup id -> scope). The deepest listed ancestor decides. */
@@ -44,6 +46,7 @@ enum cordon_port_flag {
 	/* Strict mode (capture.mode: all-tls): the two above apply to every destination, target or
 	 * not; cordond then decides by SNI / Host. Catches addresses no resolver has seen yet. */
 	CORDON_PORT_ALL_DESTINATIONS = 4,
+	CORDON_PORT_DNS = 8, /* DNS: UDP and TCP to any address go to cordond's DNS proxy */
 };
 
 /* Key of the `targets` LPM trie. IPv4 is stored v4-mapped (::ffff:a.b.c.d, prefix 96 + n) so
@@ -56,7 +59,7 @@ struct cordon_target_key {
 /* Why an address is a capture target: a bit set, so a configured CIDR and a resolved name that
  * share one key keep it until neither wants it. */
 enum cordon_target_source {
-	CORDON_TARGET_RESOLVED = 1, /* a configured host name resolved to it */
+	CORDON_TARGET_RESOLVED = 1, /* a configured name resolved to it, or a DNS answer for a capture host */
 	CORDON_TARGET_CIDR = 2,     /* a configured CIDR */
 	/* Not a target, and never caught by strict capture either (capture.strict_exempt_cidrs:
 	 * loopback, link-local, the cloud metadata service): a job's connections there stay its own,
@@ -112,8 +115,9 @@ enum cordon_origin_flag {
 
 /* Per-socket local storage (`origin_store`): the origin plus the tuple it was published under. */
 enum cordon_sk_state_flag {
-	CORDON_SK_REDIRECTED = 1,
+	CORDON_SK_REDIRECTED = 1, /* connect() was rewritten: getpeername and sockops act on it */
 	CORDON_SK_PUBLISHED = 2,
+	CORDON_SK_DNS = 4, /* DNS went to cordond's proxy: its answers show the resolver the job asked */
 };
 
 struct cordon_sk_state {

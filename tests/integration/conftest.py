@@ -198,9 +198,11 @@ _port = [15600 + (os.getpid() % 500) * 4]
 class Cordond:
     def __init__(self, cgroups, tmp, targets, ports=(80,), quic_ports=(443,), extra_yaml="", args=(), tls_yaml=None,
                  hosts=(), exempt=(), prefix=(), env=None, capture_yaml="", metrics_listen=None):
-        _port[0] += 1
+        # Two ports per instance: the relay's listener and the DNS proxy's.
+        _port[0] += 2
         self.cgroups = cgroups
         self.listen_port = _port[0]
+        self.dns_port = _port[0] + 1
         self.pin_dir = f"/sys/fs/bpf/{cgroups.name}"
         self.socket = str(tmp / "control.sock")
         self.log_path = tmp / "cordond.log"
@@ -222,6 +224,7 @@ class Cordond:
             f"  exempt_cgroups: {json.dumps([cgroups.path(e) for e in exempt])}\n"
             "daemon:\n"
             f"  listen_port: {self.listen_port}\n"
+            f"  dns_port: {self.dns_port}\n"
             f"  pin_dir: {self.pin_dir}\n"
             f"  control_socket: {self.socket}\n"
             f"  state_dir: {self.state_dir}\n"

@@ -192,6 +192,102 @@ TEST(Decide, OtherSocketTypesPass)
 	EXPECT_EQ(cordon_decide_connect(&f, kMark).verdict, CORDON_VERDICT_PASS);
 }
 
+cordon_connect_facts dns_query(__u32 sock_type = CORDON_SOCK_DGRAM, __u32 scope = CORDON_SCOPE_ENFORCE)
+{
+	cordon_connect_facts f{};
+	f.port_flags = CORDON_PORT_DNS;
+	f.scope = scope;
+	f.sock_type = sock_type;
+	f.is_target = 0; // DNS goes to the proxy whoever the resolver is
+	f.same_netns = 1;
+	return f;
+}
+
+TEST(DecideDns, EnforcedQueriesGoToTheProxyOverUdpAndTcp)
+{
+	for (__u32 type : {CORDON_SOCK_DGRAM, CORDON_SOCK_STREAM}) {
+		auto f = dns_query(type);
+		auto d = cordon_decide_connect(&f, kMark);
+		EXPECT_EQ(d.verdict, CORDON_VERDICT_DNS);
+		EXPECT_EQ(d.counter, CORDON_CTR_DNS_REDIRECTED);
+		EXPECT_TRUE(cordon_port_relevant(f.port_flags, type));
+	}
+}
+
+TEST(DecideDns, ATargetResolverIsStillDns)
+{
+	// Port 53 to a captured address: the DNS decision wins, nothing is refused or relayed as TLS.
+	auto f = dns_query();
+	f.port_flags |= CORDON_PORT_TCP_CAPTURE | CORDON_PORT_UDP_REFUSE;
+	f.is_target = 1;
+	EXPECT_EQ(cordon_decide_connect(&f, kMark).verdict, CORDON_VERDICT_DNS);
+}
+
+TEST(DecideDns, CordondsOwnQueriesAreExempt)
+{
+	auto f = dns_query();
+	f.sk_mark = kMark;
+	f.in_cordond_cgroup = 1;
+	auto d = cordon_decide_connect(&f, kMark);
+	EXPECT_EQ(d.verdict, CORDON_VERDICT_PASS);
+	EXPECT_EQ(d.counter, CORDON_CTR_EXEMPT);
+	// The mark alone, from a job, is not enough.
+	f.in_cordond_cgroup = 0;
+	EXPECT_EQ(cordon_decide_connect(&f, kMark).verdict, CORDON_VERDICT_DNS);
+}
+
+TEST(DecideDns, ExemptAndUnenforcedCgroupsPassUncounted)
+{
+	auto exempt = dns_query(CORDON_SOCK_DGRAM, CORDON_SCOPE_EXEMPT);
+	EXPECT_EQ(cordon_decide_connect(&exempt, kMark).verdict, CORDON_VERDICT_PASS);
+	auto unenforced = dns_query(CORDON_SOCK_DGRAM, CORDON_SCOPE_NONE);
+	auto d = cordon_decide_connect(&unenforced, kMark);
+	EXPECT_EQ(d.verdict, CORDON_VERDICT_PASS);
+	EXPECT_EQ(d.counter, -1); // ordinary DNS of the rest of the host is not worth a counter
+}
+
+TEST(DecideDns, AnotherNamespacesDnsPasses)
+{
+	// 127.0.0.1 there is not cordond, and refusing would break every container's resolver.
+	auto f = dns_query();
+	f.same_netns = 0;
+	auto d = cordon_decide_connect(&f, kMark);
+	EXPECT_EQ(d.verdict, CORDON_VERDICT_PASS);
+	EXPECT_EQ(d.counter, -1);
+}
+
+TEST(DecideDns, WithoutTheDnsFlagPort53IsOrdinary)
+{
+	auto f = dns_query();
+	f.port_flags = 0;
+	EXPECT_EQ(cordon_decide_connect(&f, kMark).verdict, CORDON_VERDICT_PASS);
+	EXPECT_FALSE(cordon_port_relevant(0, CORDON_SOCK_DGRAM));
+}
+
+TEST(DecideDns, RawSocketsPass)
+{
+	auto f = dns_query(3);
+	EXPECT_FALSE(cordon_port_relevant(f.port_flags, 3));
+	EXPECT_EQ(cordon_decide_connect(&f, kMark).verdict, CORDON_VERDICT_PASS);
+}
+
+TEST(DecideDns, OnlyTheProxysAnswersOnARedirectedSocketAreRewritten)
+{
+	__u8 listener[16], other[16];
+	cordon_addr_from_ip4(listener, inet_addr("127.0.0.1"));
+	cordon_addr_from_ip4(other, inet_addr("127.0.0.2"));
+	EXPECT_TRUE(cordon_dns_reply_rewrite(CORDON_SK_DNS, listener, 15353, listener, 15353));
+	EXPECT_TRUE(cordon_dns_reply_rewrite(CORDON_SK_DNS | CORDON_SK_REDIRECTED, listener, 15353, listener, 15353));
+	// A socket whose DNS never went to the proxy: untouched.
+	EXPECT_FALSE(cordon_dns_reply_rewrite(CORDON_SK_REDIRECTED, listener, 15353, listener, 15353));
+	EXPECT_FALSE(cordon_dns_reply_rewrite(0, listener, 15353, listener, 15353));
+	// Someone else's datagram on the same socket: another address or port.
+	EXPECT_FALSE(cordon_dns_reply_rewrite(CORDON_SK_DNS, other, 15353, listener, 15353));
+	EXPECT_FALSE(cordon_dns_reply_rewrite(CORDON_SK_DNS, listener, 15354, listener, 15353));
+	// No proxy configured.
+	EXPECT_FALSE(cordon_dns_reply_rewrite(CORDON_SK_DNS, listener, 0, listener, 0));
+}
+
 TEST(Decide, DeeperScopeOverridesAncestor)
 {
 	EXPECT_EQ(cordon_scope_merge(CORDON_SCOPE_ENFORCE, CORDON_SCOPE_EXEMPT), (__u32)CORDON_SCOPE_EXEMPT);

@@ -39,12 +39,13 @@ std::vector<std::pair<std::string, bpf_program *>> programs(cordon_bpf *skel)
 	    {"connect4", skel->progs.cordon_connect4},         {"connect6", skel->progs.cordon_connect6},
 	    {"sendmsg4", skel->progs.cordon_sendmsg4},         {"sendmsg6", skel->progs.cordon_sendmsg6},
 	    {"getpeername4", skel->progs.cordon_getpeername4}, {"getpeername6", skel->progs.cordon_getpeername6},
-	    {"sockops", skel->progs.cordon_sockops},
+	    {"sockops", skel->progs.cordon_sockops},           {"recvmsg4", skel->progs.cordon_recvmsg4},
+	    {"recvmsg6", skel->progs.cordon_recvmsg6},
 	};
 }
 
-const char *const kLinkNames[] = {"connect4",     "connect6",     "sendmsg4", "sendmsg6",
-                                  "getpeername4", "getpeername6", "sockops"};
+const char *const kLinkNames[] = {"connect4",     "connect6", "sendmsg4", "sendmsg6", "getpeername4",
+                                  "getpeername6", "sockops",  "recvmsg4", "recvmsg6"};
 const char *const kMapNames[] = {"targets", "capture_ports", "cgroup_scope", "origin_store",
                                  "origins", "counters",      "listener_tags"};
 
@@ -120,6 +121,10 @@ const char *counter_name(int counter)
 		return "lookup_missed";
 	case CORDON_CTR_REFUSED_NO_LISTENER:
 		return "refused_no_listener";
+	case CORDON_CTR_DNS_REDIRECTED:
+		return "dns_redirected";
+	case CORDON_CTR_DNS_REPLY_REWRITTEN:
+		return "dns_reply_rewritten";
 	default:
 		return "unknown";
 	}
@@ -169,6 +174,8 @@ Result<std::unique_ptr<KernelPrograms>> KernelPrograms::attach(const KernelSetti
 	ro->upstream_mark = s.upstream_mark;
 	ro->host_netns_cookie = s.netns_cookie;
 	ro->cordond_cgroup_id = s.cgroup_id;
+	ro->dns_port_be = htons(s.dns_port);
+	ro->dns_pass_when_down = s.dns_pass_when_down ? 1 : 0;
 
 	// Adopt the maps the previous cordond pinned, when every one of them still fits: the
 	// origins of connections in flight, the targets and the counters carry over.

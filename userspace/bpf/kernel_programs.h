@@ -29,6 +29,8 @@ struct KernelSettings {
 	IpAddress listen_ipv4;
 	IpAddress listen_ipv6;
 	uint16_t listen_port = 0;
+	uint16_t dns_port = 0;           // cordond's DNS proxy on the same addresses; 0: no DNS proxy
+	bool dns_pass_when_down = false; // DNS goes straight to its resolver while the proxy is away
 	uint32_t upstream_mark = 0;
 	uint64_t netns_cookie = 0; // cordond's network namespace
 	uint64_t cgroup_id = 0;    // cordond's own cgroup: with the mark, it exempts upstream sockets

@@ -167,6 +167,18 @@ const std::map<std::string, Validator> &validators()
 	    {"cordon.config.Enforce.cgroups", [](const std::string &v) { return normalize_cgroup_path(v); }},
 	    {"cordon.config.Enforce.exempt_cgroups", [](const std::string &v) { return normalize_cgroup_path(v); }},
 	    {"cordon.config.Daemon.listen_port", check_port},
+	    {"cordon.config.Daemon.dns_port", check_port},
+	    {"cordon.config.Daemon.dns_timeout_ms", [](const std::string &v) { return check_range(v, 100, 60000); }},
+	    {"cordon.config.Capture.dns_upstream",
+	     [](const std::string &v) -> Result<std::string> {
+		     if (v.empty())
+			     return v;
+		     auto a = SocketAddress::parse(v);
+		     if (!a || a->port == 0)
+			     return plain_error("'" + v +
+			                        "' is not an address and port (\"10.0.0.53:53\", \"[::1]:53\")");
+		     return a->to_string();
+	     }},
 	    {"cordon.config.Daemon.listen_ipv4",
 	     [](const std::string &v) -> Result<std::string> {
 		     auto ip = IpAddress::parse(v);
@@ -502,6 +514,8 @@ Status check_whole(const config::Policy &p, const std::string &source)
 			return plain_error(source + ": identity issuer '" + i.name() +
 			                   "' needs audiences (the aud its tokens must carry for cordon)");
 	}
+	if (p.capture().dns_proxy() && p.daemon().dns_port() == p.daemon().listen_port())
+		return plain_error(source + ": daemon.dns_port must differ from daemon.listen_port");
 	if (p.capture().refresh_min_seconds() > p.capture().refresh_max_seconds())
 		return plain_error(source + ": capture.refresh_min_seconds exceeds capture.refresh_max_seconds");
 	if (p.enforce().cgroups().empty())

@@ -24,6 +24,7 @@
 #include "config/policy.h"
 #include "daemon/approvals.h"
 #include "daemon/control_server.h"
+#include "daemon/dns_proxy.h"
 #include "daemon/event_loop.h"
 #include "daemon/journal.h"
 #include "daemon/masking.h"
@@ -214,7 +215,8 @@ private:
 	std::string previous_, previous_dir_;
 };
 
-std::map<uint16_t, uint32_t> port_flags(const config::Capture &c)
+// `dns`: whether DNS goes to the proxy yet (only once it listens, so no query meets a closed port).
+std::map<uint16_t, uint32_t> port_flags(const config::Capture &c, bool dns)
 {
 	std::map<uint16_t, uint32_t> flags;
 	for (uint32_t p : c.ports())
@@ -224,6 +226,8 @@ std::map<uint16_t, uint32_t> port_flags(const config::Capture &c)
 	if (c.mode() == config::ALL_TLS)
 		for (auto &[port, f] : flags)
 			f |= CORDON_PORT_ALL_DESTINATIONS;
+	if (dns)
+		flags[53] |= CORDON_PORT_DNS;
 	return flags;
 }
 
@@ -243,6 +247,7 @@ struct Runtime {
 	tls::LeafCache &leaves;
 	RelayServer *relay = nullptr;
 	TargetResolver *resolver = nullptr;
+	DnsProxy *dns = nullptr;
 	BufferPool *pool = nullptr;
 	const proxy::MessageDecoder *decoder = nullptr;
 	// The policy in force: the startup one, with the reloadable sections as last reloaded.
@@ -515,6 +520,23 @@ struct Runtime {
 		    {"targets", targets},
 		    {"mode", p.capture().mode() == config::ALL_TLS ? "all-tls" : "targets"},
 		    {"strict_exempt", strict_exempt}};
+		if (dns) {
+			DnsProxyStats d = dns->stats();
+			json dns_listen = json::array();
+			for (const auto &l : dns->settings().listen)
+				dns_listen.push_back(l.to_string());
+			j["dns"] = {{"listen", dns_listen},
+			            {"upstream", dns->settings().upstream.to_string()},
+			            {"udp_queries", d.udp_queries},
+			            {"tcp_queries", d.tcp_queries},
+			            {"answered", d.answered},
+			            {"captured_answers", d.captured_answers},
+			            {"added_addresses", d.added_addresses},
+			            {"unreadable_answers", d.unreadable_answers},
+			            {"servfail", d.servfail},
+			            {"timeouts", d.timeouts},
+			            {"dropped", d.dropped}};
+		}
 		json counters = json::object();
 		if (auto c = kernel.counters())
 			for (int i = 0; i < CORDON_CTR__COUNT; i++)
@@ -678,6 +700,8 @@ Status run_daemon(const DaemonOptions &options)
 	ks.listen_ipv4 = *IpAddress::parse(p.daemon().listen_ipv4());
 	ks.listen_ipv6 = *IpAddress::parse(p.daemon().listen_ipv6());
 	ks.listen_port = static_cast<uint16_t>(p.daemon().listen_port());
+	ks.dns_port = p.capture().dns_proxy() ? static_cast<uint16_t>(p.daemon().dns_port()) : 0;
+	ks.dns_pass_when_down = p.capture().dns_pass_when_down();
 	ks.upstream_mark = p.daemon().upstream_mark();
 	ks.netns_cookie = *cookie;
 	ks.cgroup_id = *own_id;
@@ -703,7 +727,9 @@ Status run_daemon(const DaemonOptions &options)
 
 	if (Status st = kp.set_scopes(scopes); !st)
 		return st;
-	if (Status st = kp.set_ports(port_flags(p.capture())); !st)
+	// With the DNS proxy on, DNS is redirected from here on; until the proxy listens (below) it
+	// is refused like any capture while cordond is away, never passed unseen.
+	if (Status st = kp.set_ports(port_flags(p.capture(), p.capture().dns_proxy())); !st)
 		return st;
 
 	// CIDR targets are exact; resolved ones left by a previous cordond are kept for `retain`.
@@ -878,6 +904,33 @@ Status run_daemon(const DaemonOptions &options)
 	resolver_settings.retain = std::chrono::seconds(p.capture().retain_seconds());
 	TargetResolver resolver(kp, journal, resolver_settings);
 	resolver.inherit(inherited);
+	// Live relayed connections keep their destination captured past its TTL and retain time.
+	relay.on_destination([&resolver](const IpAddress &ip, bool opened) {
+		opened ? resolver.connection_opened(ip) : resolver.connection_closed(ip);
+	});
+
+	std::unique_ptr<DnsProxy> dns;
+	if (p.capture().dns_proxy()) {
+		DnsProxySettings ds;
+		ds.listen = {SocketAddress{ks.listen_ipv4, ks.dns_port}, SocketAddress{ks.listen_ipv6, ks.dns_port}};
+		if (p.capture().dns_upstream().empty()) {
+			auto upstream = system_resolver();
+			if (!upstream)
+				return plain_error("capture.dns_upstream is empty and " + upstream.error().message());
+			ds.upstream = *upstream;
+		} else {
+			ds.upstream = *SocketAddress::parse(p.capture().dns_upstream());
+		}
+		ds.upstream_mark = ks.upstream_mark;
+		ds.timeout = std::chrono::milliseconds(p.daemon().dns_timeout_ms());
+		for (const auto &h : p.capture().hosts())
+			ds.hosts.push_back(*HostPattern::parse(h));
+		auto created = DnsProxy::create(std::move(ds), kp, resolver);
+		if (!created)
+			return created.error();
+		dns = std::move(*created);
+		runtime.dns = dns.get();
+	}
 
 	runtime.relay = &relay;
 	runtime.resolver = &resolver;
@@ -977,6 +1030,12 @@ Status run_daemon(const DaemonOptions &options)
 	std::string listening;
 	for (const auto &l : relay.listening())
 		listening += (listening.empty() ? "" : ", ") + l.to_string();
+	if (dns) {
+		dns->start();
+		listening += "; DNS proxy on " + dns->settings().listen.front().to_string() + " and " +
+		             dns->settings().listen.back().to_string() + " (UDP, TCP) -> " +
+		             dns->settings().upstream.to_string();
+	}
 	log::info("cordond " + std::string(kCordonVersion) + " ready: listening on " + listening + ", control " +
 	          control.path());
 	sd_notify(0, "READY=1");

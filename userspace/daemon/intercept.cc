@@ -763,10 +763,12 @@ private:
 void RelayServer::start_intercept(ConnectionIdentity identity, UniqueFd client, std::string hello_bytes,
                                   std::vector<std::string> alpn)
 {
+	const IpAddress destination = identity.destination.ip;
 	auto conn = std::make_unique<InterceptConnection>(*this, std::move(identity), std::move(client),
 	                                                  std::move(hello_bytes), std::move(alpn));
 	InterceptConnection *raw = conn.get();
 	live_.insert(raw);
+	track_destination(raw, destination);
 	loop_.add(std::move(conn));
 	raw->start();
 }

@@ -933,8 +933,17 @@ void RelayServer::on_accepted(int raw_fd, const SocketAddress &local)
 	auto conn = std::make_unique<RelayConnection>(*this, std::move(fd), std::move(id));
 	RelayConnection *raw = conn.get();
 	live_.insert(raw);
+	track_destination(raw, dst);
 	loop_.add(std::move(conn));
 	raw->start();
+}
+
+void RelayServer::track_destination(TrackedConnection *conn, const IpAddress &destination)
+{
+	if (!destination_hook_)
+		return;
+	destinations_.emplace(conn, destination);
+	destination_hook_(destination, true);
 }
 
 void RelayServer::starve(TrackedConnection *conn, int flow)
@@ -960,6 +969,10 @@ void RelayServer::resume_starved()
 void RelayServer::forget(TrackedConnection *conn)
 {
 	live_.erase(conn);
+	if (auto it = destinations_.find(conn); it != destinations_.end()) {
+		destination_hook_(it->second, false);
+		destinations_.erase(it);
+	}
 	std::erase_if(starved_, [conn](const auto &entry) { return entry.first == conn; });
 }
 

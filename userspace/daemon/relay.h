@@ -11,8 +11,10 @@
 #include <chrono>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <string>
+#include <unordered_map>
 #include <unordered_set>
 #include <vector>
 
@@ -157,6 +159,10 @@ public:
 	const std::vector<SocketAddress> &listening() const { return listening_; }
 	size_t active() const { return live_.size(); }
 	const RelaySettings &settings() const { return settings_; }
+	// Told when a connection to a destination starts and ends (live connections keep their
+	// destination captured).
+	using DestinationHook = std::function<void(const IpAddress &destination, bool opened)>;
+	void on_destination(DestinationHook hook) { destination_hook_ = std::move(hook); }
 	// A reloaded policy's rules and masking, for connections accepted from now on; live ones
 	// keep what they started with.
 	void reload(std::shared_ptr<const policy::Rules> rules, std::shared_ptr<MaskEngine> mask,
@@ -178,6 +184,7 @@ private:
 	// Takes over a connection whose ClientHello named a capture host.
 	void start_intercept(ConnectionIdentity identity, UniqueFd client, std::string hello_bytes,
 	                     std::vector<std::string> alpn);
+	void track_destination(TrackedConnection *conn, const IpAddress &destination);
 
 	EventLoop &loop_;
 	BufferPool &pool_;
@@ -191,6 +198,8 @@ private:
 	DaemonMetrics *metrics_ = nullptr;           // never null
 	std::vector<SocketAddress> listening_;
 	std::unordered_set<TrackedConnection *> live_;
+	DestinationHook destination_hook_;
+	std::unordered_map<TrackedConnection *, IpAddress> destinations_;
 	std::deque<std::pair<TrackedConnection *, int>> starved_;
 	std::string instance_;
 	uint64_t sequence_ = 0;

@@ -148,9 +148,15 @@ void TargetResolver::expire(Clock::time_point now)
 {
 	std::vector<IpAddress> gone;
 	{
+		// The map write happens under the lock: a DNS answer learning the same address meanwhile
+		// must not have its fresh entry removed by this older decision.
 		std::lock_guard lock(mutex_);
 		for (auto it = addresses_.begin(); it != addresses_.end();) {
-			if (it->second.names.empty() && now - it->second.last_seen > settings_.retain) {
+			if (it->second.names.empty() && now - it->second.last_seen > settings_.retain &&
+			    !live_connections_.count(it->first)) {
+				Status st = kernel_.remove_target(Cidr{it->first, 128}, CORDON_TARGET_RESOLVED);
+				if (!st)
+					log::error(st.error().message());
 				gone.push_back(it->first);
 				it = addresses_.erase(it);
 			} else {
@@ -159,9 +165,6 @@ void TargetResolver::expire(Clock::time_point now)
 		}
 	}
 	for (const auto &ip : gone) {
-		Status st = kernel_.remove_target(Cidr{ip, 128}, CORDON_TARGET_RESOLVED);
-		if (!st)
-			log::error(st.error().message());
 		JournalEntry e;
 		e.message = "capture target " + ip.to_string() + " expired";
 		e.add("CORDON_EVENT", "capture_update").add("CORDON_REMOVED", ip.to_string());
@@ -189,10 +192,95 @@ void TargetResolver::run()
 		lock.lock();
 		for (auto &[name, state] : names_)
 			next = std::min(next, state.next_refresh);
-		// Wake at least once a minute so retained addresses expire close to on time.
-		next = std::min(next, Clock::now() + std::chrono::seconds(60));
-		wake_.wait_until(lock, next, [this] { return stopping_; });
+		// Wake when the next retained address is due, and at least once a minute.
+		next = std::min({next, next_expiry(), Clock::now() + std::chrono::seconds(60)});
+		wake_.wait_until(lock, next, [this] { return stopping_ || rescan_; });
+		rescan_ = false;
 	}
+}
+
+TargetResolver::Clock::time_point TargetResolver::next_expiry() const
+{
+	auto next = Clock::time_point::max();
+	for (const auto &[ip, state] : addresses_)
+		if (state.names.empty() && !live_connections_.count(ip))
+			next = std::min(next, state.last_seen + settings_.retain + std::chrono::milliseconds(10));
+	return next;
+}
+
+TargetResolver::Learned TargetResolver::learn(const std::string &host, const std::vector<std::string> &chain,
+                                              const std::vector<IpAddress> &addresses, uint32_t ttl,
+                                              const DnsWitness &witness)
+{
+	const auto now = Clock::now();
+	const auto valid_until =
+	    now + std::clamp(std::chrono::seconds(ttl), settings_.refresh_min, settings_.refresh_max);
+	Learned learned;
+	std::vector<IpAddress> &added = learned.added;
+	{
+		std::lock_guard lock(mutex_);
+		for (const auto &ip : addresses) {
+			auto [it, inserted] = addresses_.try_emplace(ip);
+			it->second.last_seen = std::max(it->second.last_seen, valid_until);
+			if (!inserted)
+				continue;
+			// Written before the proxy releases the answer: the job's first connect() is caught.
+			Status st = kernel_.add_target(Cidr{ip, 128}, CORDON_TARGET_RESOLVED);
+			if (!st) {
+				log::error(st.error().message());
+				addresses_.erase(it);
+				learned.complete = false;
+				continue;
+			}
+			added.push_back(ip);
+		}
+		rescan_ = !added.empty();
+	}
+	// The resolver thread may sleep longer than this answer's addresses are due.
+	if (!added.empty())
+		wake_.notify_all();
+	if (added.empty())
+		return learned;
+	std::string list, names;
+	for (const auto &ip : added)
+		list += (list.empty() ? "" : ",") + ip.to_string();
+	for (const auto &n : chain)
+		names += (names.empty() ? "" : ",") + n;
+	JournalEntry e;
+	e.message = "capture targets for " + host + " from DNS" + (chain.size() > 1 ? " (via " + names + ")" : "") +
+	            ": added " + list;
+	e.add("CORDON_EVENT", "dns_capture")
+	    .add("CORDON_HOST", host)
+	    .add("CORDON_CNAME_CHAIN", names)
+	    .add("CORDON_ADDED", list)
+	    .add("CORDON_TTL", std::to_string(ttl));
+	for (const auto &[key, value] : witness.fields)
+		e.add(key, value);
+	journal_.send(std::move(e));
+	return learned;
+}
+
+void TargetResolver::connection_opened(const IpAddress &destination)
+{
+	std::lock_guard lock(mutex_);
+	live_connections_[destination]++;
+}
+
+void TargetResolver::connection_closed(const IpAddress &destination)
+{
+	{
+		std::lock_guard lock(mutex_);
+		auto it = live_connections_.find(destination);
+		if (it == live_connections_.end() || --it->second > 0)
+			return;
+		live_connections_.erase(it);
+		// Its last connection kept it past its time: let the resolver thread look again.
+		auto address = addresses_.find(destination);
+		if (address == addresses_.end() || !address->second.names.empty())
+			return;
+		rescan_ = true;
+	}
+	wake_.notify_all();
 }
 
 std::vector<NameStatus> TargetResolver::snapshot() const

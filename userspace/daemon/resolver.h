@@ -58,6 +58,23 @@ public:
 	void inherit(const std::vector<IpAddress> &addresses);
 	// Resolves on a thread: every name at once, then each on its TTL.
 	void start();
+
+	// A DNS answer the proxy saw for a capture host (`host` the question, `chain` the names
+	// followed): its addresses become targets at once, before the answer is released. Each is
+	// kept for the TTL (clamped to refresh_min/max), then `retain`, and while a connection to it
+	// lives. Journals `dns_capture` when something was added.
+	struct DnsWitness {
+		std::vector<std::pair<std::string, std::string>> fields; // CORDON_* of who asked, if known
+	};
+	struct Learned {
+		std::vector<IpAddress> added;
+		bool complete = true; // false: an address could not be written (a full map); not captured
+	};
+	Learned learn(const std::string &host, const std::vector<std::string> &chain,
+	              const std::vector<IpAddress> &addresses, uint32_t ttl, const DnsWitness &witness);
+	// Live connections to an address keep it captured past its TTL and retain time.
+	void connection_opened(const IpAddress &destination);
+	void connection_closed(const IpAddress &destination);
 	std::vector<NameStatus> snapshot() const;
 
 private:
@@ -69,11 +86,13 @@ private:
 	};
 	struct AddressState {
 		std::set<std::string> names;
+		// Last time a configured name resolved to it, or the end of a DNS answer's TTL.
 		Clock::time_point last_seen;
 	};
 
 	void refresh(const std::string &name, Clock::time_point now);
 	void expire(Clock::time_point now);
+	Clock::time_point next_expiry() const; // with mutex_ held
 	void run();
 
 	KernelPrograms &kernel_;
@@ -82,8 +101,10 @@ private:
 	mutable std::mutex mutex_;
 	std::condition_variable wake_;
 	bool stopping_ = false;
+	bool rescan_ = false; // a DNS answer added an address: recompute when to wake
 	std::map<std::string, NameState> names_;
 	std::map<IpAddress, AddressState> addresses_;
+	std::map<IpAddress, uint32_t> live_connections_;
 	std::thread thread_;
 };
 
