@@ -247,6 +247,8 @@ write_policy() { # file captured-ip port pin-dir socket state-dir mask-enabled [
 	  pin_dir: $4
 	  control_socket: $5
 	  state_dir: $6
+	  metrics_listen: "unix:$6/metrics.sock"
+	  dns_port: $(($3 + 100))
 	mask:
 	  enabled: $7
 	  replacement: "$MASK_REPLACEMENT"

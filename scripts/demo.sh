@@ -133,11 +133,11 @@ mkdir -p "$CG_MOUNT$CG/job" "$CG_MOUNT$CG/daemon"
 # cordond runs in the private mount namespace so it resolves Cursor's names as the job does.
 unshare --mount --propagation private sh -c \
 	"mount --bind '$WORK/hosts' /etc/hosts && exec '$BUILD/cordond' --config '$WORK/policy.yaml' --cgroup '$CG/daemon' \
-	 --pin-dir '$PIN_DIR' --control-socket '$SOCK' --state-dir '$WORK/state' \
+	 --pin-dir '$PIN_DIR' --control-socket '$SOCK' --state-dir '$WORK/state' --metrics-listen 'unix:$WORK/metrics.sock' \
 	 --upstream-ca '$WORK/certs/ca.pem' --descriptors '$BUILD/cursor.desc'" 2> "$WORK/cordond.log" & CORDOND_PID=$!
 for _ in $(seq 200); do ctl status >/dev/null 2>&1 && break; sleep 0.05; done
 ctl status >/dev/null || { cat "$WORK/cordond.log"; exit 1; }
-grep -v "^<7>" "$WORK/cordond.log" | sed 's/^<[0-9]>//; s/ CORDON_.*//' | head -n 4
+grep -v "^<7>" "$WORK/cordond.log" | sed 's/^<[0-9]>//; s/ CORDON_.*//' | sed -n "1,4p"
 
 # What `cordonctl ca install` does on a real host, done inside the job's private namespace: the OS
 # bundle gains cordon's CA and Node is pointed at it.
@@ -282,11 +282,11 @@ echo "(cordond pid $STOPPED has stopped; its programs are detached by the cleanu
 
 bold "the recording: cordonctl replay of the chat session"
 CHAT_CONN=$(journalctl --no-pager _PID="$STOPPED" CORDON_EVENT=request \
-	CORDON_RPC=aiserver.v1.ChatService/StreamUnifiedChatWithTools -o json | head -n 1 |
+	CORDON_RPC=aiserver.v1.ChatService/StreamUnifiedChatWithTools -o json | sed -n 1p |
 	node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>console.log(JSON.parse(s).CORDON_CONN))')
 echo "\$ cordonctl replay $CHAT_CONN"
 "$BUILD/cordonctl" --state-dir "$WORK/state" --descriptors "$BUILD/cursor.desc" replay "$CHAT_CONN" > "$WORK/replay.txt"
-cut -c1-200 "$WORK/replay.txt" | head -n 60
+sed -n "1,60p" "$WORK/replay.txt" | cut -c1-200
 echo "  ... ($(wc -l < "$WORK/replay.txt") lines in all)"
 if grep -rqa "$DEMO_AWS_KEY\|$DEMO_GITHUB_TOKEN\|$DEMO_CURSOR_KEY" "$WORK/state/recordings"; then
 	echo "demo: a secret reached the recordings; that must not happen" >&2
