@@ -248,6 +248,7 @@ write_policy() { # file captured-ip port pin-dir socket state-dir mask-enabled [
 	  control_socket: $5
 	  state_dir: $6
 	  metrics_listen: "unix:$6/metrics.sock"
+	  netns_listen: ""
 	  dns_port: $(($3 + 100))
 	mask:
 	  enabled: $7

@@ -36,6 +36,11 @@ const volatile __u64 cordond_cgroup_id = 0;
 const volatile __u32 dns_port_be = 0;
 /* While the proxy is not there: 0 refuses DNS (fail closed), 1 lets it go where it was sent. */
 const volatile __u32 dns_pass_when_down = 0;
+/* cordond's listener for jobs in other network namespaces: an IPv4 address local to the host
+ * (not loopback, which is each namespace's own) and a privileged port, so that only root can
+ * take it while cordond is down. 0: such jobs are refused. */
+const volatile __u32 netns_listen_ip4 = 0;
+const volatile __u32 netns_listen_port_be = 0;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
@@ -170,10 +175,13 @@ static __always_inline struct cordon_decision decide(struct bpf_sock_addr *ctx, 
 	facts.sk_mark = ctx->sk->mark;
 	facts.same_netns = bpf_get_netns_cookie(ctx) == host_netns_cookie;
 	facts.in_cordond_cgroup = cordond_cgroup_id != 0 && bpf_get_current_cgroup_id() == cordond_cgroup_id;
+	facts.netns_listener = netns_listen_ip4 != 0 && netns_listen_port_be != 0;
+	facts.ipv4 = cordon_addr_is_v4_mapped(addr);
 	d = cordon_decide_connect(&facts, upstream_mark);
 	/* A redirect is counted by the caller once it really happens (the listener check may
 	 * still refuse it). */
-	if (d.verdict != CORDON_VERDICT_REDIRECT && d.verdict != CORDON_VERDICT_DNS)
+	if (d.verdict != CORDON_VERDICT_REDIRECT && d.verdict != CORDON_VERDICT_DNS &&
+	    d.verdict != CORDON_VERDICT_REDIRECT_NETNS)
 		count(d.counter);
 	return d;
 }
@@ -249,6 +257,40 @@ static __always_inline int cordond_listening(struct bpf_sock_addr *ctx, int v6)
 	return cordond_listening_on(ctx, v6, (__u16)listen_port_be, 0);
 }
 
+/* Point the call at ip4 (IPv4, or v4-mapped on an IPv6 socket) or at cordond's IPv6 listener
+ * (v6), on port_be. One place for the three redirects: TCP, DNS, other namespaces. */
+static __always_inline void rewrite_destination(struct bpf_sock_addr *ctx, __u16 family, int v6, __u32 ip4,
+                                                __u32 port_be)
+{
+	if (family == AF_INET) {
+		ctx->user_ip4 = ip4;
+	} else if (!v6) {
+		ctx->user_ip6[0] = 0;
+		ctx->user_ip6[1] = 0;
+		ctx->user_ip6[2] = bpf_htonl(0x0000ffff);
+		ctx->user_ip6[3] = ip4;
+	} else {
+		ctx->user_ip6[0] = listen_ip6[0];
+		ctx->user_ip6[1] = listen_ip6[1];
+		ctx->user_ip6[2] = listen_ip6[2];
+		ctx->user_ip6[3] = listen_ip6[3];
+	}
+	ctx->user_port = port_be;
+}
+
+/* A job in another network namespace (a container): to cordond's host address, reached through
+ * the namespace's default route. The listener check above cannot see into cordond's namespace
+ * from here; the privileged port stands in for it (only root can listen there). IPv4 only: the
+ * decision refuses IPv6. */
+static __always_inline int redirect_netns(struct bpf_sock_addr *ctx, const __u8 addr[16], __u16 port, __u16 family)
+{
+	if (!remember_origin(ctx, addr, port, family, CORDON_SK_REDIRECTED))
+		return 0;
+	count(CORDON_CTR_REDIRECTED_NETNS);
+	rewrite_destination(ctx, family, 0, netns_listen_ip4, netns_listen_port_be);
+	return 1;
+}
+
 /* Send a DNS query to cordond's proxy (same family, or IPv4 for a v4-mapped destination). The
  * original resolver stays in the socket's storage for recvmsg and getpeername. As with TCP
  * capture, a proxy that is not there means refusal (fail closed): while cordond restarts,
@@ -272,20 +314,7 @@ static __always_inline int redirect_dns(struct bpf_sock_addr *ctx, const __u8 ad
 	if (!remember_origin(ctx, addr, port, family, flags))
 		return 0;
 	count(CORDON_CTR_DNS_REDIRECTED);
-	if (family == AF_INET) {
-		ctx->user_ip4 = listen_ip4;
-	} else if (!v6) {
-		ctx->user_ip6[0] = 0;
-		ctx->user_ip6[1] = 0;
-		ctx->user_ip6[2] = bpf_htonl(0x0000ffff);
-		ctx->user_ip6[3] = listen_ip4;
-	} else {
-		ctx->user_ip6[0] = listen_ip6[0];
-		ctx->user_ip6[1] = listen_ip6[1];
-		ctx->user_ip6[2] = listen_ip6[2];
-		ctx->user_ip6[3] = listen_ip6[3];
-	}
-	ctx->user_port = dns_port_be;
+	rewrite_destination(ctx, family, v6, listen_ip4, dns_port_be);
 	return 1;
 }
 
@@ -319,6 +348,8 @@ int cordon_connect4(struct bpf_sock_addr *ctx)
 		return 0;
 	if (d.verdict == CORDON_VERDICT_DNS)
 		return redirect_dns(ctx, addr, port, AF_INET, 1);
+	if (d.verdict == CORDON_VERDICT_REDIRECT_NETNS)
+		return redirect_netns(ctx, addr, port, AF_INET);
 	if (!cordond_listening(ctx, 0)) {
 		count(CORDON_CTR_REFUSED_NO_LISTENER);
 		return 0;
@@ -326,8 +357,7 @@ int cordon_connect4(struct bpf_sock_addr *ctx)
 	if (!remember_origin(ctx, addr, port, AF_INET, CORDON_SK_REDIRECTED))
 		return 0;
 	count(CORDON_CTR_REDIRECTED);
-	ctx->user_ip4 = listen_ip4;
-	ctx->user_port = listen_port_be;
+	rewrite_destination(ctx, AF_INET, 0, listen_ip4, listen_port_be);
 	return 1;
 }
 
@@ -353,7 +383,10 @@ int cordon_connect6(struct bpf_sock_addr *ctx)
 		return 0;
 	if (d.verdict == CORDON_VERDICT_DNS)
 		return redirect_dns(ctx, addr, port, AF_INET6, 1);
-	/* A v4-mapped destination goes to the IPv4 listener. */
+	if (d.verdict == CORDON_VERDICT_REDIRECT_NETNS)
+		return redirect_netns(ctx, addr, port, AF_INET6);
+	/* A v4-mapped destination (a dual-stack socket talking IPv4) goes to the IPv4 listener,
+	 * v4-mapped. */
 	if (!cordond_listening(ctx, !cordon_addr_is_v4_mapped(addr))) {
 		count(CORDON_CTR_REFUSED_NO_LISTENER);
 		return 0;
@@ -361,19 +394,7 @@ int cordon_connect6(struct bpf_sock_addr *ctx)
 	if (!remember_origin(ctx, addr, port, AF_INET6, CORDON_SK_REDIRECTED))
 		return 0;
 	count(CORDON_CTR_REDIRECTED);
-	if (cordon_addr_is_v4_mapped(addr)) {
-		/* A dual-stack socket talking IPv4: send it to the IPv4 listener, v4-mapped. */
-		ctx->user_ip6[0] = 0;
-		ctx->user_ip6[1] = 0;
-		ctx->user_ip6[2] = bpf_htonl(0x0000ffff);
-		ctx->user_ip6[3] = listen_ip4;
-	} else {
-		ctx->user_ip6[0] = listen_ip6[0];
-		ctx->user_ip6[1] = listen_ip6[1];
-		ctx->user_ip6[2] = listen_ip6[2];
-		ctx->user_ip6[3] = listen_ip6[3];
-	}
-	ctx->user_port = listen_port_be;
+	rewrite_destination(ctx, AF_INET6, !cordon_addr_is_v4_mapped(addr), listen_ip4, listen_port_be);
 	return 1;
 }
 

@@ -27,6 +27,9 @@ struct cordon_connect_facts {
 	__u8 same_netns;        /* the socket lives in cordond's network namespace */
 	__u8 in_cordond_cgroup; /* the caller is cordond itself (its own cgroup) */
 	__u8 strict_exempt;     /* in a strict-capture exempt range (and not a target) */
+	__u8 netns_listener;    /* cordond listens on a host address for other namespaces */
+	__u8 ipv4;              /* the destination is IPv4 (or v4-mapped) */
+	__u8 reserved[2];
 };
 
 enum cordon_verdict {
@@ -34,6 +37,9 @@ enum cordon_verdict {
 	CORDON_VERDICT_REDIRECT = 1, /* rewrite the destination to cordond's listener */
 	CORDON_VERDICT_REFUSE = 2,   /* fail the call with EPERM */
 	CORDON_VERDICT_DNS = 3,      /* rewrite the destination to cordond's DNS proxy */
+	/* From another network namespace (a container): rewrite to cordond's host address, which
+	 * the namespace reaches through its default route (veth + NAT). */
+	CORDON_VERDICT_REDIRECT_NETNS = 4,
 };
 
 struct cordon_decision {
@@ -109,15 +115,21 @@ CORDON_INLINE struct cordon_decision cordon_decide_connect(const struct cordon_c
 		d.counter = CORDON_CTR_UNENFORCED;
 		return d;
 	}
-	/* 127.0.0.1 in another namespace is not cordond's listener: refuse rather than leak. */
-	if (!f->same_netns) {
-		d.verdict = CORDON_VERDICT_REFUSE;
-		d.counter = CORDON_CTR_REFUSED_NETNS;
-		return d;
-	}
 	if (f->sock_type == CORDON_SOCK_DGRAM) {
 		d.verdict = CORDON_VERDICT_REFUSE;
-		d.counter = CORDON_CTR_REFUSED_QUIC;
+		d.counter = f->same_netns ? CORDON_CTR_REFUSED_QUIC : CORDON_CTR_REFUSED_NETNS;
+		return d;
+	}
+	/* 127.0.0.1 in another namespace is not cordond's listener. Its host address is, for IPv4;
+	 * without one (or for IPv6, which containers rarely route to the host) refuse, never leak. */
+	if (!f->same_netns) {
+		if (f->netns_listener && f->ipv4) {
+			d.verdict = CORDON_VERDICT_REDIRECT_NETNS;
+			d.counter = CORDON_CTR_REDIRECTED_NETNS;
+		} else {
+			d.verdict = CORDON_VERDICT_REFUSE;
+			d.counter = CORDON_CTR_REFUSED_NETNS;
+		}
 		return d;
 	}
 	d.verdict = CORDON_VERDICT_REDIRECT;

@@ -133,7 +133,7 @@ mkdir -p "$CG_MOUNT$CG/job" "$CG_MOUNT$CG/daemon"
 # cordond runs in the private mount namespace so it resolves Cursor's names as the job does.
 unshare --mount --propagation private sh -c \
 	"mount --bind '$WORK/hosts' /etc/hosts && exec '$BUILD/cordond' --config '$WORK/policy.yaml' --cgroup '$CG/daemon' \
-	 --pin-dir '$PIN_DIR' --control-socket '$SOCK' --state-dir '$WORK/state' --metrics-listen 'unix:$WORK/metrics.sock' \
+	 --pin-dir '$PIN_DIR' --control-socket '$SOCK' --state-dir '$WORK/state' --metrics-listen 'unix:$WORK/metrics.sock' --netns-listen '' \
 	 --upstream-ca '$WORK/certs/ca.pem' --descriptors '$BUILD/cursor.desc'" 2> "$WORK/cordond.log" & CORDOND_PID=$!
 for _ in $(seq 200); do ctl status >/dev/null 2>&1 && break; sleep 0.05; done
 ctl status >/dev/null || { cat "$WORK/cordond.log"; exit 1; }

@@ -57,6 +57,8 @@ std::string overrides_yaml(const po::variables_map &vm)
 		out << YAML::Key << "state_dir" << YAML::Value << vm["state-dir"].as<std::string>();
 	if (vm.count("metrics-listen"))
 		out << YAML::Key << "metrics_listen" << YAML::Value << vm["metrics-listen"].as<std::string>();
+	if (vm.count("netns-listen"))
+		out << YAML::Key << "netns_listen" << YAML::Value << vm["netns-listen"].as<std::string>();
 	out << YAML::EndMap << YAML::EndMap;
 	return out.c_str();
 }
@@ -82,6 +84,7 @@ int main(int argc, char **argv)
 		("control-socket", po::value<std::string>(), "control socket path (daemon.control_socket)")
 		("state-dir", po::value<std::string>(), "root-only state: the host CA (daemon.state_dir)")
 		("metrics-listen", po::value<std::string>(), "Prometheus metrics at unix:/PATH or IP:PORT; \"\" for none (daemon.metrics_listen)")
+		("netns-listen", po::value<std::string>(), "host IPv4:PORT (privileged port) for jobs in other network namespaces; \"\" refuses them (daemon.netns_listen)")
 		("upstream-ca", po::value<std::string>(), "verify Cursor against this PEM bundle instead of the system store (tls.upstream_ca_file)")
 		("descriptors", po::value<std::string>(), "Cursor's message descriptor set, for decoding (tls.descriptors)")
 		("log-level", po::value<std::string>()->default_value("info"), "debug, info, warning or error");

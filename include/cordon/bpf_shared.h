@@ -22,14 +22,15 @@ enum cordon_counter {
 	CORDON_CTR_EXEMPT = 1,               /* target destination, but cordond's own socket (mark/cgroup) */
 	CORDON_CTR_UNENFORCED = 2,           /* target destination from a cgroup outside the enforced scope */
 	CORDON_CTR_REFUSED_QUIC = 3,         /* UDP to a target on a refused port (QUIC) */
-	CORDON_CTR_REFUSED_NETNS = 4,        /* target destination from another network namespace */
+	CORDON_CTR_REFUSED_NETNS = 4,        /* from another network namespace, with no way to cordond (IPv6, off) */
 	CORDON_CTR_ORIGIN_LOST = 5,          /* a redirect whose origin could not be stored/published */
 	CORDON_CTR_PEER_REWRITTEN = 6,       /* getpeername answered with the original destination */
 	CORDON_CTR_LOOKUP_MISSED = 7,        /* written by cordond: accepted connection with no origin */
 	CORDON_CTR_REFUSED_NO_LISTENER = 8,  /* redirect refused: cordond's own listener is not there */
 	CORDON_CTR_DNS_REDIRECTED = 9,       /* a DNS query (UDP or TCP port 53) sent to cordond's DNS proxy */
 	CORDON_CTR_DNS_REPLY_REWRITTEN = 10, /* a DNS answer's source shown as the resolver the job asked */
-	CORDON_CTR__COUNT = 11,
+	CORDON_CTR_REDIRECTED_NETNS = 11,    /* like REDIRECTED, from another network namespace (a container) */
+	CORDON_CTR__COUNT = 12,
 };
 
 /* Values of the `cgroup_scope` map (cgroup id -> scope). The deepest listed ancestor decides. */

@@ -37,6 +37,11 @@ def cgroup2_mount():
     raise RuntimeError("no cgroup2 mount: cordon needs the unified hierarchy")
 
 
+def cordon_addresses():
+    out = subprocess.run(["ip", "-4", "-o", "addr", "show", "dev", "lo"], capture_output=True, text=True).stdout
+    return {line.split()[3] + " on lo" for line in out.splitlines() if " lo:cdn" in line}
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _root_and_build():
     if os.geteuid() != 0:
@@ -47,6 +52,7 @@ def _root_and_build():
     # cordond's production defaults live here; tests must point every path elsewhere.
     host_paths = [pathlib.Path(p) for p in ("/run/cordon", "/var/lib/cordon", "/sys/fs/bpf/cordon")]
     existed = {p for p in host_paths if p.exists()}
+    addresses_before = cordon_addresses()
     yield
     leftovers = [p for p in host_paths if p.exists() and p not in existed]
     # Nothing of ours may outlive the session.
@@ -54,6 +60,8 @@ def _root_and_build():
     leftovers += [p for p in cgroup2_mount().glob("cordon-it-*")]
     netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     leftovers += [line.split()[0] for line in netns.splitlines() if line.startswith("cordon-it-")]
+    # The host address a cordond puts on lo for containers (daemon.netns_listen).
+    leftovers += sorted(cordon_addresses() - addresses_before)
     assert not leftovers, f"tests left these behind: {leftovers}"
 
 
@@ -197,7 +205,7 @@ _port = [15600 + (os.getpid() % 500) * 4]
 
 class Cordond:
     def __init__(self, cgroups, tmp, targets, ports=(80,), quic_ports=(443,), extra_yaml="", args=(), tls_yaml=None,
-                 hosts=(), exempt=(), prefix=(), env=None, capture_yaml="", metrics_listen=None):
+                 hosts=(), exempt=(), prefix=(), env=None, capture_yaml="", metrics_listen=None, netns_listen=""):
         # Two ports per instance: the relay's listener and the DNS proxy's.
         _port[0] += 2
         self.cgroups = cgroups
@@ -230,6 +238,8 @@ class Cordond:
             f"  state_dir: {self.state_dir}\n"
             # Never the host's /run/cordon: a test leaves nothing behind, and runs side by side.
             f"  metrics_listen: \"{metrics_listen if metrics_listen is not None else 'unix:' + str(tmp / 'metrics.sock')}\"\n"
+            # Off unless a test asks: it would put an address on the host's lo.
+            f"  netns_listen: \"{netns_listen}\"\n"
             + extra_yaml)
         self.args = list(args)
         self.prefix = list(prefix)  # e.g. setpriv with the unit's capabilities

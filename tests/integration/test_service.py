@@ -163,8 +163,12 @@ def sandboxed(tmp_path, d_state_parent):
 def test_cordond_does_its_job_with_only_the_units_privileges(cgroups, cordond, standin, work, tmp_path, journal):
     prefix = sandboxed(tmp_path, tmp_path)
     # `sandboxed` ends in: setpriv ... -- unit_sandbox.py UNIT: the Cordond fixture appends the binary.
+    # With the listener for containers: a privileged port, and an address put on lo over netlink
+    # (removed again by the fixture's detach).
     d = cordond(CAPTURED, ports=(443,), hosts=INTERCEPT_HOSTS,
-                tls_yaml=tls_yaml(work, extra=f"  descriptors: {work / 'cursor.desc'}\n"), prefix=prefix)
+                tls_yaml=tls_yaml(work, extra=f"  descriptors: {work / 'cursor.desc'}\n"), prefix=prefix,
+                netns_listen="169.254.77.161:1023")
+    assert "169.254.77.161:1023" in d.log_text()                         # CAP_NET_BIND_SERVICE
     status = open(f"/proc/{d.pid}/status").read()
     # The process that runs is cordond itself (setpriv and bash exec'd into it), so its
     # capabilities are the bounding set's and nothing more.

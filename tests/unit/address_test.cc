@@ -1,6 +1,7 @@
 #include <gtest/gtest.h>
 
 #include "common/address.h"
+#include "common/local_address.h"
 
 using namespace cordon;
 
@@ -79,4 +80,13 @@ TEST(Cidr, RejectsTyposInsteadOfGuessing)
 	EXPECT_FALSE(Cidr::parse("10.0.0.0/"));
 	EXPECT_FALSE(Cidr::parse("10.0.0.0/x"));
 	EXPECT_FALSE(Cidr::parse("::/129"));
+}
+
+TEST(LocalAddressLabel, StablePerInstanceAndFitsAnInterfaceLabel)
+{
+	const std::string label = cordon::local_address_label("/sys/fs/bpf/cordon");
+	EXPECT_EQ(label, cordon::local_address_label("/sys/fs/bpf/cordon"));
+	EXPECT_NE(label, cordon::local_address_label("/sys/fs/bpf/cordon-test"));
+	EXPECT_EQ(label.rfind("lo:cdn", 0), 0u); // a label on lo must start with "lo"
+	EXPECT_LT(label.size(), 16u);            // IFNAMSIZ, with its terminating NUL
 }

@@ -161,6 +161,46 @@ TEST(Decide, ForeignNetnsIsRefused)
 	EXPECT_EQ(d.counter, CORDON_CTR_REFUSED_NETNS);
 }
 
+TEST(Decide, ForeignNetnsGoesToTheHostListenerWhenThereIsOne)
+{
+	// A container (veth + NAT) reaches cordond's host address through its default route.
+	auto f = tcp_to_target();
+	f.same_netns = 0;
+	f.netns_listener = 1;
+	f.ipv4 = 1;
+	auto d = cordon_decide_connect(&f, kMark);
+	EXPECT_EQ(d.verdict, CORDON_VERDICT_REDIRECT_NETNS);
+	EXPECT_EQ(d.counter, CORDON_CTR_REDIRECTED_NETNS);
+	// Strict capture too: any address on a captured port.
+	f.is_target = 0;
+	f.port_flags |= CORDON_PORT_ALL_DESTINATIONS;
+	EXPECT_EQ(cordon_decide_connect(&f, kMark).verdict, CORDON_VERDICT_REDIRECT_NETNS);
+	// The same namespace keeps the loopback listener.
+	f.same_netns = 1;
+	EXPECT_EQ(cordon_decide_connect(&f, kMark).verdict, CORDON_VERDICT_REDIRECT);
+}
+
+TEST(Decide, ForeignNetnsIpv6OrUdpIsStillRefused)
+{
+	auto f = tcp_to_target();
+	f.same_netns = 0;
+	f.netns_listener = 1;
+	f.ipv4 = 0; // the host listener is IPv4: an IPv6 destination has no way there
+	auto d = cordon_decide_connect(&f, kMark);
+	EXPECT_EQ(d.verdict, CORDON_VERDICT_REFUSE);
+	EXPECT_EQ(d.counter, CORDON_CTR_REFUSED_NETNS);
+	f.ipv4 = 1;
+	f.sock_type = CORDON_SOCK_DGRAM; // QUIC from a container
+	d = cordon_decide_connect(&f, kMark);
+	EXPECT_EQ(d.verdict, CORDON_VERDICT_REFUSE);
+	EXPECT_EQ(d.counter, CORDON_CTR_REFUSED_NETNS);
+	// A mark set inside the container never exempts it.
+	f.sock_type = CORDON_SOCK_STREAM;
+	f.sk_mark = kMark;
+	f.in_cordond_cgroup = 1;
+	EXPECT_EQ(cordon_decide_connect(&f, kMark).verdict, CORDON_VERDICT_REDIRECT_NETNS);
+}
+
 TEST(Decide, UdpToQuicPortOfTargetIsRefused)
 {
 	auto f = tcp_to_target();

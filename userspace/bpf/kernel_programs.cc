@@ -17,6 +17,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "common/local_address.h"
 #include "common/log.h"
 #include "cordon.skel.h"
 
@@ -123,6 +124,8 @@ const char *counter_name(int counter)
 		return "refused_no_listener";
 	case CORDON_CTR_DNS_REDIRECTED:
 		return "dns_redirected";
+	case CORDON_CTR_REDIRECTED_NETNS:
+		return "redirected_netns";
 	case CORDON_CTR_DNS_REPLY_REWRITTEN:
 		return "dns_reply_rewritten";
 	default:
@@ -176,6 +179,10 @@ Result<std::unique_ptr<KernelPrograms>> KernelPrograms::attach(const KernelSetti
 	ro->cordond_cgroup_id = s.cgroup_id;
 	ro->dns_port_be = htons(s.dns_port);
 	ro->dns_pass_when_down = s.dns_pass_when_down ? 1 : 0;
+	if (s.netns_listen.port != 0) {
+		ro->netns_listen_ip4 = s.netns_listen.ip.v4_be();
+		ro->netns_listen_port_be = htons(s.netns_listen.port);
+	}
 
 	// Adopt the maps the previous cordond pinned, when every one of them still fits: the
 	// origins of connections in flight, the targets and the counters carry over.
@@ -493,10 +500,24 @@ Result<PinnedState> read_pinned_state(const std::string &pin_dir)
 	return state;
 }
 
+namespace {
+
+// The host address for other namespaces goes last: while a program still redirects there, the
+// address must stay local, or a container's connection would be routed out of the host.
+Status remove_netns_address(const std::string &pin_dir)
+{
+	auto removed = remove_local_addresses(local_address_label(pin_dir));
+	if (!removed)
+		return removed.error();
+	return {};
+}
+
+} // namespace
+
 Status detach_pinned(const std::string &pin_dir)
 {
 	if (!exists(pin_dir))
-		return {};
+		return remove_netns_address(pin_dir);
 	for (const char *name : kLinkNames) {
 		std::string pin = link_pin(pin_dir, name);
 		if (!exists(pin))
@@ -516,7 +537,7 @@ Status detach_pinned(const std::string &pin_dir)
 	}
 	if (::rmdir(pin_dir.c_str()) != 0 && errno != ENOENT)
 		return system_error("remove " + pin_dir + " (does it hold files cordon did not create?)");
-	return {};
+	return remove_netns_address(pin_dir);
 }
 
 } // namespace cordon

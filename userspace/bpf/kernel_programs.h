@@ -33,7 +33,9 @@ struct KernelSettings {
 	bool dns_pass_when_down = false; // DNS goes straight to its resolver while the proxy is away
 	uint32_t upstream_mark = 0;
 	uint64_t netns_cookie = 0; // cordond's network namespace
-	uint64_t cgroup_id = 0;    // cordond's own cgroup: with the mark, it exempts upstream sockets
+	// cordond's host address for jobs in other network namespaces (port 0: they are refused).
+	SocketAddress netns_listen;
+	uint64_t cgroup_id = 0; // cordond's own cgroup: with the mark, it exempts upstream sockets
 	std::string pin_dir;
 	std::string cgroup_mount; // cgroup2 root the programs attach to
 };

@@ -1,5 +1,6 @@
 #include "config/policy.h"
 
+#include <arpa/inet.h>
 #include <google/protobuf/descriptor.h>
 #include <google/protobuf/message.h>
 #include <re2/re2.h>
@@ -217,6 +218,22 @@ const std::map<std::string, Validator> &validators()
 		     if (!endpoint)
 			     return endpoint.error();
 		     return endpoint->to_string();
+	     }},
+	    {"cordon.config.Daemon.netns_listen",
+	     [](const std::string &v) -> Result<std::string> {
+		     if (v.empty())
+			     return v; // jobs in other network namespaces are refused
+		     auto a = SocketAddress::parse(v);
+		     if (!a || !a->ip.is_v4() || a->ip.is_loopback() || a->ip.v4_be() == 0 ||
+		         (ntohl(a->ip.v4_be()) >> 28) >= 14)
+			     return plain_error("'" + v +
+			                        "' is not a unicast, non-loopback IPv4 address and port "
+			                        "(\"169.254.77.77:1023\")");
+		     if (a->port == 0 || a->port >= 1024)
+			     return plain_error("'" + v +
+			                        "': the port must be privileged (1-1023), so that no job can listen "
+			                        "there while cordond is down");
+		     return a->to_string();
 	     }},
 	    {"cordon.config.MaskRule.id", check_rule_id},
 	    {"cordon.config.MaskRule.regex", check_rule_regex},
@@ -514,6 +531,9 @@ Status check_whole(const config::Policy &p, const std::string &source)
 			return plain_error(source + ": identity issuer '" + i.name() +
 			                   "' needs audiences (the aud its tokens must carry for cordon)");
 	}
+	if (!p.daemon().netns_listen().empty() &&
+	    SocketAddress::parse(p.daemon().netns_listen())->ip == *IpAddress::parse(p.daemon().listen_ipv4()))
+		return plain_error(source + ": daemon.netns_listen must be another address than daemon.listen_ipv4");
 	if (p.capture().dns_proxy() && p.daemon().dns_port() == p.daemon().listen_port())
 		return plain_error(source + ": daemon.dns_port must differ from daemon.listen_port");
 	if (p.capture().refresh_min_seconds() > p.capture().refresh_max_seconds())

@@ -20,6 +20,7 @@
 #include "bpf/kernel_programs.h"
 #include "common/cgroup.h"
 #include "common/host_pattern.h"
+#include "common/local_address.h"
 #include "common/log.h"
 #include "config/policy.h"
 #include "daemon/approvals.h"
@@ -707,10 +708,24 @@ Status run_daemon(const DaemonOptions &options)
 	ks.cgroup_id = *own_id;
 	ks.pin_dir = p.daemon().pin_dir();
 	ks.cgroup_mount = hierarchy->mount_point();
+	if (!p.daemon().netns_listen().empty()) {
+		ks.netns_listen = *SocketAddress::parse(p.daemon().netns_listen());
+		// Local before any program redirects there: an address that is not local would send a
+		// container's connection out through the host's default route instead.
+		if (Status st = add_local_address(ks.netns_listen.ip, local_address_label(ks.pin_dir)); !st)
+			return plain_error("daemon.netns_listen: " + st.error().message());
+	}
 	auto kernel = KernelPrograms::attach(ks);
 	if (!kernel)
 		return kernel.error();
 	KernelPrograms &kp = **kernel;
+	// The programs now redirect only to this policy's address: one a previous policy named goes.
+	if (auto stale = local_addresses(local_address_label(ks.pin_dir)); stale) {
+		for (const IpAddress &ip : *stale)
+			if (ks.netns_listen.port == 0 || ip != ks.netns_listen.ip)
+				if (Status st = remove_local_address(ip); !st)
+					log::warning("daemon.netns_listen: " + st.error().message());
+	}
 
 	Journal journal;
 	{
@@ -812,6 +827,8 @@ Status run_daemon(const DaemonOptions &options)
 	DaemonMetrics metrics; // outlives the relay, which counts into it
 	RelaySettings rs;
 	rs.listen = {SocketAddress{ks.listen_ipv4, ks.listen_port}, SocketAddress{ks.listen_ipv6, ks.listen_port}};
+	if (ks.netns_listen.port != 0)
+		rs.listen.push_back(ks.netns_listen);
 	rs.upstream_mark = ks.upstream_mark;
 	rs.connect_timeout = std::chrono::milliseconds(p.daemon().connect_timeout_ms());
 	rs.idle_timeout = std::chrono::seconds(p.daemon().idle_timeout_seconds());

@@ -1,0 +1,200 @@
+"""Jobs in their own network namespace: a container on a veth pair, as docker's bridge runs it.
+
+The "host" here is a network namespace the test creates (H): cordond, the upstream standing in
+for Cursor's address (10.77.160.10 on H's loopback) and the veth's host end live there, so the
+real host's interfaces and addresses are never touched. The container (C) has only its loopback
+and eth0 (10.77.161.2/30), with its default route via H (10.77.161.1), as a docker container
+has. Without cordon the container reaches the upstream through that route; with cordon its
+captured connections are redirected to cordond's host address (daemon.netns_listen), which
+cordond puts on H's `lo` and `cordonctl detach` removes.
+
+Docker also masquerades the bridge's traffic on its way out of the host. That NAT does not touch
+these connections: they are delivered locally, to cordond, before any POSTROUTING rule.
+"""
+import contextlib
+import ctypes
+import json
+import os
+import socket
+import struct
+import subprocess
+import time
+
+import pytest
+
+from conftest import CLIENT, CORDONCTL, PYTHON
+
+CLONE_NEWNET = 0x40000000
+SO_NETNS_COOKIE = 71
+CURSOR_IP = "10.77.160.10"
+NETNS_LISTEN_IP = "169.254.77.160"
+NETNS_LISTEN = f"{NETNS_LISTEN_IP}:1023"
+JOB_UID = 65534
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+@contextlib.contextmanager
+def inside(netns):
+    """Run the calling thread in network namespace `netns` (sockets made here stay there)."""
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    target = os.open(f"/run/netns/{netns}", os.O_RDONLY)
+    try:
+        if _libc.setns(target, CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), "setns")
+        yield
+    finally:
+        if _libc.setns(own, CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), "setns back")
+        os.close(own)
+        os.close(target)
+
+
+def netns_cookie(netns):
+    with inside(netns):
+        with socket.socket() as s:
+            return struct.unpack("Q", s.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8))[0]
+
+
+def sh(*argv):
+    subprocess.run(argv, check=True, capture_output=True, text=True)
+
+
+@pytest.fixture
+def host_and_container(cgroups):
+    host, container = f"{cgroups.name}-h", f"{cgroups.name}-c"
+    try:
+        sh("ip", "netns", "add", host)
+        sh("ip", "netns", "add", container)
+        sh("ip", "-n", host, "link", "set", "lo", "up")
+        sh("ip", "-n", host, "addr", "add", f"{CURSOR_IP}/32", "dev", "lo")
+        sh("ip", "-n", host, "link", "add", "veth0", "type", "veth", "peer", "name", "eth0", "netns", container)
+        sh("ip", "-n", host, "addr", "add", "10.77.161.1/30", "dev", "veth0")
+        sh("ip", "-n", host, "link", "set", "veth0", "up")
+        sh("ip", "-n", container, "link", "set", "lo", "up")
+        sh("ip", "-n", container, "addr", "add", "10.77.161.2/30", "dev", "eth0")
+        sh("ip", "-n", container, "link", "set", "eth0", "up")
+        sh("ip", "-n", container, "route", "add", "default", "via", "10.77.161.1")
+        yield host, container
+    finally:
+        subprocess.run(["ip", "netns", "del", container], capture_output=True)
+        subprocess.run(["ip", "netns", "del", host], capture_output=True)
+
+
+def in_container(cgroups, child, container, *args, check=True):
+    """client.py as the job user, in cgroup `child`, inside the container's network namespace."""
+    r = cgroups.run(child, ["nsenter", f"--net=/run/netns/{container}", "setpriv", f"--reuid={JOB_UID}",
+                            f"--regid={JOB_UID}", "--clear-groups", "--", PYTHON, str(CLIENT),
+                            *map(str, args)], check=check)
+    return json.loads(r.stdout)
+
+
+def labelled_addresses(netns):
+    out = subprocess.run(["ip", "-n", netns, "-4", "-o", "addr", "show", "dev", "lo"], capture_output=True,
+                         text=True, check=True).stdout
+    return [line.split()[3] for line in out.splitlines() if " lo:cdn" in line]
+
+
+def start_in_host(cordond, host, **kwargs):
+    return cordond([f"{CURSOR_IP}/32"], prefix=["nsenter", f"--net=/run/netns/{host}"],
+                   netns_listen=NETNS_LISTEN, **kwargs)
+
+
+def test_a_containers_connection_is_redirected_identified_and_relayed(cgroups, cordond, upstream, journal,
+                                                                       host_and_container):
+    host, container = host_and_container
+    with inside(host):
+        server = upstream(CURSOR_IP, 80)
+    # Without cordon the container reaches "Cursor" through its default route: the path a job
+    # would take around a cordon that ignored containers.
+    direct = in_container(cgroups, "other", container, "peer", CURSOR_IP, 80)
+    assert direct["reply"] == "ping\n" and server.peers[-1][0] == "10.77.161.2"
+
+    d = start_in_host(cordond, host)
+    assert labelled_addresses(host) == [f"{NETNS_LISTEN_IP}/32"]
+    os.mkdir(cgroups.base / "job" / ("docker-" + "c0" * 32 + ".scope"))
+    scope = "job/docker-" + "c0" * 32 + ".scope"
+    res = in_container(cgroups, scope, container, "peer", CURSOR_IP, 80)
+    # The job sees the peer it asked for and its bytes come back.
+    assert res["peer"] == [CURSOR_IP, 80] and res["reply"] == "ping\n"
+    closed = journal.wait_for(d.pid, CORDON_EVENT="connection_close")
+    assert closed, d.log_text()
+    e = closed[0]
+    assert e["CORDON_DST"] == f"{CURSOR_IP}:80" and e["CORDON_RESULT"] == "ok"
+    assert e["CORDON_PID"] == str(res["pid"]) and e["CORDON_UID"] == str(JOB_UID)
+    assert e["CORDON_CONTAINER"] == "c0" * 32
+    assert e["CORDON_NETNS_COOKIE"] == str(netns_cookie(container)) != str(netns_cookie(host))
+    # The upstream saw cordond (its upstream socket in H), never the container.
+    assert len(server.peers) == 2
+    assert f"{server.peers[-1][0]}:{server.peers[-1][1]}" == e["CORDON_UPSTREAM_LOCAL"]
+    counters = d.status()["counters"]
+    assert counters["redirected_netns"] == 1 and counters["refused_netns"] == 0
+
+
+def test_a_container_cannot_go_around_and_is_refused_while_cordond_is_down(cgroups, cordond, upstream, journal,
+                                                                            host_and_container):
+    host, container = host_and_container
+    with inside(host):
+        server = upstream(CURSOR_IP, 80)
+    d = start_in_host(cordond, host)
+    # QUIC to a target: refused outright.
+    assert in_container(cgroups, "job", container, "udp", CURSOR_IP, 443) == {"connect": "EPERM",
+                                                                              "sendto": "EPERM"}
+    # The job's own loopback is its own (it is not the host's and not a target).
+    d.stop()
+    # The gap: the address stays on lo, nothing listens on the privileged port, the connection is
+    # refused by the host and nothing reaches the upstream.
+    assert labelled_addresses(host) == [f"{NETNS_LISTEN_IP}/32"]
+    gap = in_container(cgroups, "job", container, "connect-only", CURSOR_IP, 80)
+    assert gap == {"connected": False, "errno": "ECONNREFUSED"}
+    assert server.peers == []
+    # An unprivileged job in H cannot take cordond's place on the privileged port.
+    r = cgroups.run("other", ["nsenter", f"--net=/run/netns/{host}", "setpriv", f"--reuid={JOB_UID}",
+                              f"--regid={JOB_UID}", "--clear-groups", "--", PYTHON, "-c",
+                              "import socket\ns=socket.socket()\n"
+                              f"try:\n s.bind(('{NETNS_LISTEN_IP}',1023));print('bound')\n"
+                              "except PermissionError:\n print('refused')\n"])
+    assert r.stdout.strip() == "refused"
+    # cordond returns, adopts its pins, and the container is relayed again.
+    d.start()
+    res = in_container(cgroups, "job", container, "peer", CURSOR_IP, 80)
+    assert res["peer"] == [CURSOR_IP, 80] and res["reply"] == "ping\n"
+    assert len(server.peers) == 1
+    # A new policy moves the address: the old one goes once the programs point at the new one.
+    d.stop()
+    d.policy.write_text(d.policy.read_text().replace(NETNS_LISTEN, "169.254.77.162:1023"))
+    d.start()
+    assert labelled_addresses(host) == ["169.254.77.162/32"]
+    res = in_container(cgroups, "job", container, "peer", CURSOR_IP, 80)
+    assert res["reply"] == "ping\n" and len(server.peers) == 2
+    # A deliberate detach removes the address with the programs.
+    d.stop()
+    subprocess.run(["nsenter", f"--net=/run/netns/{host}", str(CORDONCTL), "--pin-dir", d.pin_dir, "detach"],
+                   check=True, capture_output=True)
+    assert labelled_addresses(host) == []
+
+
+def test_without_a_netns_listener_containers_are_refused(cgroups, cordond, upstream, host_and_container):
+    host, container = host_and_container
+    with inside(host):
+        server = upstream(CURSOR_IP, 80)
+    d = cordond([f"{CURSOR_IP}/32"], prefix=["nsenter", f"--net=/run/netns/{host}"], netns_listen="")
+    assert labelled_addresses(host) == []
+    res = in_container(cgroups, "job", container, "connect-only", CURSOR_IP, 80)
+    assert res == {"connected": False, "errno": "EPERM"}
+    assert server.peers == [] and d.status()["counters"]["refused_netns"] == 1
+
+
+@pytest.mark.parametrize("value,why", [
+    ("127.0.0.2:1023", "not a unicast, non-loopback IPv4"),
+    ("[fd00::1]:1023", "not a unicast, non-loopback IPv4"),
+    ("169.254.77.77:8443", "the port must be privileged"),
+    ("169.254.77.77", "not a unicast, non-loopback IPv4"),
+])
+def test_a_bad_netns_listen_is_a_clear_error(tmp_path, value, why):
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(f"daemon:\n  netns_listen: \"{value}\"\n")
+    from conftest import CORDOND
+    r = subprocess.run([str(CORDOND), "--check-config", "--config", str(policy)], capture_output=True, text=True)
+    assert r.returncode != 0
+    assert f"{policy}:2:" in r.stderr and why in r.stderr, r.stderr

@@ -1,0 +1,217 @@
+#include "common/local_address.h"
+
+#include <linux/if_addr.h>
+#include <linux/netlink.h>
+#include <linux/rtnetlink.h>
+#include <net/if.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <array>
+#include <cstring>
+#include <functional>
+
+#include "common/unique_fd.h"
+
+namespace cordon {
+namespace {
+
+constexpr const char *kLoopback = "lo";
+
+// One rtnetlink request with room for an ifaddrmsg and its attributes.
+struct AddressRequest {
+	nlmsghdr header;
+	ifaddrmsg address;
+	std::array<char, 256> attributes;
+};
+
+void add_attribute(AddressRequest &req, unsigned short type, const void *data, size_t size)
+{
+	auto *rta = reinterpret_cast<rtattr *>(reinterpret_cast<char *>(&req) + NLMSG_ALIGN(req.header.nlmsg_len));
+	rta->rta_type = type;
+	rta->rta_len = static_cast<unsigned short>(RTA_LENGTH(size));
+	std::memcpy(RTA_DATA(rta), data, size);
+	req.header.nlmsg_len = NLMSG_ALIGN(req.header.nlmsg_len) + RTA_ALIGN(rta->rta_len);
+}
+
+Result<UniqueFd> open_route_socket()
+{
+	UniqueFd fd(::socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE));
+	if (!fd)
+		return system_error("open rtnetlink socket");
+	sockaddr_nl local{};
+	local.nl_family = AF_NETLINK;
+	if (::bind(fd.get(), reinterpret_cast<sockaddr *>(&local), sizeof(local)) != 0)
+		return system_error("bind rtnetlink socket");
+	return fd;
+}
+
+// Sends one request and reads answers until the kernel's ACK/error (or a dump's end). Every
+// RTM_NEWADDR in a dump goes to on_address.
+Status transact(int fd, const nlmsghdr &request, const std::string &what,
+                const std::function<void(const nlmsghdr &)> &on_address = {})
+{
+	sockaddr_nl kernel{};
+	kernel.nl_family = AF_NETLINK;
+	if (::sendto(fd, &request, request.nlmsg_len, 0, reinterpret_cast<sockaddr *>(&kernel), sizeof(kernel)) < 0)
+		return system_error(what);
+	alignas(nlmsghdr) std::array<char, 32768> buffer;
+	for (;;) {
+		ssize_t n = ::recv(fd, buffer.data(), buffer.size(), 0);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return system_error(what + ": reading the kernel's answer");
+		}
+		auto remaining = static_cast<int>(n);
+		for (auto *h = reinterpret_cast<nlmsghdr *>(buffer.data()); NLMSG_OK(h, remaining);
+		     h = NLMSG_NEXT(h, remaining)) {
+			if (h->nlmsg_seq != request.nlmsg_seq)
+				continue;
+			if (h->nlmsg_type == NLMSG_DONE)
+				return {};
+			if (h->nlmsg_type == NLMSG_ERROR) {
+				const auto *err = static_cast<const nlmsgerr *>(NLMSG_DATA(h));
+				if (err->error == 0)
+					return {};
+				return system_error(what, -err->error);
+			}
+			if (h->nlmsg_type == RTM_NEWADDR && on_address)
+				on_address(*h);
+		}
+	}
+}
+
+Result<int> loopback_index()
+{
+	unsigned index = ::if_nametoindex(kLoopback);
+	if (index == 0)
+		return system_error("find interface lo");
+	return static_cast<int>(index);
+}
+
+} // namespace
+
+std::string local_address_label(const std::string &pin_dir)
+{
+	// FNV-1a of the pin directory: short, stable, and different per instance.
+	uint32_t hash = 2166136261u;
+	for (unsigned char c : pin_dir) {
+		hash ^= c;
+		hash *= 16777619u;
+	}
+	char label[IFNAMSIZ];
+	std::snprintf(label, sizeof(label), "lo:cdn%06x", hash & 0xffffffu);
+	return label;
+}
+
+Status add_local_address(const IpAddress &ip, const std::string &label)
+{
+	if (!ip.is_v4())
+		return plain_error("add " + ip.to_string() + " to lo: only IPv4 is supported");
+	if (label.size() >= IFNAMSIZ)
+		return plain_error("address label '" + label + "' is too long");
+	auto index = loopback_index();
+	if (!index)
+		return index.error();
+	auto fd = open_route_socket();
+	if (!fd)
+		return fd.error();
+	AddressRequest req{};
+	req.header.nlmsg_len = NLMSG_LENGTH(sizeof(ifaddrmsg));
+	req.header.nlmsg_type = RTM_NEWADDR;
+	req.header.nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL;
+	req.header.nlmsg_seq = 1;
+	req.address.ifa_family = AF_INET;
+	req.address.ifa_prefixlen = 32;
+	req.address.ifa_scope = RT_SCOPE_HOST;
+	req.address.ifa_index = static_cast<unsigned>(*index);
+	const uint32_t v4 = ip.v4_be();
+	add_attribute(req, IFA_LOCAL, &v4, sizeof(v4));
+	add_attribute(req, IFA_ADDRESS, &v4, sizeof(v4));
+	add_attribute(req, IFA_LABEL, label.c_str(), label.size() + 1);
+	Status st = transact(fd->get(), req.header, "add " + ip.to_string() + "/32 to lo");
+	if (!st && st.error().code == EEXIST)
+		return {};
+	return st;
+}
+
+Result<std::vector<IpAddress>> local_addresses(const std::string &label)
+{
+	auto index = loopback_index();
+	if (!index)
+		return index.error();
+	auto fd = open_route_socket();
+	if (!fd)
+		return fd.error();
+	AddressRequest req{};
+	req.header.nlmsg_len = NLMSG_LENGTH(sizeof(ifaddrmsg));
+	req.header.nlmsg_type = RTM_GETADDR;
+	req.header.nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
+	req.header.nlmsg_seq = 2;
+	req.address.ifa_family = AF_INET;
+	std::vector<IpAddress> found;
+	Status st = transact(fd->get(), req.header, "list the addresses of lo", [&](const nlmsghdr &h) {
+		const auto *ifa = static_cast<const ifaddrmsg *>(NLMSG_DATA(&h));
+		if (static_cast<int>(ifa->ifa_index) != *index || ifa->ifa_family != AF_INET)
+			return;
+		int length = static_cast<int>(IFA_PAYLOAD(&h));
+		bool labelled = false;
+		uint32_t local = 0;
+		bool have_local = false;
+		for (auto *rta = IFA_RTA(ifa); RTA_OK(rta, length); rta = RTA_NEXT(rta, length)) {
+			if (rta->rta_type == IFA_LABEL) {
+				const auto *text = static_cast<const char *>(RTA_DATA(rta));
+				labelled = std::string(text, ::strnlen(text, RTA_PAYLOAD(rta))) == label;
+			}
+			if (rta->rta_type == IFA_LOCAL && RTA_PAYLOAD(rta) == sizeof(local)) {
+				std::memcpy(&local, RTA_DATA(rta), sizeof(local));
+				have_local = true;
+			}
+		}
+		if (labelled && have_local)
+			found.push_back(IpAddress::from_v4(local));
+	});
+	if (!st)
+		return st.error();
+	return found;
+}
+
+Status remove_local_address(const IpAddress &ip)
+{
+	if (!ip.is_v4())
+		return plain_error("remove " + ip.to_string() + " from lo: only IPv4 is supported");
+	auto index = loopback_index();
+	if (!index)
+		return index.error();
+	auto fd = open_route_socket();
+	if (!fd)
+		return fd.error();
+	AddressRequest req{};
+	req.header.nlmsg_len = NLMSG_LENGTH(sizeof(ifaddrmsg));
+	req.header.nlmsg_type = RTM_DELADDR;
+	req.header.nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK;
+	req.header.nlmsg_seq = 3;
+	req.address.ifa_family = AF_INET;
+	req.address.ifa_prefixlen = 32;
+	req.address.ifa_index = static_cast<unsigned>(*index);
+	const uint32_t v4 = ip.v4_be();
+	add_attribute(req, IFA_LOCAL, &v4, sizeof(v4));
+	Status st = transact(fd->get(), req.header, "remove " + ip.to_string() + " from lo");
+	if (!st && st.error().code == EADDRNOTAVAIL)
+		return {};
+	return st;
+}
+
+Result<size_t> remove_local_addresses(const std::string &label)
+{
+	auto addresses = local_addresses(label);
+	if (!addresses)
+		return addresses.error();
+	for (const IpAddress &ip : *addresses)
+		if (Status st = remove_local_address(ip); !st)
+			return st.error();
+	return addresses->size();
+}
+
+} // namespace cordon
