@@ -213,11 +213,16 @@ install: all
 	install -D -m 0644 README.md $(DESTDIR)$(DOCDIR)/README.md
 	install -D -m 0644 man/cordond.8 $(DESTDIR)$(MANDIR)/man8/cordond.8
 	install -D -m 0644 man/cordonctl.1 $(DESTDIR)$(MANDIR)/man1/cordonctl.1
+	install -D -m 0755 scripts/cordon-runner-setup $(DESTDIR)$(PREFIX)/sbin/cordon-runner-setup
+	install -D -m 0644 man/cordon-runner-setup.8 $(DESTDIR)$(MANDIR)/man8/cordon-runner-setup.8
+	install -D -m 0644 docs/runners.md $(DESTDIR)$(DOCDIR)/runners.md
+	install -D -m 0755 scripts/runner-hooks/github-job-started.sh $(DESTDIR)$(DATADIR)/runner-hooks/github-job-started.sh
+	install -D -m 0755 scripts/runner-hooks/gitlab-pre-build.sh $(DESTDIR)$(DATADIR)/runner-hooks/gitlab-pre-build.sh
 
 uninstall:
-	rm -f $(DESTDIR)$(PREFIX)/sbin/cordond $(DESTDIR)$(PREFIX)/bin/cordonctl
+	rm -f $(DESTDIR)$(PREFIX)/sbin/cordond $(DESTDIR)$(PREFIX)/bin/cordonctl $(DESTDIR)$(PREFIX)/sbin/cordon-runner-setup
 	rm -f $(DESTDIR)$(UNITDIR)/cordon.service $(DESTDIR)$(TMPFILESDIR)/cordon.conf
-	rm -f $(DESTDIR)$(MANDIR)/man8/cordond.8 $(DESTDIR)$(MANDIR)/man1/cordonctl.1
+	rm -f $(DESTDIR)$(MANDIR)/man8/cordond.8 $(DESTDIR)$(MANDIR)/man1/cordonctl.1 $(DESTDIR)$(MANDIR)/man8/cordon-runner-setup.8
 	rm -rf $(DESTDIR)$(DATADIR) $(DESTDIR)$(DOCDIR)
 
 # The package is built from `make install DESTDIR=<stage> PREFIX=/usr`; see scripts/build-deb.sh.

@@ -28,6 +28,8 @@ packages=(
   socat haproxy nginx-light mitmproxy nghttp2-client
   # make deb (dpkg-shlibdeps for the Depends, dpkg-parsechangelog) and its test's lintian run
   dpkg-dev lintian
+  # test_runner_setup lints scripts/cordon-runner-setup and the runner hooks
+  shellcheck
 )
 
 missing=()
