@@ -11,6 +11,8 @@
  *  DNS             with cordond's DNS proxy on, an enforced workload's UDP and TCP to port 53
  *                  (connect4/6 for TCP and connected UDP, sendmsg4/6 for sendto) goes to the
  *                  proxy; recvmsg4/6 show its answers as coming from the resolver the job asked.
+ *  containers      from another network namespace the loopback listeners are out of reach:
+ *                  TCP captures and DNS go to cordond's host address (netns_listen_ip4).
  *
  * Decisions live in cordon_decide.h (host-tested); this file only gathers facts. */
 #include "vmlinux.h"
@@ -41,6 +43,8 @@ const volatile __u32 dns_pass_when_down = 0;
  * take it while cordond is down. 0: such jobs are refused. */
 const volatile __u32 netns_listen_ip4 = 0;
 const volatile __u32 netns_listen_port_be = 0;
+/* cordond's DNS proxy on netns_listen_ip4 (privileged too); 0: other namespaces' DNS passes. */
+const volatile __u32 netns_dns_port_be = 0;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
@@ -177,11 +181,12 @@ static __always_inline struct cordon_decision decide(struct bpf_sock_addr *ctx, 
 	facts.in_cordond_cgroup = cordond_cgroup_id != 0 && bpf_get_current_cgroup_id() == cordond_cgroup_id;
 	facts.netns_listener = netns_listen_ip4 != 0 && netns_listen_port_be != 0;
 	facts.ipv4 = cordon_addr_is_v4_mapped(addr);
+	facts.netns_dns = facts.netns_listener && netns_dns_port_be != 0;
+	facts.dst_loopback = cordon_addr_is_loopback(addr);
 	d = cordon_decide_connect(&facts, upstream_mark);
 	/* A redirect is counted by the caller once it really happens (the listener check may
 	 * still refuse it). */
-	if (d.verdict != CORDON_VERDICT_REDIRECT && d.verdict != CORDON_VERDICT_DNS &&
-	    d.verdict != CORDON_VERDICT_REDIRECT_NETNS)
+	if (d.verdict == CORDON_VERDICT_PASS || d.verdict == CORDON_VERDICT_REFUSE)
 		count(d.counter);
 	return d;
 }
@@ -318,6 +323,21 @@ static __always_inline int redirect_dns(struct bpf_sock_addr *ctx, const __u8 ad
 	return 1;
 }
 
+/* DNS from another network namespace: to the proxy on cordond's host address. As with TCP from
+ * there, the kernel cannot see whether cordond listens (the port is privileged instead); while
+ * it is down the query fails (port unreachable, or a reset for TCP) and is retried. */
+static __always_inline int redirect_dns_netns(struct bpf_sock_addr *ctx, const __u8 addr[16], __u16 port, __u16 family,
+                                              int connecting)
+{
+	__u32 flags = CORDON_SK_DNS | (connecting ? CORDON_SK_REDIRECTED : 0);
+
+	if (!remember_origin(ctx, addr, port, family, flags))
+		return 0;
+	count(CORDON_CTR_DNS_REDIRECTED);
+	rewrite_destination(ctx, family, 0, netns_listen_ip4, netns_dns_port_be);
+	return 1;
+}
+
 /* A UDP socket connected elsewhere after a DNS redirect must not keep answering getpeername or
  * recvmsg with the old resolver. */
 static __always_inline void forget_dns(struct bpf_sock_addr *ctx)
@@ -348,6 +368,8 @@ int cordon_connect4(struct bpf_sock_addr *ctx)
 		return 0;
 	if (d.verdict == CORDON_VERDICT_DNS)
 		return redirect_dns(ctx, addr, port, AF_INET, 1);
+	if (d.verdict == CORDON_VERDICT_DNS_NETNS)
+		return redirect_dns_netns(ctx, addr, port, AF_INET, 1);
 	if (d.verdict == CORDON_VERDICT_REDIRECT_NETNS)
 		return redirect_netns(ctx, addr, port, AF_INET);
 	if (!cordond_listening(ctx, 0)) {
@@ -383,6 +405,8 @@ int cordon_connect6(struct bpf_sock_addr *ctx)
 		return 0;
 	if (d.verdict == CORDON_VERDICT_DNS)
 		return redirect_dns(ctx, addr, port, AF_INET6, 1);
+	if (d.verdict == CORDON_VERDICT_DNS_NETNS)
+		return redirect_dns_netns(ctx, addr, port, AF_INET6, 1);
 	if (d.verdict == CORDON_VERDICT_REDIRECT_NETNS)
 		return redirect_netns(ctx, addr, port, AF_INET6);
 	/* A v4-mapped destination (a dual-stack socket talking IPv4) goes to the IPv4 listener,
@@ -410,6 +434,8 @@ int cordon_sendmsg4(struct bpf_sock_addr *ctx)
 	d = decide(ctx, addr, port);
 	if (d.verdict == CORDON_VERDICT_DNS)
 		return redirect_dns(ctx, addr, port, AF_INET, 0);
+	if (d.verdict == CORDON_VERDICT_DNS_NETNS)
+		return redirect_dns_netns(ctx, addr, port, AF_INET, 0);
 	return d.verdict == CORDON_VERDICT_REFUSE ? 0 : 1;
 }
 
@@ -429,6 +455,8 @@ int cordon_sendmsg6(struct bpf_sock_addr *ctx)
 	d = decide(ctx, addr, port);
 	if (d.verdict == CORDON_VERDICT_DNS)
 		return redirect_dns(ctx, addr, port, AF_INET6, 0);
+	if (d.verdict == CORDON_VERDICT_DNS_NETNS)
+		return redirect_dns_netns(ctx, addr, port, AF_INET6, 0);
 	return d.verdict == CORDON_VERDICT_REFUSE ? 0 : 1;
 }
 
@@ -470,23 +498,45 @@ int cordon_getpeername6(struct bpf_sock_addr *ctx)
 	return 1;
 }
 
+/* Is this datagram source one of cordond's DNS proxy listeners, on a socket whose query the
+ * proxy took? The loopback listener (same family as the source) or, for IPv4, the host address
+ * for other namespaces. */
+static __always_inline int from_dns_proxy(const struct cordon_sk_state *st, const __u8 source[16], __u16 source_port)
+{
+	__u8 listener[16];
+	__u32 ip6[4];
+
+	if (cordon_addr_is_v4_mapped(source)) {
+		cordon_addr_from_ip4(listener, listen_ip4);
+		if (cordon_dns_reply_rewrite(st->flags, source, source_port, listener, bpf_ntohs((__u16)dns_port_be)))
+			return 1;
+		cordon_addr_from_ip4(listener, netns_listen_ip4);
+		return netns_listen_ip4 != 0 && cordon_dns_reply_rewrite(st->flags, source, source_port, listener,
+		                                                         bpf_ntohs((__u16)netns_dns_port_be));
+	}
+	ip6[0] = listen_ip6[0];
+	ip6[1] = listen_ip6[1];
+	ip6[2] = listen_ip6[2];
+	ip6[3] = listen_ip6[3];
+	cordon_addr_from_ip6(listener, ip6);
+	return cordon_dns_reply_rewrite(st->flags, source, source_port, listener, bpf_ntohs((__u16)dns_port_be));
+}
+
 /* An answer from the DNS proxy reads as coming from the resolver the job asked (recvmsg runs
  * only when the caller asks for the source address; it must always return 1). */
 SEC("cgroup/recvmsg4")
 int cordon_recvmsg4(struct bpf_sock_addr *ctx)
 {
 	struct cordon_sk_state *st;
-	__u8 source[16], listener[16];
+	__u8 source[16];
 
-	if (!dns_port_be || ctx->user_port != dns_port_be)
+	if (ctx->user_port == 0 || (ctx->user_port != dns_port_be && ctx->user_port != netns_dns_port_be))
 		return 1;
 	st = bpf_sk_storage_get(&origin_store, ctx->sk, 0, 0);
 	if (!st)
 		return 1;
 	cordon_addr_from_ip4(source, ctx->user_ip4);
-	cordon_addr_from_ip4(listener, listen_ip4);
-	if (!cordon_dns_reply_rewrite(st->flags, source, bpf_ntohs((__u16)ctx->user_port), listener,
-	                              bpf_ntohs((__u16)dns_port_be)) ||
+	if (!from_dns_proxy(st, source, bpf_ntohs((__u16)ctx->user_port)) ||
 	    !cordon_addr_is_v4_mapped(st->origin.dst_addr))
 		return 1;
 	ctx->user_ip4 = cordon_addr_ip4(st->origin.dst_addr);
@@ -499,10 +549,10 @@ SEC("cgroup/recvmsg6")
 int cordon_recvmsg6(struct bpf_sock_addr *ctx)
 {
 	struct cordon_sk_state *st;
-	__u8 source[16], listener[16];
+	__u8 source[16];
 	__u32 ip6[4];
 
-	if (!dns_port_be || ctx->user_port != dns_port_be)
+	if (ctx->user_port == 0 || (ctx->user_port != dns_port_be && ctx->user_port != netns_dns_port_be))
 		return 1;
 	st = bpf_sk_storage_get(&origin_store, ctx->sk, 0, 0);
 	if (!st)
@@ -513,17 +563,7 @@ int cordon_recvmsg6(struct bpf_sock_addr *ctx)
 	ip6[3] = ctx->user_ip6[3];
 	cordon_addr_from_ip6(source, ip6);
 	/* A dual-stack socket that asked a v4-mapped resolver hears the IPv4 listener, v4-mapped. */
-	if (cordon_addr_is_v4_mapped(source)) {
-		cordon_addr_from_ip4(listener, listen_ip4);
-	} else {
-		ip6[0] = listen_ip6[0];
-		ip6[1] = listen_ip6[1];
-		ip6[2] = listen_ip6[2];
-		ip6[3] = listen_ip6[3];
-		cordon_addr_from_ip6(listener, ip6);
-	}
-	if (!cordon_dns_reply_rewrite(st->flags, source, bpf_ntohs((__u16)ctx->user_port), listener,
-	                              bpf_ntohs((__u16)dns_port_be)))
+	if (!from_dns_proxy(st, source, bpf_ntohs((__u16)ctx->user_port)))
 		return 1;
 	__builtin_memcpy(ip6, st->origin.dst_addr, 16);
 	ctx->user_ip6[0] = ip6[0];

@@ -29,7 +29,8 @@ struct cordon_connect_facts {
 	__u8 strict_exempt;     /* in a strict-capture exempt range (and not a target) */
 	__u8 netns_listener;    /* cordond listens on a host address for other namespaces */
 	__u8 ipv4;              /* the destination is IPv4 (or v4-mapped) */
-	__u8 reserved[2];
+	__u8 netns_dns;         /* cordond's DNS proxy listens on that host address too */
+	__u8 dst_loopback;      /* the destination is a loopback address (127/8, ::1) */
 };
 
 enum cordon_verdict {
@@ -40,6 +41,8 @@ enum cordon_verdict {
 	/* From another network namespace (a container): rewrite to cordond's host address, which
 	 * the namespace reaches through its default route (veth + NAT). */
 	CORDON_VERDICT_REDIRECT_NETNS = 4,
+	/* DNS from another network namespace: to cordond's DNS proxy on that host address. */
+	CORDON_VERDICT_DNS_NETNS = 5,
 };
 
 struct cordon_decision {
@@ -77,10 +80,12 @@ CORDON_INLINE int cordon_exempt(const struct cordon_connect_facts *f, __u32 upst
 
 /* DNS (port 53 with CORDON_PORT_DNS, any destination): an enforced workload's query goes to
  * cordond's proxy, which learns the capture hosts' addresses before the answer is released.
- * Only the same network namespace: 127.0.0.1 elsewhere is not cordond, and refusing DNS there
- * would break every container's name resolution. cordond's own queries to its upstream are
- * exempt like its other upstream sockets. Nothing here is counted unless redirected: DNS from
- * unenforced cgroups is ordinary traffic. */
+ * From another network namespace (a container) it goes to the proxy on cordond's host address,
+ * unless it asks a resolver on its own loopback (docker's embedded 127.0.0.11 knows the
+ * container names; its own upstream queries come through here again) or has no IPv4 way to
+ * cordond: then it passes, since refusing would break the container's name resolution.
+ * cordond's own queries to its upstream are exempt like its other upstream sockets. Nothing here
+ * is counted unless redirected: DNS from unenforced cgroups is ordinary traffic. */
 CORDON_INLINE struct cordon_decision cordon_decide_dns(const struct cordon_connect_facts *f, __u32 upstream_mark)
 {
 	struct cordon_decision d = {CORDON_VERDICT_PASS, -1};
@@ -91,8 +96,15 @@ CORDON_INLINE struct cordon_decision cordon_decide_dns(const struct cordon_conne
 		d.counter = CORDON_CTR_EXEMPT;
 		return d;
 	}
-	if (f->scope != CORDON_SCOPE_ENFORCE || !f->same_netns)
+	if (f->scope != CORDON_SCOPE_ENFORCE)
 		return d;
+	if (!f->same_netns) {
+		if (!f->netns_dns || !f->ipv4 || f->dst_loopback)
+			return d;
+		d.verdict = CORDON_VERDICT_DNS_NETNS;
+		d.counter = CORDON_CTR_DNS_REDIRECTED;
+		return d;
+	}
 	d.verdict = CORDON_VERDICT_DNS;
 	d.counter = CORDON_CTR_DNS_REDIRECTED;
 	return d;
@@ -163,6 +175,19 @@ CORDON_INLINE int cordon_addr_is_v4_mapped(const __u8 addr[16])
 		if (addr[i] != 0)
 			return 0;
 	return addr[10] == 0xff && addr[11] == 0xff;
+}
+
+/* 127.0.0.0/8 (v4-mapped) or ::1 */
+CORDON_INLINE int cordon_addr_is_loopback(const __u8 addr[16])
+{
+	int i;
+
+	if (cordon_addr_is_v4_mapped(addr))
+		return addr[12] == 127;
+	for (i = 0; i < 15; i++)
+		if (addr[i] != 0)
+			return 0;
+	return addr[15] == 1;
 }
 
 /* The IPv4 address (network order) inside a v4-mapped address. */

@@ -30,6 +30,8 @@ CURSOR_IP = "10.77.160.10"
 NETNS_LISTEN_IP = "169.254.77.160"
 NETNS_LISTEN = f"{NETNS_LISTEN_IP}:1023"
 JOB_UID = 65534
+RESOLVER_IP = "10.77.160.53"  # the resolver the container asks (in H, as a host's upstream would be)
+NETNS_DNS_PORT = 1022
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -68,6 +70,7 @@ def host_and_container(cgroups):
         sh("ip", "netns", "add", container)
         sh("ip", "-n", host, "link", "set", "lo", "up")
         sh("ip", "-n", host, "addr", "add", f"{CURSOR_IP}/32", "dev", "lo")
+        sh("ip", "-n", host, "addr", "add", f"{RESOLVER_IP}/32", "dev", "lo")
         sh("ip", "-n", host, "link", "add", "veth0", "type", "veth", "peer", "name", "eth0", "netns", container)
         sh("ip", "-n", host, "addr", "add", "10.77.161.1/30", "dev", "veth0")
         sh("ip", "-n", host, "link", "set", "veth0", "up")
@@ -98,6 +101,25 @@ def labelled_addresses(netns):
 def start_in_host(cordond, host, **kwargs):
     return cordond([f"{CURSOR_IP}/32"], prefix=["nsenter", f"--net=/run/netns/{host}"],
                    netns_listen=NETNS_LISTEN, **kwargs)
+
+
+# Asks `resolver` for `name` over UDP or TCP, the way a stub resolver does (the answer must come
+# from the address asked), and prints the answer's source and bytes.
+ASK = """
+import json, socket, struct, sys
+query, resolver, transport = bytes.fromhex(sys.argv[1]), sys.argv[2], sys.argv[3]
+if transport == "udp":
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(5)
+    s.sendto(query, (resolver, 53))
+    data, source = s.recvfrom(4096)
+else:
+    s = socket.create_connection((resolver, 53), timeout=5)
+    s.sendall(struct.pack("!H", len(query)) + query)
+    n = struct.unpack("!H", s.recv(2, socket.MSG_WAITALL))[0]
+    data, source = s.recv(n, socket.MSG_WAITALL), s.getpeername()
+print(json.dumps({"source": list(source[:2]), "answer": data.hex()}))
+"""
 
 
 def test_a_containers_connection_is_redirected_identified_and_relayed(cgroups, cordond, upstream, journal,
@@ -198,3 +220,45 @@ def test_a_bad_netns_listen_is_a_clear_error(tmp_path, value, why):
     r = subprocess.run([str(CORDOND), "--check-config", "--config", str(policy)], capture_output=True, text=True)
     assert r.returncode != 0
     assert f"{policy}:2:" in r.stderr and why in r.stderr, r.stderr
+
+
+def test_a_containers_dns_goes_through_the_proxy_and_its_first_connection_is_captured(
+        cgroups, cordond, upstream, journal, host_and_container):
+    """Race-free capture for containers: the container asks a resolver through its default route,
+    cordond's proxy answers (learning the capture host's address first), and the container's
+    very first connection to that never-seen address is relayed."""
+    from test_dns import DnsServer, FRESH_IP, build_query, parse_answer
+    host, container = host_and_container
+    with inside(host):
+        resolver = DnsServer(ip=RESOLVER_IP)
+        # FRESH_IP is on H's loopback: only a redirect can take the container there (its own
+        # 127.0.0.0/8 has nothing listening).
+        server = upstream(FRESH_IP, 80)
+    try:
+        d = start_in_host(cordond, host, hosts=["*.cursor.sh"],
+                          capture_yaml=f"  dns_upstream: \"{RESOLVER_IP}:53\"\n",
+                          extra_yaml=f"  netns_dns_port: {NETNS_DNS_PORT}\n")
+        assert in_container(cgroups, "job", container, "connect-only", FRESH_IP, 80)["connected"] is False
+        for transport, name in (("udp", "fresh.cursor.sh"), ("tcp", "edge.cursor.sh")):
+            r = cgroups.run("job", ["nsenter", f"--net=/run/netns/{container}", "setpriv", f"--reuid={JOB_UID}",
+                                    f"--regid={JOB_UID}", "--clear-groups", "--", PYTHON, "-c", ASK,
+                                    build_query(name).hex(), RESOLVER_IP, transport])
+            got = json.loads(r.stdout)
+            # The answer reads as coming from the resolver asked, and holds the address.
+            assert got["source"] == [RESOLVER_IP, 53], got
+            rcode, records = parse_answer(bytes.fromhex(got["answer"]))
+            assert rcode == 0 and records[-1][2] == FRESH_IP, records
+        # cordond asked the resolver (from H), the container never did.
+        peers = {peer[0] for _, peer in resolver.queries["udp"] + resolver.queries["tcp"]}
+        assert peers and "10.77.161.2" not in peers, resolver.queries
+        captured = journal.wait_for(d.pid, CORDON_EVENT="dns_capture")
+        assert captured and FRESH_IP in captured[0]["CORDON_ADDED"], captured
+        res = in_container(cgroups, "job", container, "peer", FRESH_IP, 80)
+        assert res["peer"] == [FRESH_IP, 80] and res["reply"] == "ping\n"
+        assert len(server.peers) == 1
+        closed = journal.wait_for(d.pid, CORDON_EVENT="connection_close")
+        assert closed[0]["CORDON_DST"] == f"{FRESH_IP}:80"
+        assert closed[0]["CORDON_NETNS_COOKIE"] == str(netns_cookie(container))
+        assert d.status()["counters"]["dns_redirected"] >= 2
+    finally:
+        resolver.close()

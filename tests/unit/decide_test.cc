@@ -296,6 +296,46 @@ TEST(DecideDns, AnotherNamespacesDnsPasses)
 	EXPECT_EQ(d.counter, -1);
 }
 
+TEST(DecideDns, AnotherNamespacesDnsGoesToTheHostProxyUnlessItIsItsOwn)
+{
+	auto f = dns_query();
+	f.same_netns = 0;
+	f.netns_listener = 1;
+	f.netns_dns = 1;
+	f.ipv4 = 1;
+	auto d = cordon_decide_connect(&f, kMark);
+	EXPECT_EQ(d.verdict, CORDON_VERDICT_DNS_NETNS);
+	EXPECT_EQ(d.counter, CORDON_CTR_DNS_REDIRECTED);
+	// Its own loopback resolver (docker's 127.0.0.11) knows the container names: left alone.
+	f.dst_loopback = 1;
+	EXPECT_EQ(cordon_decide_connect(&f, kMark).verdict, CORDON_VERDICT_PASS);
+	// IPv6 has no way to the host address; without the host proxy nothing changes either.
+	f.dst_loopback = 0;
+	f.ipv4 = 0;
+	EXPECT_EQ(cordon_decide_connect(&f, kMark).verdict, CORDON_VERDICT_PASS);
+	f.ipv4 = 1;
+	f.netns_dns = 0;
+	EXPECT_EQ(cordon_decide_connect(&f, kMark).verdict, CORDON_VERDICT_PASS);
+	// Unenforced containers' DNS is theirs.
+	f.netns_dns = 1;
+	f.scope = CORDON_SCOPE_NONE;
+	EXPECT_EQ(cordon_decide_connect(&f, kMark).verdict, CORDON_VERDICT_PASS);
+}
+
+TEST(DecideAddress, Loopback)
+{
+	__u8 a[16];
+	cordon_addr_from_ip4(a, htonl(0x7f00000b)); // 127.0.0.11
+	EXPECT_TRUE(cordon_addr_is_loopback(a));
+	cordon_addr_from_ip4(a, htonl(0x0a000001));
+	EXPECT_FALSE(cordon_addr_is_loopback(a));
+	__u8 v6[16] = {};
+	v6[15] = 1;
+	EXPECT_TRUE(cordon_addr_is_loopback(v6));
+	v6[0] = 0xfe;
+	EXPECT_FALSE(cordon_addr_is_loopback(v6));
+}
+
 TEST(DecideDns, WithoutTheDnsFlagPort53IsOrdinary)
 {
 	auto f = dns_query();

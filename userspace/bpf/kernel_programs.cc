@@ -182,6 +182,7 @@ Result<std::unique_ptr<KernelPrograms>> KernelPrograms::attach(const KernelSetti
 	if (s.netns_listen.port != 0) {
 		ro->netns_listen_ip4 = s.netns_listen.ip.v4_be();
 		ro->netns_listen_port_be = htons(s.netns_listen.port);
+		ro->netns_dns_port_be = htons(s.netns_dns_port);
 	}
 
 	// Adopt the maps the previous cordond pinned, when every one of them still fits: the

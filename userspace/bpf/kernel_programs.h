@@ -35,7 +35,8 @@ struct KernelSettings {
 	uint64_t netns_cookie = 0; // cordond's network namespace
 	// cordond's host address for jobs in other network namespaces (port 0: they are refused).
 	SocketAddress netns_listen;
-	uint64_t cgroup_id = 0; // cordond's own cgroup: with the mark, it exempts upstream sockets
+	uint16_t netns_dns_port = 0; // the DNS proxy on netns_listen's address (0: none)
+	uint64_t cgroup_id = 0;      // cordond's own cgroup: with the mark, it exempts upstream sockets
 	std::string pin_dir;
 	std::string cgroup_mount; // cgroup2 root the programs attach to
 };

@@ -235,6 +235,14 @@ const std::map<std::string, Validator> &validators()
 			                        "there while cordond is down");
 		     return a->to_string();
 	     }},
+	    {"cordon.config.Daemon.netns_dns_port",
+	     [](const std::string &v) -> Result<std::string> {
+		     if (std::stoul(v) >= 1024)
+			     return plain_error("'" + v +
+			                        "': the port must be privileged (1-1023, or 0 for none), so that no job "
+			                        "can listen there while cordond is down");
+		     return v;
+	     }},
 	    {"cordon.config.MaskRule.id", check_rule_id},
 	    {"cordon.config.MaskRule.regex", check_rule_regex},
 	    {"cordon.config.MaskRule.allowlist", check_re2},
@@ -534,6 +542,9 @@ Status check_whole(const config::Policy &p, const std::string &source)
 	if (!p.daemon().netns_listen().empty() &&
 	    SocketAddress::parse(p.daemon().netns_listen())->ip == *IpAddress::parse(p.daemon().listen_ipv4()))
 		return plain_error(source + ": daemon.netns_listen must be another address than daemon.listen_ipv4");
+	if (!p.daemon().netns_listen().empty() &&
+	    SocketAddress::parse(p.daemon().netns_listen())->port == p.daemon().netns_dns_port())
+		return plain_error(source + ": daemon.netns_dns_port must differ from the port of daemon.netns_listen");
 	if (p.capture().dns_proxy() && p.daemon().dns_port() == p.daemon().listen_port())
 		return plain_error(source + ": daemon.dns_port must differ from daemon.listen_port");
 	if (p.capture().refresh_min_seconds() > p.capture().refresh_max_seconds())

@@ -710,6 +710,8 @@ Status run_daemon(const DaemonOptions &options)
 	ks.cgroup_mount = hierarchy->mount_point();
 	if (!p.daemon().netns_listen().empty()) {
 		ks.netns_listen = *SocketAddress::parse(p.daemon().netns_listen());
+		if (ks.dns_port != 0)
+			ks.netns_dns_port = static_cast<uint16_t>(p.daemon().netns_dns_port());
 		// Local before any program redirects there: an address that is not local would send a
 		// container's connection out through the host's default route instead.
 		if (Status st = add_local_address(ks.netns_listen.ip, local_address_label(ks.pin_dir)); !st)
@@ -930,6 +932,8 @@ Status run_daemon(const DaemonOptions &options)
 	if (p.capture().dns_proxy()) {
 		DnsProxySettings ds;
 		ds.listen = {SocketAddress{ks.listen_ipv4, ks.dns_port}, SocketAddress{ks.listen_ipv6, ks.dns_port}};
+		if (ks.netns_dns_port != 0)
+			ds.listen.push_back(SocketAddress{ks.netns_listen.ip, ks.netns_dns_port});
 		if (p.capture().dns_upstream().empty()) {
 			auto upstream = system_resolver();
 			if (!upstream)
@@ -1049,9 +1053,10 @@ Status run_daemon(const DaemonOptions &options)
 		listening += (listening.empty() ? "" : ", ") + l.to_string();
 	if (dns) {
 		dns->start();
-		listening += "; DNS proxy on " + dns->settings().listen.front().to_string() + " and " +
-		             dns->settings().listen.back().to_string() + " (UDP, TCP) -> " +
-		             dns->settings().upstream.to_string();
+		std::string on;
+		for (const auto &l : dns->settings().listen)
+			on += (on.empty() ? "" : ", ") + l.to_string();
+		listening += "; DNS proxy on " + on + " (UDP, TCP) -> " + dns->settings().upstream.to_string();
 	}
 	log::info("cordond " + std::string(kCordonVersion) + " ready: listening on " + listening + ", control " +
 	          control.path());
