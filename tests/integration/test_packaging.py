@@ -44,7 +44,9 @@ WANTS = "/etc/systemd/system/multi-user.target.wants/cordon.service"
 PACKAGE_FILES = ["/usr/sbin/cordond", "/usr/bin/cordonctl", "/lib/systemd/system/cordon.service",
                  "/usr/lib/tmpfiles.d/cordon.conf", "/etc/cordon/policy.yaml", "/usr/share/cordon/cursor.desc",
                  "/usr/share/doc/cordon/copyright", "/usr/share/doc/cordon/changelog.Debian.gz",
-                 "/usr/share/man/man8/cordond.8.gz", "/usr/share/man/man1/cordonctl.1.gz"]
+                 "/usr/share/man/man8/cordond.8.gz", "/usr/share/man/man1/cordonctl.1.gz",
+                 "/usr/sbin/cordon-runner-setup", "/usr/share/man/man8/cordon-runner-setup.8.gz",
+                 "/usr/share/cordon/runner-hooks/github-job-started.sh"]
 # What installing, upgrading or purging the package touches on a host: must not change on this one.
 HOST_PATHS = PACKAGE_FILES + CA_DROP_INS + [
     "/etc/cordon", "/var/lib/cordon", "/usr/share/cordon", "/usr/share/doc/cordon", "/usr/local/share/ca-certificates",
@@ -434,7 +436,10 @@ def test_make_install_and_uninstall_leave_nothing_behind(tmp_path):
         "/usr/local/sbin/cordond", "/usr/local/bin/cordonctl", "/usr/local/lib/systemd/system/cordon.service",
         "/usr/local/lib/tmpfiles.d/cordon.conf", "/usr/local/share/doc/cordon/README.md",
         "/usr/local/share/man/man8/cordond.8", "/usr/local/share/man/man1/cordonctl.1",
-        "/usr/share/cordon/cursor.desc", "/usr/share/cordon/policy.yaml.example"])
+        "/usr/share/cordon/cursor.desc", "/usr/share/cordon/policy.yaml.example",
+        "/usr/local/sbin/cordon-runner-setup", "/usr/local/share/man/man8/cordon-runner-setup.8",
+        "/usr/local/share/doc/cordon/runners.md", "/usr/share/cordon/runner-hooks/github-job-started.sh",
+        "/usr/share/cordon/runner-hooks/gitlab-pre-build.sh"])
     unit = (dest / "usr/local/lib/systemd/system/cordon.service").read_text()
     assert "ExecStart=/usr/local/sbin/cordond\n" in unit
     assert "file:///usr/local/share/doc/cordon/README.md" in unit
