@@ -99,6 +99,28 @@ Status make_dir(const std::string &dir)
 	return {};
 }
 
+// Whoever owns the pin directory can unpin the links, and then a cordond crash detaches the
+// programs: capture fails open. A bpf file system mounted without mode= is world-writable
+// (1777), so a job may have made the directory before cordond did. Take it back, or refuse.
+Status own_pin_dir(int fd, const std::string &dir)
+{
+	struct stat st;
+	if (::fstat(fd, &st) != 0)
+		return system_error("stat " + dir);
+	if (st.st_uid == ::geteuid() && (st.st_mode & 077) == 0)
+		return {};
+	const std::string was = "owned by uid " + std::to_string(st.st_uid) + ", mode " +
+	                        std::to_string((st.st_mode >> 6) & 7) + std::to_string((st.st_mode >> 3) & 7) +
+	                        std::to_string(st.st_mode & 7);
+	if (::fchown(fd, ::geteuid(), ::getegid()) == 0 && ::fchmod(fd, 0700) == 0) {
+		log::warning("pin directory " + dir + " was " + was + ": made it root's, mode 700");
+		return {};
+	}
+	return system_error("pin directory " + dir + " is " + was +
+	                    ": someone else made it and could unpin cordon's programs; remove it (rmdir) and "
+	                    "start cordond again");
+}
+
 } // namespace
 
 const char *counter_name(int counter)
@@ -160,9 +182,11 @@ Result<std::unique_ptr<KernelPrograms>> KernelPrograms::attach(const KernelSetti
 	std::unique_ptr<KernelPrograms> kp(new KernelPrograms());
 	kp->pin_dir_ = s.pin_dir;
 	// Two daemons on one pin directory would swap each other's programs: hold a lock on it.
-	kp->pin_lock_.reset(::open(s.pin_dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+	kp->pin_lock_.reset(::open(s.pin_dir.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
 	if (!kp->pin_lock_)
-		return system_error("open " + s.pin_dir);
+		return system_error("open " + s.pin_dir + " (a directory, not a symbolic link)");
+	if (Status st = own_pin_dir(kp->pin_lock_.get(), s.pin_dir); !st)
+		return st.error();
 	if (::flock(kp->pin_lock_.get(), LOCK_EX | LOCK_NB) != 0)
 		return errno == EWOULDBLOCK ? plain_error("another cordond is running on " + s.pin_dir)
 		                            : system_error("lock " + s.pin_dir);
