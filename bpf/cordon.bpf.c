@@ -283,12 +283,36 @@ static __always_inline void rewrite_destination(struct bpf_sock_addr *ctx, __u16
 	ctx->user_port = port_be;
 }
 
+/* Does anything listen on cordond's host address in the caller's own namespace? Then that
+ * namespace owns the address (root in a user namespace can add it to its own lo), and a
+ * redirect would hand the job's connection to that listener instead of cordond, which never
+ * listens in another namespace. */
+static __always_inline int host_address_taken_here(struct bpf_sock_addr *ctx, __u32 port_be, int udp)
+{
+	struct bpf_sock_tuple tuple = {};
+	struct bpf_sock *sk;
+
+	tuple.ipv4.daddr = netns_listen_ip4;
+	tuple.ipv4.dport = (__u16)port_be;
+	if (udp)
+		sk = bpf_sk_lookup_udp(ctx, &tuple, sizeof(tuple.ipv4), BPF_F_CURRENT_NETNS, 0);
+	else
+		sk = bpf_sk_lookup_tcp(ctx, &tuple, sizeof(tuple.ipv4), BPF_F_CURRENT_NETNS, 0);
+	if (!sk)
+		return 0;
+	bpf_sk_release(sk);
+	count(CORDON_CTR_REFUSED_NETNS);
+	return 1;
+}
+
 /* A job in another network namespace (a container): to cordond's host address, reached through
  * the namespace's default route. The listener check above cannot see into cordond's namespace
- * from here; the privileged port stands in for it (only root can listen there). IPv4 only: the
- * decision refuses IPv6. */
+ * from here; the privileged port stands in for it (only root can listen there), and a listener
+ * on that address in the job's own namespace is refused. IPv4 only: the decision refuses IPv6. */
 static __always_inline int redirect_netns(struct bpf_sock_addr *ctx, const __u8 addr[16], __u16 port, __u16 family)
 {
+	if (host_address_taken_here(ctx, netns_listen_port_be, 0))
+		return 0;
 	if (!remember_origin(ctx, addr, port, family, CORDON_SK_REDIRECTED))
 		return 0;
 	count(CORDON_CTR_REDIRECTED_NETNS);
@@ -331,6 +355,8 @@ static __always_inline int redirect_dns_netns(struct bpf_sock_addr *ctx, const _
 {
 	__u32 flags = CORDON_SK_DNS | (connecting ? CORDON_SK_REDIRECTED : 0);
 
+	if (host_address_taken_here(ctx, netns_dns_port_be, ctx->type == CORDON_SOCK_DGRAM))
+		return 0;
 	if (!remember_origin(ctx, addr, port, family, flags))
 		return 0;
 	count(CORDON_CTR_DNS_REDIRECTED);

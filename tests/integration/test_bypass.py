@@ -28,18 +28,19 @@ same ground is covered in more depth:
   test_a_foreign_sni_on_cursors_address_is_refused (test_intercept).
 - Setting SO_MARK: test_so_mark_does_not_exempt_a_job (test_redirect).
 - Detaching programs or writing maps: test_the_job_cannot_detach_programs_or_touch_maps, and
-  test_a_pin_directory_made_by_the_job_is_not_trusted (an expected failure where /sys/fs/bpf is
-  world-writable: a bypass found by this suite, explained on its xfail marker).
+  test_a_pin_directory_made_by_the_job_is_not_trusted (a bypass this suite found where
+  /sys/fs/bpf is world-writable, fixed: cordond takes such a directory back).
 - Reading the CA key, the recording key or the recordings:
   test_the_job_cannot_read_keys_or_recordings (test_recording and test_ca check the modes).
 - Control-socket commands other than enroll: test_the_job_may_only_enroll_on_the_control_socket
   (test_redirect, test_identity).
-- A container in its own network namespace: to come, see the comment before the kill -9 test
-  (test_redirect shows today's refusal).
+- A container in its own network namespace:
+  test_a_container_in_its_own_network_namespace_is_relayed_or_refused (test_containers).
 - kill -9 cordond during traffic: test_kill_9_during_traffic_lets_nothing_through_and_recovers
   (test_lifecycle, test_recording).
 """
 import ctypes
+import functools
 import json
 import os
 import shutil
@@ -53,6 +54,8 @@ import time
 import pytest
 
 from conftest import CORDONCTL, NOBODY, PYTHON
+import test_containers as containers
+from test_containers import host_and_container  # noqa: F401  (fixture)
 from test_dns import build_query, encode_name, parse_answer, read_name
 from test_intercept import entries, tls_yaml, work  # noqa: F401  (work: certificates, descriptors, npm packages)
 from test_standin import CLIENT as CLIENT_MJS, CURSOR_HOSTS, Standin
@@ -860,11 +863,6 @@ def bpffs_open_to_all():
     return os.stat("/sys/fs/bpf").st_mode & 0o002 != 0
 
 
-@pytest.mark.xfail(bpffs_open_to_all(), strict=True, reason=(
-    "FINDING (bypass): cordond pins into a pin directory that already exists without checking who "
-    "owns it. Where /sys/fs/bpf is world-writable (the kernel's default mode 1777, as on this host; "
-    "systemd mounts it 0700), a job can create the pin directory before cordond does, unlink the "
-    "link pins, and the programs detach when cordond next stops or crashes: fail open."))
 def test_a_pin_directory_made_by_the_job_is_not_trusted(world, journal, cgroups):
     """The pin directory does not exist yet (a first start on a runner already running jobs,
     after `cordonctl detach`, after a fail-open stop, after a package remove and reinstall).
@@ -882,10 +880,16 @@ def test_a_pin_directory_made_by_the_job_is_not_trusted(world, journal, cgroups)
         except AssertionError as refused:  # refusing to start on a directory it does not own is fine
             assert pin_dir in str(refused), refused
             return
+        # cordond took the directory back before pinning into it.
+        assert (os.stat(pin_dir).st_uid, os.stat(pin_dir).st_mode & 0o777) == (0, 0o700)
         unlinked = w.job.python("import json, os, sys\n"
                                 "d = sys.argv[1]\n"
                                 "out = {}\n"
-                                "for n in sorted(os.listdir(d)):\n"
+                                "try:\n"
+                                "    names = sorted(os.listdir(d))\n"
+                                "except OSError as e:\n"
+                                "    names, out['listdir'] = [], e.strerror\n"
+                                "for n in names:\n"
                                 "    try:\n"
                                 "        os.unlink(os.path.join(d, n)); out[n] = 'unlinked'\n"
                                 "    except OSError as e:\n"
@@ -1029,12 +1033,42 @@ def test_the_job_may_only_enroll_on_the_control_socket(world, journal):
 
 
 # --- a container in its own network namespace ----------------------------------------------------
-#
-# The row "a container in its own network namespace" goes here, with the container support being
-# written now (netns_listen): a job in a network namespace of its own (unshare --net, a veth to
-# the host) reaching Cursor's address, over IPv4 and IPv6, must be intercepted or refused, never
-# reach the stand-in unseen. Until then, test_redirect's
-# test_connections_from_another_network_namespace_are_refused shows the refusal.
+
+def test_a_container_in_its_own_network_namespace_is_relayed_or_refused(cgroups, cordond, upstream,
+                                                                          host_and_container):
+    """A docker-style container (veth, default route to the host): its connection to Cursor's
+    address goes to cordond, never the direct way it has; QUIC and IPv6 are refused; and a
+    container that puts cordond's host address on its own lo and listens there (root of its
+    own user namespace can) does not get its jobs' connections. (test_containers: identity,
+    DNS, restarts.)"""
+    host, container = host_and_container
+    with containers.inside(host):
+        server = upstream(containers.CURSOR_IP, 80)
+    d = containers.start_in_host(cordond, host)
+    job = functools.partial(containers.in_container, cgroups, "job", container)
+    res = job("peer", containers.CURSOR_IP, 80)
+    assert res["reply"] == "ping\n" and server.peers[-1][0] != "10.77.161.2", server.peers
+    assert job("udp", containers.CURSOR_IP, 443) == {"connect": "EPERM", "sendto": "EPERM"}
+    # Root of the container takes cordond's address and port inside its own namespace.
+    sh = ["nsenter", f"--net=/run/netns/{container}"]
+    subprocess.run(sh + ["ip", "addr", "add", f"{containers.NETNS_LISTEN_IP}/32", "dev", "lo"], check=True)
+    squatter = subprocess.Popen(sh + [PYTHON, "-c",
+                                      "import socket\ns=socket.socket()\n"
+                                      f"s.bind(('{containers.NETNS_LISTEN_IP}',1023));s.listen(8)\n"
+                                      "s.settimeout(3)\nprint('listening',flush=True)\n"
+                                      "try:\n s.accept();print('GOT A CONNECTION',flush=True)\n"
+                                      "except socket.timeout:\n print('nothing',flush=True)\n"],
+                                stdout=subprocess.PIPE, text=True)
+    try:
+        assert squatter.stdout.readline().strip() == "listening"
+        assert job("connect-only", containers.CURSOR_IP, 80) == {"connected": False, "errno": "EPERM"}
+        assert squatter.stdout.readline().strip() == "nothing"
+    finally:
+        squatter.kill()
+        squatter.wait()
+    assert len(server.peers) == 1
+    counters = d.status()["counters"]
+    assert counters["redirected_netns"] == 1 and counters["refused_netns"] >= 2, counters
 
 
 # --- kill -9 during traffic ----------------------------------------------------------------------

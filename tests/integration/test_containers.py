@@ -1,7 +1,7 @@
 """Jobs in their own network namespace: a container on a veth pair, as docker's bridge runs it.
 
 The "host" here is a network namespace the test creates (H): cordond, the upstream standing in
-for Cursor's address (10.77.160.10 on H's loopback) and the veth's host end live there, so the
+for Cursor's address (203.0.113.10 on H's loopback) and the veth's host end live there, so the
 real host's interfaces and addresses are never touched. The container (C) has only its loopback
 and eth0 (10.77.161.2/30), with its default route via H (10.77.161.1), as a docker container
 has. Without cordon the container reaches the upstream through that route; with cordon its
@@ -26,7 +26,10 @@ from conftest import CLIENT, CORDONCTL, PYTHON
 
 CLONE_NEWNET = 0x40000000
 SO_NETNS_COOKIE = 71
-CURSOR_IP = "10.77.160.10"
+# Addresses on the public internet, as Cursor's are (cordond passes nothing through from a
+# container to an internal address); they exist only inside H.
+CURSOR_IP = "203.0.113.10"
+FRESH_IP = "203.0.113.7"  # a capture host's address nobody has resolved yet
 NETNS_LISTEN_IP = "169.254.77.160"
 NETNS_LISTEN = f"{NETNS_LISTEN_IP}:1023"
 JOB_UID = 65534
@@ -71,6 +74,7 @@ def host_and_container(cgroups):
         sh("ip", "-n", host, "link", "set", "lo", "up")
         sh("ip", "-n", host, "addr", "add", f"{CURSOR_IP}/32", "dev", "lo")
         sh("ip", "-n", host, "addr", "add", f"{RESOLVER_IP}/32", "dev", "lo")
+        sh("ip", "-n", host, "addr", "add", f"{FRESH_IP}/32", "dev", "lo")
         sh("ip", "-n", host, "link", "add", "veth0", "type", "veth", "peer", "name", "eth0", "netns", container)
         sh("ip", "-n", host, "addr", "add", "10.77.161.1/30", "dev", "veth0")
         sh("ip", "-n", host, "link", "set", "veth0", "up")
@@ -162,7 +166,6 @@ def test_a_container_cannot_go_around_and_is_refused_while_cordond_is_down(cgrou
     # QUIC to a target: refused outright.
     assert in_container(cgroups, "job", container, "udp", CURSOR_IP, 443) == {"connect": "EPERM",
                                                                               "sendto": "EPERM"}
-    # The job's own loopback is its own (it is not the host's and not a target).
     d.stop()
     # The gap: the address stays on lo, nothing listens on the privileged port, the connection is
     # refused by the host and nothing reaches the upstream.
@@ -181,14 +184,16 @@ def test_a_container_cannot_go_around_and_is_refused_while_cordond_is_down(cgrou
     d.start()
     res = in_container(cgroups, "job", container, "peer", CURSOR_IP, 80)
     assert res["peer"] == [CURSOR_IP, 80] and res["reply"] == "ping\n"
-    assert len(server.peers) == 1
+    assert len(server.peers) == 1 and server.peers[0][0] != "10.77.161.2", server.peers
+    redirected = d.status()["counters"]["redirected_netns"]
     # A new policy moves the address: the old one goes once the programs point at the new one.
     d.stop()
     d.policy.write_text(d.policy.read_text().replace(NETNS_LISTEN, "169.254.77.162:1023"))
     d.start()
     assert labelled_addresses(host) == ["169.254.77.162/32"]
     res = in_container(cgroups, "job", container, "peer", CURSOR_IP, 80)
-    assert res["reply"] == "ping\n" and len(server.peers) == 2
+    assert res["reply"] == "ping\n" and len(server.peers) == 2 and server.peers[1][0] != "10.77.161.2"
+    assert d.status()["counters"]["redirected_netns"] == redirected + 1
     # A deliberate detach removes the address with the programs.
     d.stop()
     subprocess.run(["nsenter", f"--net=/run/netns/{host}", str(CORDONCTL), "--pin-dir", d.pin_dir, "detach"],
@@ -223,23 +228,23 @@ def test_a_bad_netns_listen_is_a_clear_error(tmp_path, value, why):
 
 
 def test_a_containers_dns_goes_through_the_proxy_and_its_first_connection_is_captured(
-        cgroups, cordond, upstream, journal, host_and_container):
+        cgroups, cordond, upstream, journal, host_and_container, monkeypatch):
     """Race-free capture for containers: the container asks a resolver through its default route,
     cordond's proxy answers (learning the capture host's address first), and the container's
     very first connection to that never-seen address is relayed."""
-    from test_dns import DnsServer, FRESH_IP, build_query, parse_answer
+    import test_dns
+    from test_dns import A, CNAME, DnsServer, build_query, parse_answer
+    monkeypatch.setitem(test_dns.ZONE, "box.cursor.sh", [(CNAME, "edge-box.cursor.sh", 5)])
+    monkeypatch.setitem(test_dns.ZONE, "edge-box.cursor.sh", [(A, FRESH_IP, 5)])
     host, container = host_and_container
     with inside(host):
         resolver = DnsServer(ip=RESOLVER_IP)
-        # FRESH_IP is on H's loopback: only a redirect can take the container there (its own
-        # 127.0.0.0/8 has nothing listening).
         server = upstream(FRESH_IP, 80)
     try:
         d = start_in_host(cordond, host, hosts=["*.cursor.sh"],
                           capture_yaml=f"  dns_upstream: \"{RESOLVER_IP}:53\"\n",
                           extra_yaml=f"  netns_dns_port: {NETNS_DNS_PORT}\n")
-        assert in_container(cgroups, "job", container, "connect-only", FRESH_IP, 80)["connected"] is False
-        for transport, name in (("udp", "fresh.cursor.sh"), ("tcp", "edge.cursor.sh")):
+        for transport, name in (("udp", "box.cursor.sh"), ("tcp", "edge-box.cursor.sh")):
             r = cgroups.run("job", ["nsenter", f"--net=/run/netns/{container}", "setpriv", f"--reuid={JOB_UID}",
                                     f"--regid={JOB_UID}", "--clear-groups", "--", PYTHON, "-c", ASK,
                                     build_query(name).hex(), RESOLVER_IP, transport])
@@ -255,10 +260,62 @@ def test_a_containers_dns_goes_through_the_proxy_and_its_first_connection_is_cap
         assert captured and FRESH_IP in captured[0]["CORDON_ADDED"], captured
         res = in_container(cgroups, "job", container, "peer", FRESH_IP, 80)
         assert res["peer"] == [FRESH_IP, 80] and res["reply"] == "ping\n"
-        assert len(server.peers) == 1
+        # Relayed (a connection the container made itself would show its own address).
+        assert len(server.peers) == 1 and server.peers[0][0] != "10.77.161.2", server.peers
         closed = journal.wait_for(d.pid, CORDON_EVENT="connection_close")
         assert closed[0]["CORDON_DST"] == f"{FRESH_IP}:80"
         assert closed[0]["CORDON_NETNS_COOKIE"] == str(netns_cookie(container))
         assert d.status()["counters"]["dns_redirected"] >= 2
     finally:
         resolver.close()
+
+
+def test_strict_capture_of_a_container_keeps_its_network_walls(cgroups, cordond, upstream, journal,
+                                                                host_and_container):
+    """Strict capture sends every TCP 80/443 connection of a container to cordond, which would
+    make the outgoing connection from the host's namespace. To the public internet that is the
+    documented cost; to an internal address it would step over the walls of the container's
+    own network (docker's isolation between networks, other tenants' service containers), so
+    cordond refuses it, and strict_exempt_cidrs leaves such ranges to the container itself."""
+    host, container = host_and_container
+    with inside(host):
+        public = upstream(CURSOR_IP, 80)        # not a target here: someone else's site
+        internal = upstream(RESOLVER_IP, 80)    # a service on an internal network
+    d = cordond([], prefix=["nsenter", f"--net=/run/netns/{host}"], netns_listen=NETNS_LISTEN,
+                capture_yaml="  mode: all-tls\n")
+    res = in_container(cgroups, "job", container, "peer", CURSOR_IP, 80)
+    assert res["reply"] == "ping\n" and public.peers[0][0] != "10.77.161.2", public.peers
+    refused = in_container(cgroups, "job", container, "connect-only", RESOLVER_IP, 80)
+    assert refused["connected"] and refused.get("reply", "") == "", refused  # closed unanswered
+    assert internal.peers == []
+    opened = [e for e in journal.wait_for(d.pid, count=2, CORDON_EVENT="connection_open")
+              if e["CORDON_DST"] == f"{RESOLVER_IP}:80"]
+    assert opened and opened[0]["CORDON_MODE"] == "refused", opened
+    assert "internal address" in opened[0]["CORDON_REASON"], opened
+    # Exempt, the range is the container's own again: its connection goes the way it would
+    # without cordon, through its own network.
+    d.stop()
+    d.detach()
+    exempt = cordond([], prefix=["nsenter", f"--net=/run/netns/{host}"], netns_listen=NETNS_LISTEN,
+                     capture_yaml="  mode: all-tls\n  strict_exempt_cidrs: [\"10.0.0.0/8\"]\n")
+    res = in_container(cgroups, "job", container, "peer", RESOLVER_IP, 80)
+    assert res["reply"] == "ping\n" and internal.peers == [("10.77.161.2", res["local"][1])], internal.peers
+    assert exempt.status()["counters"]["redirected_netns"] == 0
+
+
+def test_where_any_user_may_bind_low_ports_containers_are_refused(cgroups, cordond, upstream, journal,
+                                                                    host_and_container):
+    """The privileged port is the only guard of the host listener while cordond is down. Hosts
+    for rootless containers often lower net.ipv4.ip_unprivileged_port_start; then any user could
+    take the port, so cordond does not listen there and containers are refused instead."""
+    host, container = host_and_container
+    sh("ip", "netns", "exec", host, "sysctl", "-qw", "net.ipv4.ip_unprivileged_port_start=0")
+    with inside(host):
+        server = upstream(CURSOR_IP, 80)
+    d = start_in_host(cordond, host)
+    off = journal.wait_for(d.pid, CORDON_EVENT="netns_listen_off")
+    assert off and "ip_unprivileged_port_start is 0" in off[0]["CORDON_REASON"], off
+    assert labelled_addresses(host) == []
+    res = in_container(cgroups, "job", container, "connect-only", CURSOR_IP, 80)
+    assert res == {"connected": False, "errno": "EPERM"} and server.peers == []
+    assert d.status()["counters"]["refused_netns"] == 1

@@ -90,3 +90,14 @@ TEST(LocalAddressLabel, StablePerInstanceAndFitsAnInterfaceLabel)
 	EXPECT_EQ(label.rfind("lo:cdn", 0), 0u); // a label on lo must start with "lo"
 	EXPECT_LT(label.size(), 16u);            // IFNAMSIZ, with its terminating NUL
 }
+
+TEST(IpAddress, InternalAddressesAreTheOnesOffThePublicInternet)
+{
+	for (const char *internal :
+	     {"10.1.2.3", "172.16.0.1", "172.31.255.255", "192.168.1.1", "100.64.0.1", "100.127.255.255", "127.0.0.1",
+	      "169.254.169.254", "0.1.2.3", "::1", "::", "fe80::1", "fd00::1", "fc00::1"})
+		EXPECT_TRUE(IpAddress::parse(internal)->is_internal()) << internal;
+	for (const char *global : {"8.8.8.8", "172.32.0.1", "172.15.255.255", "100.128.0.1", "100.63.255.255",
+	                           "192.169.0.1", "203.0.113.10", "2001:db8::1", "2606:4700::1"})
+		EXPECT_FALSE(IpAddress::parse(global)->is_internal()) << global;
+}

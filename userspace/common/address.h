@@ -24,6 +24,10 @@ struct IpAddress {
 	uint32_t v4_be() const;
 	in6_addr v6() const;
 	bool is_loopback() const;
+	// Not on the public internet: loopback, private (RFC 1918, ULA), shared (100.64/10),
+	// link-local, "this network" (0/8), unspecified. Where a container's own network would
+	// have firewall or isolation rules that a connection made by cordond would step over.
+	bool is_internal() const;
 	std::string to_string() const; // dotted quad for IPv4, RFC 5952 for IPv6
 
 	auto operator<=>(const IpAddress &) const = default;

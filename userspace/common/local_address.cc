@@ -8,6 +8,8 @@
 #include <unistd.h>
 
 #include <array>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 
@@ -27,6 +29,9 @@ struct AddressRequest {
 
 void add_attribute(AddressRequest &req, unsigned short type, const void *data, size_t size)
 {
+	// Fixed attributes only (addresses, a label under IFNAMSIZ): they always fit.
+	if (NLMSG_ALIGN(req.header.nlmsg_len) + RTA_SPACE(size) > sizeof(req))
+		std::abort();
 	auto *rta = reinterpret_cast<rtattr *>(reinterpret_cast<char *>(&req) + NLMSG_ALIGN(req.header.nlmsg_len));
 	rta->rta_type = type;
 	rta->rta_len = static_cast<unsigned short>(RTA_LENGTH(size));
@@ -47,30 +52,39 @@ Result<UniqueFd> open_route_socket()
 }
 
 // Sends one request and reads answers until the kernel's ACK/error (or a dump's end). Every
-// RTM_NEWADDR in a dump goes to on_address.
-Status transact(int fd, const nlmsghdr &request, const std::string &what,
+// RTM_NEWADDR in a dump goes to on_address. A dump the kernel marks interrupted (the addresses
+// changed while it ran) is an EAGAIN error: the caller's answer would be incomplete.
+Status transact(int fd, const AddressRequest &request, const std::string &what,
                 const std::function<void(const nlmsghdr &)> &on_address = {})
 {
 	sockaddr_nl kernel{};
 	kernel.nl_family = AF_NETLINK;
-	if (::sendto(fd, &request, request.nlmsg_len, 0, reinterpret_cast<sockaddr *>(&kernel), sizeof(kernel)) < 0)
+	if (::sendto(fd, &request, request.header.nlmsg_len, 0, reinterpret_cast<sockaddr *>(&kernel), sizeof(kernel)) <
+	    0)
 		return system_error(what);
 	alignas(nlmsghdr) std::array<char, 32768> buffer;
+	bool interrupted = false;
 	for (;;) {
-		ssize_t n = ::recv(fd, buffer.data(), buffer.size(), 0);
+		ssize_t n = ::recv(fd, buffer.data(), buffer.size(), MSG_TRUNC);
 		if (n < 0) {
 			if (errno == EINTR)
 				continue;
 			return system_error(what + ": reading the kernel's answer");
 		}
+		if (static_cast<size_t>(n) > buffer.size())
+			return plain_error(what + ": the kernel's answer did not fit " + std::to_string(buffer.size()) +
+			                   " bytes");
 		auto remaining = static_cast<int>(n);
 		for (auto *h = reinterpret_cast<nlmsghdr *>(buffer.data()); NLMSG_OK(h, remaining);
 		     h = NLMSG_NEXT(h, remaining)) {
-			if (h->nlmsg_seq != request.nlmsg_seq)
+			if (h->nlmsg_seq != request.header.nlmsg_seq)
 				continue;
+			interrupted = interrupted || (h->nlmsg_flags & NLM_F_DUMP_INTR);
 			if (h->nlmsg_type == NLMSG_DONE)
-				return {};
+				return interrupted ? system_error(what + ": interrupted", EAGAIN) : Status{};
 			if (h->nlmsg_type == NLMSG_ERROR) {
+				if (h->nlmsg_len < NLMSG_LENGTH(sizeof(nlmsgerr)))
+					return plain_error(what + ": a short error message from the kernel");
 				const auto *err = static_cast<const nlmsgerr *>(NLMSG_DATA(h));
 				if (err->error == 0)
 					return {};
@@ -94,9 +108,13 @@ Result<int> loopback_index()
 
 std::string local_address_label(const std::string &pin_dir)
 {
-	// FNV-1a of the pin directory: short, stable, and different per instance.
+	// FNV-1a of the pin directory: short, stable, and different per instance. "/x/" and "/x"
+	// are one directory.
+	std::string dir = pin_dir;
+	while (dir.size() > 1 && dir.back() == '/')
+		dir.pop_back();
 	uint32_t hash = 2166136261u;
-	for (unsigned char c : pin_dir) {
+	for (unsigned char c : dir) {
 		hash ^= c;
 		hash *= 16777619u;
 	}
@@ -130,7 +148,7 @@ Status add_local_address(const IpAddress &ip, const std::string &label)
 	add_attribute(req, IFA_LOCAL, &v4, sizeof(v4));
 	add_attribute(req, IFA_ADDRESS, &v4, sizeof(v4));
 	add_attribute(req, IFA_LABEL, label.c_str(), label.size() + 1);
-	Status st = transact(fd->get(), req.header, "add " + ip.to_string() + "/32 to lo");
+	Status st = transact(fd->get(), req, "add " + ip.to_string() + "/32 to lo");
 	if (!st && st.error().code == EEXIST)
 		return {};
 	return st;
@@ -151,7 +169,7 @@ Result<std::vector<IpAddress>> local_addresses(const std::string &label)
 	req.header.nlmsg_seq = 2;
 	req.address.ifa_family = AF_INET;
 	std::vector<IpAddress> found;
-	Status st = transact(fd->get(), req.header, "list the addresses of lo", [&](const nlmsghdr &h) {
+	Status st = transact(fd->get(), req, "list the addresses of lo", [&](const nlmsghdr &h) {
 		const auto *ifa = static_cast<const ifaddrmsg *>(NLMSG_DATA(&h));
 		if (static_cast<int>(ifa->ifa_index) != *index || ifa->ifa_family != AF_INET)
 			return;
@@ -177,7 +195,7 @@ Result<std::vector<IpAddress>> local_addresses(const std::string &label)
 	return found;
 }
 
-Status remove_local_address(const IpAddress &ip)
+Status remove_local_address(const IpAddress &ip, const std::string &label)
 {
 	if (!ip.is_v4())
 		return plain_error("remove " + ip.to_string() + " from lo: only IPv4 is supported");
@@ -196,8 +214,12 @@ Status remove_local_address(const IpAddress &ip)
 	req.address.ifa_prefixlen = 32;
 	req.address.ifa_index = static_cast<unsigned>(*index);
 	const uint32_t v4 = ip.v4_be();
+	// Address, prefix length and label together: only cordon's /32, never an administrator's
+	// address that happens to match it.
 	add_attribute(req, IFA_LOCAL, &v4, sizeof(v4));
-	Status st = transact(fd->get(), req.header, "remove " + ip.to_string() + " from lo");
+	add_attribute(req, IFA_ADDRESS, &v4, sizeof(v4));
+	add_attribute(req, IFA_LABEL, label.c_str(), label.size() + 1);
+	Status st = transact(fd->get(), req, "remove " + ip.to_string() + " from lo");
 	if (!st && st.error().code == EADDRNOTAVAIL)
 		return {};
 	return st;
@@ -209,7 +231,7 @@ Result<size_t> remove_local_addresses(const std::string &label)
 	if (!addresses)
 		return addresses.error();
 	for (const IpAddress &ip : *addresses)
-		if (Status st = remove_local_address(ip); !st)
+		if (Status st = remove_local_address(ip, label); !st)
 			return st.error();
 	return addresses->size();
 }

@@ -22,8 +22,8 @@ std::string local_address_label(const std::string &pin_dir);
 Status add_local_address(const IpAddress &ip, const std::string &label);
 // The IPv4 addresses on `lo` carrying label.
 Result<std::vector<IpAddress>> local_addresses(const std::string &label);
-// Removes ip/32 from `lo` (absent already: success).
-Status remove_local_address(const IpAddress &ip);
+// Removes ip/32 carrying label from `lo` (absent already: success).
+Status remove_local_address(const IpAddress &ip, const std::string &label);
 // Removes every IPv4 address on `lo` carrying label; returns how many went.
 Result<size_t> remove_local_addresses(const std::string &label);
 

@@ -224,11 +224,11 @@ const std::map<std::string, Validator> &validators()
 		     if (v.empty())
 			     return v; // jobs in other network namespaces are refused
 		     auto a = SocketAddress::parse(v);
-		     if (!a || !a->ip.is_v4() || a->ip.is_loopback() || a->ip.v4_be() == 0 ||
+		     if (!a || !a->ip.is_v4() || a->ip.is_loopback() || (ntohl(a->ip.v4_be()) >> 24) == 0 ||
 		         (ntohl(a->ip.v4_be()) >> 28) >= 14)
 			     return plain_error("'" + v +
 			                        "' is not a unicast, non-loopback IPv4 address and port "
-			                        "(\"169.254.77.77:1023\")");
+			                        "(\"169.254.77.77:359\")");
 		     if (a->port == 0 || a->port >= 1024)
 			     return plain_error("'" + v +
 			                        "': the port must be privileged (1-1023), so that no job can listen "
@@ -539,9 +539,6 @@ Status check_whole(const config::Policy &p, const std::string &source)
 			return plain_error(source + ": identity issuer '" + i.name() +
 			                   "' needs audiences (the aud its tokens must carry for cordon)");
 	}
-	if (!p.daemon().netns_listen().empty() &&
-	    SocketAddress::parse(p.daemon().netns_listen())->ip == *IpAddress::parse(p.daemon().listen_ipv4()))
-		return plain_error(source + ": daemon.netns_listen must be another address than daemon.listen_ipv4");
 	if (!p.daemon().netns_listen().empty() &&
 	    SocketAddress::parse(p.daemon().netns_listen())->port == p.daemon().netns_dns_port())
 		return plain_error(source + ": daemon.netns_dns_port must differ from the port of daemon.netns_listen");

@@ -6,6 +6,7 @@
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <syslog.h>
 #include <systemd/sd-daemon.h>
 #include <unistd.h>
 
@@ -138,6 +139,17 @@ Result<uint64_t> own_netns_cookie()
 	if (::getsockopt(fd.get(), SOL_SOCKET, SO_NETNS_COOKIE, &cookie, &len) != 0)
 		return system_error("SO_NETNS_COOKIE (needs Linux 5.14 or newer)");
 	return cookie;
+}
+
+// The lowest port a process without CAP_NET_BIND_SERVICE may bind in this namespace (often
+// lowered for rootless containers); empty when it cannot be read.
+std::optional<unsigned> unprivileged_port_start()
+{
+	std::ifstream in("/proc/sys/net/ipv4/ip_unprivileged_port_start");
+	unsigned value = 0;
+	if (!(in >> value))
+		return std::nullopt;
+	return value;
 }
 
 bool is_ancestor_or_self(const std::string &ancestor, const std::string &path)
@@ -708,24 +720,46 @@ Status run_daemon(const DaemonOptions &options)
 	ks.cgroup_id = *own_id;
 	ks.pin_dir = p.daemon().pin_dir();
 	ks.cgroup_mount = hierarchy->mount_point();
+	const std::string address_label = local_address_label(ks.pin_dir);
+	std::string netns_off; // why containers are refused although the policy names a listener
+	bool added_address = false;
 	if (!p.daemon().netns_listen().empty()) {
 		ks.netns_listen = *SocketAddress::parse(p.daemon().netns_listen());
 		if (ks.dns_port != 0)
 			ks.netns_dns_port = static_cast<uint16_t>(p.daemon().netns_dns_port());
+		if (auto unprivileged = unprivileged_port_start();
+		    unprivileged && *unprivileged <= std::max(ks.netns_listen.port, ks.netns_dns_port)) {
+			netns_off = "net.ipv4.ip_unprivileged_port_start is " + std::to_string(*unprivileged) +
+			            ", so any user could listen on " + p.daemon().netns_listen() +
+			            " while cordond is down: containers' captured connections are refused instead";
+			ks.netns_listen = {};
+			ks.netns_dns_port = 0;
+		}
+	}
+	if (ks.netns_listen.port != 0) {
 		// Local before any program redirects there: an address that is not local would send a
 		// container's connection out through the host's default route instead.
-		if (Status st = add_local_address(ks.netns_listen.ip, local_address_label(ks.pin_dir)); !st)
+		auto present = local_addresses(address_label);
+		added_address =
+		    !present || std::find(present->begin(), present->end(), ks.netns_listen.ip) == present->end();
+		if (Status st = add_local_address(ks.netns_listen.ip, address_label); !st)
 			return plain_error("daemon.netns_listen: " + st.error().message());
 	}
 	auto kernel = KernelPrograms::attach(ks);
-	if (!kernel)
+	if (!kernel) {
+		// Another cordond holding the pins, say: leave no address of ours behind.
+		if (added_address)
+			(void)remove_local_address(ks.netns_listen.ip, address_label);
 		return kernel.error();
+	}
 	KernelPrograms &kp = **kernel;
 	// The programs now redirect only to this policy's address: one a previous policy named goes.
-	if (auto stale = local_addresses(local_address_label(ks.pin_dir)); stale) {
+	if (auto stale = local_addresses(address_label); !stale) {
+		log::warning("daemon.netns_listen: " + stale.error().message());
+	} else {
 		for (const IpAddress &ip : *stale)
 			if (ks.netns_listen.port == 0 || ip != ks.netns_listen.ip)
-				if (Status st = remove_local_address(ip); !st)
+				if (Status st = remove_local_address(ip, address_label); !st)
 					log::warning("daemon.netns_listen: " + st.error().message());
 	}
 
@@ -739,6 +773,14 @@ Status run_daemon(const DaemonOptions &options)
 		    .add("CORDON_PIN_DIR", ks.pin_dir)
 		    .add("CORDON_CGROUP_ROOT", hierarchy->mount_point())
 		    .add("CORDON_ADOPTED", kp.adopted() ? "1" : "0");
+		journal.send(std::move(e));
+	}
+	if (!netns_off.empty()) {
+		log::error("daemon.netns_listen: " + netns_off);
+		JournalEntry e;
+		e.priority = LOG_ERR;
+		e.message = "containers' listener off: " + netns_off;
+		e.add("CORDON_EVENT", "netns_listen_off").add("CORDON_REASON", netns_off);
 		journal.send(std::move(e));
 	}
 
@@ -832,6 +874,7 @@ Status run_daemon(const DaemonOptions &options)
 	if (ks.netns_listen.port != 0)
 		rs.listen.push_back(ks.netns_listen);
 	rs.upstream_mark = ks.upstream_mark;
+	rs.own_netns_cookie = ks.netns_cookie;
 	rs.connect_timeout = std::chrono::milliseconds(p.daemon().connect_timeout_ms());
 	rs.idle_timeout = std::chrono::seconds(p.daemon().idle_timeout_seconds());
 	rs.max_connections = p.daemon().max_connections();

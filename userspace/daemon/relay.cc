@@ -510,8 +510,21 @@ private:
 		return false;
 	}
 
-	void decide(SniAction action, const std::string &reason)
+	void decide(SniAction action, std::string reason)
 	{
+		// A container's connection passed through leaves from cordond, in the host's namespace:
+		// to an internal address that would step over the container network's isolation (other
+		// tenants' service containers, host-only networks). Such ranges belong in
+		// capture.strict_exempt_cidrs, where the container's own connection is left alone.
+		if (action == SniAction::Passthrough && id_.origin.netns_cookie != server_.settings_.own_netns_cookie) {
+			IpAddress dst;
+			std::memcpy(dst.bytes.data(), id_.origin.dst_addr, 16);
+			if (dst.is_internal()) {
+				action = SniAction::Refuse;
+				reason += "; not passed through from another network namespace to an internal address "
+				          "(capture.strict_exempt_cidrs leaves such ranges to the job)";
+			}
+		}
 		mode_ = to_string(action);
 		reason_ = reason;
 		journal_open();

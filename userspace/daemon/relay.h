@@ -88,6 +88,9 @@ struct RelaySettings {
 	std::chrono::milliseconds connect_timeout{10000};
 	std::chrono::seconds idle_timeout{0}; // 0: never
 	uint32_t max_connections = 20000;
+	// cordond's network namespace: connections from other ones (containers) are not passed
+	// through to internal addresses (see Connection::decide).
+	uint64_t own_netns_cookie = 0;
 	TlsSettings tls;
 	DaemonMetrics *metrics = nullptr; // counted into; the server keeps its own when null
 };
