@@ -393,11 +393,13 @@ int main(int argc, char **argv)
 	if (command == "watch") {
 		const long count = vm["count"].as<long>();
 		long messages = 0;
+		bool refused = false;
 		Status st = control_stream(
 		    socket, json{{"command", "watch"}},
 		    [&](const json &e) {
 			    if (e.contains("ok") && !e.value("ok", false)) {
 				    std::cerr << "cordonctl: " << e.value("error", std::string("refused")) << "\n";
+				    refused = true;
 				    return false;
 			    }
 			    if (as_json)
@@ -413,7 +415,7 @@ int main(int argc, char **argv)
 			std::cerr << "cordonctl: " << st.error().message() << "\n";
 			return 1;
 		}
-		return 0;
+		return refused ? 1 : 0;
 	}
 	if (command == "detach") {
 		if (::geteuid() != 0) {
