@@ -38,8 +38,12 @@ def cgroup2_mount():
 
 
 def cordon_addresses():
+    """The addresses a cordond puts on lo for containers, and their unreachable routes."""
     out = subprocess.run(["ip", "-4", "-o", "addr", "show", "dev", "lo"], capture_output=True, text=True).stdout
-    return {line.split()[3] + " on lo" for line in out.splitlines() if " lo:cdn" in line}
+    routes = subprocess.run(["ip", "-4", "route", "show", "table", "main", "proto", "205"], capture_output=True,
+                            text=True).stdout
+    return ({line.split()[3] + " on lo" for line in out.splitlines() if " lo:cdn" in line} |
+            {"route " + line.strip() for line in routes.splitlines() if line.strip()})
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -198,7 +198,7 @@ def test_a_container_cannot_go_around_and_is_refused_while_cordond_is_down(cgrou
     d.stop()
     subprocess.run(["nsenter", f"--net=/run/netns/{host}", str(CORDONCTL), "--pin-dir", d.pin_dir, "detach"],
                    check=True, capture_output=True)
-    assert labelled_addresses(host) == []
+    assert labelled_addresses(host) == [] and fallback_routes(host) == []
 
 
 def test_without_a_netns_listener_containers_are_refused(cgroups, cordond, upstream, host_and_container):
@@ -319,3 +319,40 @@ def test_where_any_user_may_bind_low_ports_containers_are_refused(cgroups, cordo
     res = in_container(cgroups, "job", container, "connect-only", CURSOR_IP, 80)
     assert res == {"connected": False, "errno": "EPERM"} and server.peers == []
     assert d.status()["counters"]["refused_netns"] == 1
+
+
+def fallback_routes(netns):
+    out = subprocess.run(["ip", "-n", netns, "-4", "route", "show", "table", "main", "proto", "205"],
+                         capture_output=True, text=True, check=True).stdout
+    return out.split()
+
+
+def test_should_the_address_vanish_a_containers_connection_still_never_leaves(cgroups, cordond, upstream,
+                                                                               host_and_container):
+    """Behind the address on lo, an unreachable route to it: should someone flush lo, a captured
+    connection from a container fails at the host instead of following the default route out."""
+    host, container = host_and_container
+    with inside(host):
+        server = upstream(CURSOR_IP, 80)
+    # H's default route leads back out of the veth: without the fallback, a packet for the
+    # vanished address would leave this "host" (and, with nobody answering, time out).
+    # H forwards, as a docker host does.
+    sh("ip", "-n", host, "route", "add", "default", "via", "10.77.161.2")
+    sh("ip", "netns", "exec", host, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+    d = start_in_host(cordond, host)
+    assert fallback_routes(host)[:2] == ["unreachable", NETNS_LISTEN_IP], fallback_routes(host)
+    sh("ip", "-n", host, "addr", "flush", "dev", "lo", "label", "lo:cdn*")
+    assert labelled_addresses(host) == []
+    res = in_container(cgroups, "job", container, "connect-only", CURSOR_IP, 80)
+    assert res == {"connected": False, "errno": "EHOSTUNREACH"} and server.peers == [], res
+    d.stop()
+    subprocess.run(["nsenter", f"--net=/run/netns/{host}", str(CORDONCTL), "--pin-dir", d.pin_dir, "detach"],
+                   check=True, capture_output=True)
+    # The address was gone already; detach only knows cordon's addresses, so the route that
+    # stood for it stays (an unreachable route to an address nobody uses) until the next start.
+    d2 = start_in_host(cordond, host)
+    assert labelled_addresses(host) == [f"{NETNS_LISTEN_IP}/32"]
+    d2.stop()
+    subprocess.run(["nsenter", f"--net=/run/netns/{host}", str(CORDONCTL), "--pin-dir", d2.pin_dir, "detach"],
+                   check=True, capture_output=True)
+    assert labelled_addresses(host) == [] and fallback_routes(host) == []

@@ -27,7 +27,17 @@ struct AddressRequest {
 	std::array<char, 256> attributes;
 };
 
-void add_attribute(AddressRequest &req, unsigned short type, const void *data, size_t size)
+struct RouteRequest {
+	nlmsghdr header;
+	rtmsg route;
+	std::array<char, 64> attributes;
+};
+
+// Marks cordon's fallback routes (any protocol number that is not the kernel's or a routing
+// daemon's will do; `ip route` shows it as "proto 205").
+constexpr unsigned char kRouteProtocol = 205;
+
+template <typename Request> void add_attribute(Request &req, unsigned short type, const void *data, size_t size)
 {
 	// Fixed attributes only (addresses, a label under IFNAMSIZ): they always fit.
 	if (NLMSG_ALIGN(req.header.nlmsg_len) + RTA_SPACE(size) > sizeof(req))
@@ -54,7 +64,8 @@ Result<UniqueFd> open_route_socket()
 // Sends one request and reads answers until the kernel's ACK/error (or a dump's end). Every
 // RTM_NEWADDR in a dump goes to on_address. A dump the kernel marks interrupted (the addresses
 // changed while it ran) is an EAGAIN error: the caller's answer would be incomplete.
-Status transact(int fd, const AddressRequest &request, const std::string &what,
+template <typename Request>
+Status transact(int fd, const Request &request, const std::string &what,
                 const std::function<void(const nlmsghdr &)> &on_address = {})
 {
 	sockaddr_nl kernel{};
@@ -94,6 +105,35 @@ Status transact(int fd, const AddressRequest &request, const std::string &what,
 				on_address(*h);
 		}
 	}
+}
+
+// The fallback behind the address: an `unreachable` route to it in the main table. While the
+// address is on lo the local table answers first; should it vanish (an `ip addr flush dev lo`),
+// a container's connection meant for cordond fails at the host instead of following the
+// default route out.
+Status change_fallback_route(const IpAddress &ip, bool add)
+{
+	auto fd = open_route_socket();
+	if (!fd)
+		return fd.error();
+	RouteRequest req{};
+	req.header.nlmsg_len = NLMSG_LENGTH(sizeof(rtmsg));
+	req.header.nlmsg_type = add ? RTM_NEWROUTE : RTM_DELROUTE;
+	req.header.nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK | (add ? NLM_F_CREATE | NLM_F_EXCL : 0);
+	req.header.nlmsg_seq = 4;
+	req.route.rtm_family = AF_INET;
+	req.route.rtm_dst_len = 32;
+	req.route.rtm_table = RT_TABLE_MAIN;
+	req.route.rtm_protocol = kRouteProtocol;
+	req.route.rtm_scope = RT_SCOPE_UNIVERSE;
+	req.route.rtm_type = RTN_UNREACHABLE;
+	const uint32_t v4 = ip.v4_be();
+	add_attribute(req, RTA_DST, &v4, sizeof(v4));
+	const std::string what = std::string(add ? "add" : "remove") + " the unreachable route to " + ip.to_string();
+	Status st = transact(fd->get(), req, what);
+	if (!st && st.error().code == (add ? EEXIST : ESRCH))
+		return {};
+	return st;
 }
 
 Result<int> loopback_index()
@@ -149,9 +189,9 @@ Status add_local_address(const IpAddress &ip, const std::string &label)
 	add_attribute(req, IFA_ADDRESS, &v4, sizeof(v4));
 	add_attribute(req, IFA_LABEL, label.c_str(), label.size() + 1);
 	Status st = transact(fd->get(), req, "add " + ip.to_string() + "/32 to lo");
-	if (!st && st.error().code == EEXIST)
-		return {};
-	return st;
+	if (!st && st.error().code != EEXIST)
+		return st;
+	return change_fallback_route(ip, true);
 }
 
 Result<std::vector<IpAddress>> local_addresses(const std::string &label)
@@ -220,9 +260,9 @@ Status remove_local_address(const IpAddress &ip, const std::string &label)
 	add_attribute(req, IFA_ADDRESS, &v4, sizeof(v4));
 	add_attribute(req, IFA_LABEL, label.c_str(), label.size() + 1);
 	Status st = transact(fd->get(), req, "remove " + ip.to_string() + " from lo");
-	if (!st && st.error().code == EADDRNOTAVAIL)
-		return {};
-	return st;
+	if (!st && st.error().code != EADDRNOTAVAIL)
+		return st;
+	return change_fallback_route(ip, false);
 }
 
 Result<size_t> remove_local_addresses(const std::string &label)

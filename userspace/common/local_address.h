@@ -18,11 +18,13 @@ namespace cordon {
 // pin_dir: stable across restarts, different for a second instance on the same host.
 std::string local_address_label(const std::string &pin_dir);
 
-// Adds ip/32 to `lo` under label (present already: success). IPv4 only.
+// Adds ip/32 to `lo` under label (present already: success), and an `unreachable` route to it
+// in the main table, so that a connection meant for cordond never leaves the host should the
+// address vanish. IPv4 only.
 Status add_local_address(const IpAddress &ip, const std::string &label);
 // The IPv4 addresses on `lo` carrying label.
 Result<std::vector<IpAddress>> local_addresses(const std::string &label);
-// Removes ip/32 carrying label from `lo` (absent already: success).
+// Removes ip/32 carrying label from `lo`, and its unreachable route (absent already: success).
 Status remove_local_address(const IpAddress &ip, const std::string &label);
 // Removes every IPv4 address on `lo` carrying label; returns how many went.
 Result<size_t> remove_local_addresses(const std::string &label);
