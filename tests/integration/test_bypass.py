@@ -1028,6 +1028,15 @@ def test_the_job_may_only_enroll_on_the_control_socket(world, journal):
             r = w.job.run(wrap + [CORDONCTL, "--socket", w.d.socket, *args], check=False)
             assert "permission denied" in r.stderr and r.stdout == "", (wrap, args, r)
             assert r.returncode != 0, (wrap, args, r)
+    # Root of a container without a user namespace (its own PID namespace, uid 0 to the kernel)
+    # given the socket to enroll: enroll and unenroll only, never root's commands.
+    for args in (["approvals"], ["identities"], ["reload"], ["watch", "--count", "1", "--seconds", "1"]):
+        r = w.job.run(["unshare", "--pid", "--fork", "--mount-proc", CORDONCTL, "--socket", w.d.socket, *args],
+                      user=0, check=False)
+        assert "permission denied" in r.stderr and r.returncode != 0, (args, r)
+    r = w.job.run(["unshare", "--pid", "--fork", "--mount-proc", CORDONCTL, "--socket", w.d.socket, "unenroll"],
+                  user=0)
+    assert "was not enrolled" in r.stdout, r
     assert w.d.status()["ok"] is True  # and root, for contrast
 
 

@@ -33,6 +33,19 @@ constexpr auto kSessionTimeout = std::chrono::seconds(10);
 // SO_PEERPIDFD (Linux 6.5); Debian 12's headers predate it.
 constexpr int kSoPeerPidfd = 77;
 
+// Root in cordond's own PID namespace. uid 0 alone is not enough: root of a container without a
+// user namespace is uid 0 too, and a job container given the control socket (to enroll) must not
+// watch other tenants' prompts or approve its own requests. Unreadable: not root.
+bool host_root(const ucred &cred)
+{
+	if (cred.uid != 0)
+		return false;
+	struct stat own, theirs;
+	const std::string path = "/proc/" + std::to_string(cred.pid) + "/ns/pid";
+	return ::stat("/proc/self/ns/pid", &own) == 0 && ::stat(path.c_str(), &theirs) == 0 &&
+	       own.st_ino == theirs.st_ino && own.st_dev == theirs.st_dev;
+}
+
 Result<sockaddr_un> unix_address(const std::string &path)
 {
 	sockaddr_un addr{};
@@ -240,7 +253,7 @@ void ControlServer::on_accepted(int raw_fd)
 		log::warning(std::string("control: SO_PEERCRED: ") + std::strerror(errno));
 		return;
 	}
-	const bool root = cred.uid == 0;
+	const bool root = host_root(cred);
 	auto count_of = [this](uid_t uid) {
 		auto it = per_uid_.find(uid);
 		return it == per_uid_.end() ? size_t{0} : it->second;
@@ -254,7 +267,7 @@ void ControlServer::on_accepted(int raw_fd)
 		(void)!::send(fd.get(), busy, sizeof(busy) - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
 		return;
 	}
-	ControlPeer peer{cred.pid, cred.uid, cred.gid, nullptr};
+	ControlPeer peer{cred.pid, cred.uid, cred.gid, root, nullptr};
 	int pidfd = -1;
 	socklen_t pidfd_len = sizeof(pidfd);
 	if (::getsockopt(fd.get(), SOL_SOCKET, kSoPeerPidfd, &pidfd, &pidfd_len) == 0 && pidfd >= 0)

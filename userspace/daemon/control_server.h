@@ -24,6 +24,9 @@ struct ControlPeer {
 	pid_t pid = 0;
 	uid_t uid = 0;
 	gid_t gid = 0;
+	// Root of the host: uid 0 in cordond's own PID namespace. Root-only commands check this, not
+	// uid, so root of a container given the socket (to enroll) is an ordinary caller.
+	bool admin = false;
 	// The peer process itself (SO_PEERPIDFD), taken at accept: while it is alive, `pid` names
 	// that process and no other, so what /proc says about `pid` is about the peer. Null when
 	// the kernel has no SO_PEERPIDFD (before 6.5).

@@ -363,6 +363,33 @@ struct Runtime {
 		            {"claims", json::parse(b.journal_claims, nullptr, false)}};
 	}
 
+	// `cordonctl unenroll`, run by a job-started hook before it enrolls: the caller's own cgroup
+	// (from the kernel, as for enroll) loses its binding, so a job without a token of its own
+	// never runs under the previous job's identity on a runner whose cgroup outlives its jobs.
+	// Anyone may: it only ever ends the caller's own cgroup's binding.
+	json unenroll(const ControlPeer &peer)
+	{
+		if (!peer.pidfd)
+			return json{
+			    {"ok", false},
+			    {"error", "cannot identify the caller safely: the kernel lacks SO_PEERPIDFD (Linux 6.5+)"}};
+		auto cgroup = cgroups.path_of_pid(peer.pid);
+		if (!cgroup || !peer.alive())
+			return json{{"ok", false}, {"error", "the calling process is gone"}};
+		auto ended = enrollments.unbind(*cgroup);
+		if (ended) {
+			JournalEntry e;
+			e.message = "workload " + ended->identity() + " unenrolled from cgroup " + *cgroup;
+			e.add("CORDON_EVENT", "unenroll")
+			    .add("CORDON_PID", std::to_string(peer.pid))
+			    .add("CORDON_UID", std::to_string(peer.uid))
+			    .add("CORDON_CGROUP", *cgroup)
+			    .add("CORDON_IDENTITY", ended->identity());
+			journal.send(std::move(e));
+		}
+		return json{{"ok", true}, {"cgroup", *cgroup}, {"identity", ended ? ended->identity() : ""}};
+	}
+
 	json identities() const
 	{
 		json list = json::array();
@@ -615,13 +642,13 @@ struct Runtime {
 			return answer({{"ok", false}, {"error", "expected a JSON object with a \"command\""}});
 		const std::string command = request["command"];
 		if (command == "status") {
-			if (peer.uid != 0)
+			if (!peer.admin)
 				return answer({{"ok", false}, {"error", "permission denied: status is for root"}});
 			return answer(status());
 		}
 		if (command == "watch") {
 			// Messages carry code and prompts: for root only.
-			if (peer.uid != 0)
+			if (!peer.admin)
 				return answer({{"ok", false}, {"error", "permission denied: watch is for root"}});
 			ControlReply r = answer({{"ok", true}, {"event", "watching"}, {"pid", ::getpid()}});
 			r.subscribe = true;
@@ -629,8 +656,10 @@ struct Runtime {
 		}
 		if (command == "enroll")
 			return answer(enroll(request, peer)); // any caller: jobs enroll themselves
+		if (command == "unenroll")
+			return answer(unenroll(peer)); // any caller, for its own cgroup only
 		if (command == "approvals" || command == "approve" || command == "deny") {
-			if (peer.uid != 0)
+			if (!peer.admin)
 				return answer(
 				    {{"ok", false}, {"error", "permission denied: " + command + " is for root"}});
 			if (command == "approvals")
@@ -638,18 +667,18 @@ struct Runtime {
 			return answer(answer_approval(request, peer, command == "approve"));
 		}
 		if (command == "identities") {
-			if (peer.uid != 0)
+			if (!peer.admin)
 				return answer({{"ok", false}, {"error", "permission denied: identities is for root"}});
 			return answer(identities());
 		}
 		if (command == "metrics") {
 			// What the metrics endpoint serves, whether or not it is open.
-			if (peer.uid != 0)
+			if (!peer.admin)
 				return answer({{"ok", false}, {"error", "permission denied: metrics is for root"}});
 			return answer({{"ok", true}, {"text", metrics ? metrics->render() : std::string()}});
 		}
 		if (command == "reload") {
-			if (peer.uid != 0)
+			if (!peer.admin)
 				return answer({{"ok", false}, {"error", "permission denied: reload is for root"}});
 			return answer(reload());
 		}
