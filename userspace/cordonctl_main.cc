@@ -43,6 +43,7 @@ commands:
              the host CA in DIR/ca and the host trust stores (root only; `cordonctl ca` for more)
   enroll --token-file F | --token-env VAR
              run inside a job: bind its CI's OIDC token (audience for cordon) to the job's cgroup
+  unenroll   run inside a job: end its cgroup's binding (job-started hooks do, before enrolling)
   identities enrolled workloads and their claims (root only)
   approvals  requests and messages held for a person's approval, and standing grants (root only)
   approve ID [--for DURATION]

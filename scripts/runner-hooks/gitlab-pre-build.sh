@@ -17,6 +17,9 @@
 # Without a token the job runs unenrolled (the policy's `unenrolled_action` applies); set
 # CORDON_ENROLL_REQUIRED=1 to fail such jobs instead.
 cordon_token_var=${CORDON_TOKEN_VAR:-CORDON_ID_TOKEN}
+# A cgroup that outlives its jobs (one runner process, no per-job session) must not carry the
+# previous job's identity: end its binding first.
+${CORDONCTL:-cordonctl} unenroll >/dev/null 2>&1 || echo "cordon: could not end an earlier job's enrollment" >&2
 if eval "[ -n \"\${$cordon_token_var:-}\" ]"; then
 	${CORDONCTL:-cordonctl} enroll --token-env "$cordon_token_var" ||
 		{ echo "cordon: enrollment failed; the job runs unenrolled" >&2; [ "${CORDON_ENROLL_REQUIRED:-0}" = 1 ] && exit 1; }

@@ -534,6 +534,14 @@ def test_the_github_job_started_hook_enrolls_the_job(governed, signer, tmp_path,
     assert "runs unenrolled" in r.stderr
     listed = json.loads(d.ctl("identities", "--json").stdout)["identities"]
     assert [i["cgroup"].rsplit("/", 1)[1] for i in listed] == ["enrolled"]
+    # The next job on the same runner (the same cgroup, which outlives its jobs) gets no token:
+    # it must not run under the previous job's identity.
+    r = jobs["enrolled"].run(["env", f"CORDONCTL={CORDONCTL}", f"CORDON_CONTROL_SOCKET={d.socket}",
+                              "sh", str(HOOKS / "github-job-started.sh")])
+    assert "runs unenrolled" in r.stderr, r
+    assert json.loads(d.ctl("identities", "--json").stdout)["identities"] == []
+    ended = journal.wait_for(d.pid, CORDON_EVENT="unenroll")
+    assert ended and ended[0]["CORDON_IDENTITY"].startswith("ci:") and ended[0]["CORDON_UID"] != "0", ended
 
 
 def test_the_gitlab_pre_build_script_enrolls_the_job(governed, signer, tmp_path):

@@ -486,6 +486,21 @@ TEST(Enrollments, BindingsEndWithTheTokenOrTheCgroup)
 	EXPECT_FALSE(e.bind(enrolled("/c", "t3", 100), 300)) << "expired token";
 }
 
+TEST(Enrollments, UnbindEndsOnlyThatCgroupsBindingAndTheTokenStaysSpent)
+{
+	identity::Enrollments e;
+	ASSERT_TRUE(e.bind(enrolled("/runner", "t1", 1000), 100));
+	ASSERT_TRUE(e.bind(enrolled("/other", "t2", 1000), 100));
+	EXPECT_FALSE(e.unbind("/runner/job")) << "only the exact cgroup, not a child of it";
+	auto ended = e.unbind("/runner");
+	ASSERT_TRUE(ended);
+	EXPECT_EQ(ended->fingerprint, "t1");
+	EXPECT_FALSE(e.lookup("/runner", 200)) << "the next job on the runner is unenrolled";
+	EXPECT_TRUE(e.lookup("/other", 200));
+	EXPECT_FALSE(e.unbind("/runner")) << "nothing left to end";
+	EXPECT_FALSE(e.bind(enrolled("/elsewhere", "t1", 1000), 300)) << "the token cannot move on";
+}
+
 TEST(PolicyObserver, AnApprovalOnAnInjectExchangeKeepsTheInjectionAndChecksEveryMessage)
 {
 	ASSERT_EQ(::geteuid(), 0u) << "the credential file must be root's; run the unit tests as root";

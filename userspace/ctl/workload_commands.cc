@@ -96,6 +96,26 @@ int enroll(const WorkloadCommandOptions &o)
 	}
 }
 
+int unenroll(const WorkloadCommandOptions &o)
+{
+	auto reply = control_request(o.socket, json{{"command", "unenroll"}});
+	if (!reply) {
+		std::cerr << "cordonctl unenroll: cordond is not reachable at " << o.socket << ": "
+		          << reply.error().message() << "\n";
+		return kExitNotRunning;
+	}
+	if (!reply->value("ok", false))
+		return failed(*reply, o.json);
+	if (o.json)
+		std::cout << reply->dump(2) << "\n";
+	else if (const std::string identity = reply->value("identity", ""); !identity.empty())
+		std::cout << "unenrolled " << printable(identity) << " from cgroup " << printable((*reply)["cgroup"])
+		          << "\n";
+	else
+		std::cout << "cgroup " << printable((*reply)["cgroup"]) << " was not enrolled\n";
+	return 0;
+}
+
 int simple(const WorkloadCommandOptions &o, const json &request, json &reply)
 {
 	auto r = control_request(o.socket, request);
@@ -216,8 +236,8 @@ long parse_duration_seconds(const std::string &text)
 
 bool is_workload_command(const std::string &command)
 {
-	return command == "enroll" || command == "identities" || command == "approvals" || command == "approve" ||
-	       command == "deny";
+	return command == "enroll" || command == "unenroll" || command == "identities" || command == "approvals" ||
+	       command == "approve" || command == "deny";
 }
 
 int run_workload_command(const std::string &command, const std::vector<std::string> &args,
@@ -231,6 +251,8 @@ int run_workload_command(const std::string &command, const std::vector<std::stri
 	}
 	if (command == "enroll")
 		return enroll(options);
+	if (command == "unenroll")
+		return unenroll(options);
 	if (command == "identities")
 		return identities(options);
 	return approvals(options);

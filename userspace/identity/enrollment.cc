@@ -17,6 +17,16 @@ Result<std::shared_ptr<const Enrolled>> Enrollments::bind(Enrolled e, int64_t no
 	return bound;
 }
 
+std::shared_ptr<const Enrolled> Enrollments::unbind(const std::string &cgroup)
+{
+	auto it = by_cgroup_.find(cgroup);
+	if (it == by_cgroup_.end())
+		return nullptr;
+	auto ended = std::move(it->second);
+	by_cgroup_.erase(it);
+	return ended;
+}
+
 std::shared_ptr<const Enrolled> Enrollments::lookup(const std::string &cgroup, int64_t now) const
 {
 	// The cgroup, then its ancestors, never the root (which is refused at enrollment).

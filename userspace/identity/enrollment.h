@@ -40,6 +40,9 @@ public:
 	// Binds `e` to e.cgroup, replacing an earlier binding of that cgroup (the next job on the
 	// same runner). Refused when the token is already bound to another cgroup.
 	Result<std::shared_ptr<const Enrolled>> bind(Enrolled e, int64_t now);
+	// Ends the binding of exactly `cgroup` (a job leaving, or the next job on a runner whose
+	// cgroup outlives its jobs); returns it, or null when there was none. The token stays spent.
+	std::shared_ptr<const Enrolled> unbind(const std::string &cgroup);
 	// The binding for a connection from `cgroup`: its own, else its nearest enrolled ancestor's
 	// (never the root cgroup's: enrolling from there is refused).
 	std::shared_ptr<const Enrolled> lookup(const std::string &cgroup, int64_t now) const;
