@@ -25,6 +25,7 @@ GH_UNIT = "actions.runner.acme-app.runner1.service"
 GH_DIR = "/home/runner/actions-runner"
 SLICE = "/cordon.slice/cordon-jobs.slice"
 HOOK_LINE = "ACTIONS_RUNNER_HOOK_JOB_STARTED=/usr/share/cordon/runner-hooks/github-job-started.sh"
+ENV_MARK = "# cordon-runner-setup added the next line; cordon-runner-setup --undo removes both"
 TOML_LINE = '  pre_build_script = ". /usr/share/cordon/runner-hooks/gitlab-pre-build.sh"'
 ENV_FILE = "LANG=C.UTF-8\nJAVA_HOME=/usr/lib/jvm/java-17\n"
 CONFIG_TOML = """concurrent = 2
@@ -155,11 +156,13 @@ def test_github_jobs_go_into_the_slice_the_policy_enforces_and_the_hook_is_added
     before = snapshot(root)
     r = run_setup(root, "github")
 
-    dropin = (root / f"etc/systemd/system/{GH_UNIT}.d/cordon-runner-setup.conf").read_text()
+    dropin = (root / f"etc/systemd/system/{GH_UNIT}.d/zz-cordon-runner-setup.conf").read_text()
     assert "\n[Service]\nSlice=cordon-jobs.slice\n" in dropin
+    # The runner does not start while cordond is down (Wants= alone would let it).
+    assert "\nExecStartPre=+/bin/sh -c 'systemctl is-active --quiet cordon.service'\n" in dropin
     assert "\n[Unit]\nWants=cordon.service\nAfter=cordon.service\n" in dropin
     # The enforced cgroups exist before cordond starts: cordon.service pulls their slices in.
-    cordon = (root / "etc/systemd/system/cordon.service.d/cordon-runner-setup.conf").read_text()
+    cordon = (root / "etc/systemd/system/cordon.service.d/zz-cordon-runner-setup.conf").read_text()
     assert "\nWants=cordon-jobs.slice user-1001.slice\nAfter=cordon-jobs.slice user-1001.slice\n" in cordon
     assert (root / "etc/systemd/system/cordon-jobs.slice").exists()
     # A new policy file with only the enforce block, which the real cordond loads.
@@ -167,7 +170,7 @@ def test_github_jobs_go_into_the_slice_the_policy_enforces_and_the_hook_is_added
     assert effective_enforce(policy) == ([SLICE, "/user.slice/user-1001.slice"], [])
     assert policy.read_text().count("enforce:") == 1
     assert f"--check-config accepts the new policy; enforce.cgroups: {SLICE} /user.slice/user-1001.slice" in r.stdout
-    assert (root / GH_DIR[1:] / ".env").read_text() == ENV_FILE + HOOK_LINE + "\n"
+    assert (root / GH_DIR[1:] / ".env").read_text() == ENV_FILE + ENV_MARK + "\n" + HOOK_LINE + "\n"
     # Not under --root: what systemd would be asked, in the order that keeps jobs enforced.
     commands = [line.strip() for line in r.stdout.splitlines() if line.startswith("  systemctl")]
     assert commands == ["systemctl daemon-reload", "systemctl start cordon-jobs.slice user-1001.slice",
@@ -223,7 +226,7 @@ def test_a_policy_with_its_own_enforce_section_is_never_rewritten(tmp_path):
     assert (root / "etc/cordon/policy.yaml").read_text() == everything
     assert "has its own 'enforce:' section, which already enforces" in r.stdout
     assert "try-restart cordon.service" not in r.stdout  # the policy did not change
-    assert (root / f"etc/systemd/system/{GH_UNIT}.d/cordon-runner-setup.conf").exists()
+    assert (root / f"etc/systemd/system/{GH_UNIT}.d/zz-cordon-runner-setup.conf").exists()
 
     # ... unless it exempts them.
     (root / "etc/cordon/policy.yaml").write_text(everything + "  exempt_cgroups: [\"/cordon.slice\"]\n")
@@ -265,7 +268,7 @@ def test_gitlab_edit_config_adds_pre_build_script_where_missing_and_undo_restore
     assert 'cgroup_parent = "cordon-jobs.slice"' in r.stdout  # the docker runner's instructions
     # gitlab-runner runs as root with --user: its shell jobs go through su into the user's slice.
     assert effective_enforce(root / "etc/cordon/policy.yaml") == ([SLICE, "/user.slice/user-998.slice"], [])
-    dropin = root / "etc/systemd/system/gitlab-runner.service.d/cordon-runner-setup.conf"
+    dropin = root / "etc/systemd/system/gitlab-runner.service.d/zz-cordon-runner-setup.conf"
     assert "Slice=cordon-jobs.slice" in dropin.read_text()
 
     run_setup(root, "gitlab", "--edit-config")
@@ -393,7 +396,7 @@ def test_the_written_units_pass_systemd_analyze_verify(tmp_path):
     assert r.returncode == 0, r.stderr
     # The drop-in was read, and the dash put the jobs' slice inside cordon.slice.
     dump = r.stdout + r.stderr
-    assert f"DropIn Path: {units}/{GH_UNIT}.d/cordon-runner-setup.conf" in dump
+    assert f"DropIn Path: {units}/{GH_UNIT}.d/zz-cordon-runner-setup.conf" in dump
     assert "Slice: cordon.slice" in dump
 
 
@@ -440,3 +443,172 @@ def test_cordond_enforcing_the_scripts_cgroups_intercepts_the_runner_and_not_bes
     assert sorted(seen) == sorted(f"{base}/{p}" for p, i in places.items() if i)
     assert seen[f"{base}/cordon.slice/cordon-jobs.slice/{GH_UNIT}"]["CORDON_UNIT"] == GH_UNIT
     assert seen[f"{base}/cordon.slice/cordon-jobs.slice/docker-{container}.scope"]["CORDON_CONTAINER"] == container
+
+
+# --- files the jobs own --------------------------------------------------------------------------
+JOB_UID = NOBODY
+
+
+@pytest.fixture
+def open_base():
+    """A base directory others may traverse: the runner user must reach its directory under the
+    fake root, which pytest's own tmp_path (0700) would not let it."""
+    import tempfile
+    base = pathlib.Path(tempfile.mkdtemp(prefix="cordon-runner-setup-test-"))
+    base.chmod(0o755)
+    yield base
+    shutil.rmtree(base)
+
+
+def own_runner_home(root, uid=JOB_UID):
+    """/home/runner and everything below it belong to the runner user, as the installer leaves it."""
+    home = root / "home/runner"
+    for p in [home, *home.rglob("*")]:
+        os.lchown(p, uid, uid)
+
+
+def owners_below(path):
+    return {str(p.relative_to(path)): p.lstat().st_uid for p in [path, *path.rglob("*")]}
+
+
+def test_a_runner_directory_the_jobs_own_is_written_as_its_owner(open_base):
+    root = fake_root(open_base)
+    env = root / GH_DIR[1:] / ".env"
+    env.chmod(0o640)
+    own_runner_home(root)
+    before = snapshot(root)
+    run_setup(root, "github")
+    assert env.read_text() == ENV_FILE + ENV_MARK + "\n" + HOOK_LINE + "\n"
+    st = env.stat()
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (JOB_UID, JOB_UID, 0o640)
+    # No root-owned file (a temporary one, a new .env) anywhere the jobs own.
+    runner = root / GH_DIR[1:]
+    assert set(owners_below(root / "home/runner").values()) == {JOB_UID}
+    assert sorted(p.name for p in runner.iterdir()) == [".env", "runsvc.sh"]
+    assert "nothing to change" in run_setup(root, "github").stdout
+    run_setup(root, "github", "--undo")
+    assert snapshot(root) == before
+
+    # Written with the owner's rights, not root's: a directory its owner may not write in is refused
+    # (root could have written there).
+    runner.chmod(0o555)
+    before = snapshot(root)
+    r = run_setup(root, "github", check=False)
+    assert r.returncode == 1 and f"is not a directory uid {JOB_UID} can write in" in r.stderr
+    assert "nothing was changed" in r.stderr and snapshot(root) == before
+
+
+@pytest.mark.parametrize("owner", [0, JOB_UID])
+def test_an_env_that_is_a_symlink_is_neither_read_nor_written(open_base, owner):
+    root = fake_root(open_base)
+    secret = root / "etc/runner-secret"
+    secret.write_text("SECRET_TOKEN=hunter2\n")
+    secret.chmod(0o600)
+    env = root / GH_DIR[1:] / ".env"
+    env.unlink()
+    env.symlink_to(secret)
+    if owner:
+        own_runner_home(root, owner)
+    before = snapshot(root)
+    for args in (["github"], ["github", "--dry-run"], ["github", "--undo"]):
+        r = run_setup(root, *args, check=False)
+        assert r.returncode == 1, (args, r.stdout, r.stderr)
+        assert f"{env} is a symbolic link: not following it" in r.stderr
+        assert "hunter2" not in r.stdout + r.stderr
+        assert snapshot(root) == before, args
+    assert secret.read_text() == "SECRET_TOKEN=hunter2\n"
+
+
+def test_a_runner_directory_replaced_by_a_symlink_is_refused(open_base):
+    root = fake_root(open_base)
+    private = root / "etc/private"
+    private.mkdir(mode=0o700)
+    (private / ".env").write_text("SECRET_TOKEN=hunter2\n")
+    (private / ".env").chmod(0o600)
+    runner = root / GH_DIR[1:]
+    shutil.rmtree(runner)
+    runner.symlink_to(private)
+    # The jobs own /home/runner, so they could have made that link: only their rights apply there.
+    own_runner_home(root)
+    before = snapshot(root)
+    r = run_setup(root, "github", check=False)
+    assert r.returncode == 1 and "nothing was changed" in r.stderr
+    assert f"is not a directory uid {JOB_UID} can write in" in r.stderr
+    assert "hunter2" not in r.stdout + r.stderr
+    assert snapshot(root) == before
+
+    # /home/runner is root's, but the link is not: not followed at all.
+    os.lchown(root / "home/runner", 0, 0)
+    before = snapshot(root)
+    r = run_setup(root, "github", check=False)
+    assert r.returncode == 1 and f"{runner} is a symbolic link owned by uid {JOB_UID}: not following it" in r.stderr
+    assert snapshot(root) == before
+
+
+def test_root_owned_directories_others_may_write_in_are_refused(tmp_path):
+    root = fake_root(tmp_path)
+    (root / "etc/cordon").mkdir()
+    (root / "etc/cordon").chmod(0o777)
+    before = snapshot(root)
+    r = run_setup(root, "github", check=False)
+    assert r.returncode == 1
+    assert f"{root}/etc/cordon is owned by root but writable by its group or by others" in r.stderr
+    assert snapshot(root) == before
+
+
+def test_a_hook_line_that_was_there_before_survives_the_undo(tmp_path):
+    root = fake_root(tmp_path)
+    env = root / GH_DIR[1:] / ".env"
+    env.write_text(ENV_FILE + HOOK_LINE + "\n")
+    before = snapshot(root)
+    run_setup(root, "github")
+    assert env.read_text() == ENV_FILE + HOOK_LINE + "\n"
+    r = run_setup(root, "github", "--undo")
+    assert "without cordon-runner-setup's marker above it" in r.stdout
+    assert snapshot(root) == before
+
+
+def test_the_earlier_drop_in_name_is_replaced_and_undone(tmp_path):
+    root = fake_root(tmp_path)
+    before = snapshot(root)
+    run_setup(root, "github")
+    after = snapshot(root)
+    dirs = [root / f"etc/systemd/system/{GH_UNIT}.d", root / "etc/systemd/system/cordon.service.d"]
+    for d in dirs:  # as an earlier version named them
+        (d / "zz-cordon-runner-setup.conf").rename(d / "cordon-runner-setup.conf")
+    run_setup(root, "github")
+    assert snapshot(root) == after
+    for d in dirs:
+        (d / "zz-cordon-runner-setup.conf").rename(d / "cordon-runner-setup.conf")
+    run_setup(root, "github", "--undo")
+    assert snapshot(root) == before
+
+
+def test_scope_escapes_are_warned_about(tmp_path):
+    root = fake_root(tmp_path)
+    (root / "etc/group").write_text("root:x:0:\ndocker:x:999:admin,runner\n")
+    r = run_setup(root, "github", "--dry-run")
+    assert "jobs run as 'runner', who is in the docker group" in r.stderr
+    assert "may use cron (no" in r.stderr and "may use at (no" in r.stderr
+    assert "a local proxy or any other service outside the scope" in r.stdout
+    (root / "etc/group").write_text("root:x:0:\ndocker:x:999:admin\n")
+    (root / "etc/cron.allow").write_text("root\n")
+    (root / "etc/at.allow").write_text("root\nrunner\n")
+    r = run_setup(root, "github", "--dry-run")
+    assert "docker group" not in r.stderr and "may use cron" not in r.stderr
+    assert "'runner' may use at (no" in r.stderr
+    # Enforcing / (the admin's own section) leaves nothing to escape to.
+    (root / "etc/cordon").mkdir()
+    (root / "etc/cordon/policy.yaml").write_text('enforce:\n  cgroups: ["/"]\n')
+    r = run_setup(root, "github", "--dry-run")
+    assert "may use at" not in r.stderr and "local proxy" not in r.stdout
+
+
+def test_docker_changes_hold_back_narrowing_until_docker_restarted(tmp_path):
+    root = fake_root(tmp_path)
+    r = run_setup(root, "github", "--docker")
+    commands = [line.strip() for line in r.stdout.splitlines() if line.startswith("  systemctl")]
+    assert commands == ["systemctl daemon-reload", "systemctl start cordon-jobs.slice user-1001.slice",
+                        f"systemctl try-restart {GH_UNIT}"]
+    held = r.stdout[r.stdout.index("restart docker first"):]
+    assert held.index("systemctl restart docker.service") < held.index("systemctl try-restart cordon.service")
