@@ -12,10 +12,15 @@
 //   when it fails); one with a replacing observer emits well-formed envelopes whose payloads,
 //   decompressed when the original was, are the replacements.
 //
-// Input: byte 0 chooses the limit, protocol, stream encoding and observer; byte 1 the size of the
-// pieces the body is written in; the rest is the body.
+// - a request path normalizes to one whose separators and dot segments are those a server sees:
+//   no '/' more or less than in the input, no "." or ".." segment.
+//
+// Input: byte 0 chooses the limit, protocol, stream encoding and observer (0x80: the rest is a
+// request path instead); byte 1 the size of the pieces the body is written in; the rest is the
+// body.
 #include <sanitizer/allocator_interface.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -222,6 +227,29 @@ void pipe_checks(std::string_view body, size_t limit, size_t piece, Protocol pro
 }
 
 // The last is the production default.
+void path_checks(std::string_view target)
+{
+	auto normalized = normalize_path(target);
+	const std::string_view path = target.substr(0, target.find('?'));
+	if (!normalized)
+		return;
+	const std::string_view out = std::string_view(*normalized).substr(0, normalized->find('?'));
+	check(!out.empty() && out.front() == '/', "a normalized path is origin-form");
+	check(std::count(out.begin(), out.end(), '/') == std::count(path.begin(), path.end(), '/'),
+	      "normalizing adds or removes no separator", *normalized);
+	for (size_t seg = 0; seg != std::string_view::npos;) {
+		const size_t end = out.find('/', seg + 1);
+		const std::string_view part = out.substr(seg + 1, end == std::string_view::npos ? end : end - seg - 1);
+		check(part != "." && part != "..", "no dot segment survives", *normalized);
+		seg = end;
+	}
+	check(normalized->substr(out.size()) == target.substr(path.size()), "the query is kept as it is");
+	const RpcName rpc = parse_rpc_path(*normalized);
+	if (!rpc.empty())
+		check("/" + rpc.full() == out, "an RPC name is the whole path", *normalized);
+	(void)classify_request("POST", *normalized, "application/proto");
+}
+
 constexpr size_t kLimits[] = {16, 1024, 64 * 1024, 16 << 20};
 constexpr Protocol kProtocols[] = {Protocol::ConnectStream, Protocol::Grpc, Protocol::GrpcWeb, Protocol::ConnectUnary};
 
@@ -238,6 +266,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (size < 2)
 		return 0;
 	const uint8_t config = data[0];
+	if (config & 0x80) {
+		path_checks(std::string_view(reinterpret_cast<const char *>(data + 1), size - 1));
+		return 0;
+	}
 	const size_t piece = data[1] == 0 ? 1 : data[1];
 	const std::string_view body(reinterpret_cast<const char *>(data + 2), size - 2);
 	const size_t limit = kLimits[config & 3];

@@ -72,6 +72,10 @@ TEST(Rpc, NormalizesPathsAsServersRouteThem)
 	EXPECT_FALSE(normalize_path("/a/%zz"));
 	EXPECT_FALSE(normalize_path("https://api2.cursor.sh/a.B/C"));
 	EXPECT_FALSE(normalize_path("/a/%00"));
+	// An encoded '?' or '#' stays encoded: it does not start a query cordon would cut off.
+	EXPECT_EQ(*normalize_path("/aiserver.v1.ChatService%3fRun"), "/aiserver.v1.ChatService%3fRun");
+	EXPECT_TRUE(parse_rpc_path(*normalize_path("/aiserver.v1.AiService/Run%3F/x.Y/Z")).empty());
+	EXPECT_EQ(*normalize_path("/a.B/C%23?q=%3F"), "/a.B/C%23?q=%3F");
 }
 
 TEST(Rpc, EnvelopesSurviveAnySplit)

@@ -107,7 +107,13 @@ Result<std::string> normalize_path(std::string_view path)
 		// An encoded separator or dot can make a server route elsewhere than it looks.
 		if (c == '/' || c == '.' || c == '\\' || static_cast<unsigned char>(c) < 0x20)
 			return plain_error("encoded '/', '.' or control characters in the request path");
-		out.push_back(c);
+		// An encoded '?' or '#' is part of a segment, not a delimiter: decoded, it would end the
+		// path early here (the RPC name read from before it) while the server routes on all of it.
+		// Found by fuzzing (tests/fuzz/corpus/rpc_envelope/crash_path_encoded_question_mark.bin).
+		if (c == '?' || c == '#')
+			out.append(path.substr(i, 3));
+		else
+			out.push_back(c);
 		i += 2;
 	}
 	for (size_t seg = 0; seg < out.size();) {

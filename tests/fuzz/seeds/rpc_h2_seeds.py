@@ -330,3 +330,17 @@ h2(
     op_data(UPSTREAM, response(1, "200", "application/connect+proto") + data(1, PART)
             + response(3, "200", "application/connect+proto") + data(3, PART)),
 )
+# Request paths (config 0x80): what the proxy routes on.
+PATH = 0x80
+for name, path in [
+    ("path_rpc.bin", "/aiserver.v1.ChatService/StreamUnifiedChatWithTools"),
+    ("path_rpc_query.bin", "/agent.v1.AgentService/Run?x=%2F&y=1"),
+    ("path_encoded_letter.bin", "/aiserver.v1.ChatService/%53treamUnifiedChat"),
+    ("path_encoded_slash.bin", "/aiserver.v1.ChatService%2fRun"),
+    ("path_encoded_dot.bin", "/aiserver%2ev1.ChatService/Run"),
+    ("path_dot_segments.bin", "/a/./b/../aiserver.v1.AdminService/Run"),
+    ("path_percent_percent.bin", "/aiserver.v1.ChatService/%2553"),
+    ("path_bad_percent.bin", "/aiserver.v1.ChatService/%zz%4"),
+    ("path_absolute_form.bin", "https://api2.cursor.sh/aiserver.v1.ChatService/Run"),
+]:
+    write("rpc_envelope", name, bytes([PATH]) + path.encode())
