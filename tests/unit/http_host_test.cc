@@ -116,3 +116,23 @@ TEST(HttpHost, AHeadThatNeverEndsIsTooLarge)
 	const std::string head = "GET / HTTP/1.1\r\nX: " + std::string(cordon::proxy::kMaxHttpHead, 'a');
 	EXPECT_EQ(host_of(head, host), HttpHeadStatus::TooLarge);
 }
+
+// However the client splits its writes, the first verdict is the verdict (found by fuzzing).
+TEST(HttpHost, TheVerdictDoesNotDependOnHowTheHeadIsSplit)
+{
+	auto verdict_of = [](std::string_view data, size_t limit) {
+		HttpHead head;
+		return parse_http_head(data, head, limit);
+	};
+	// A method over 20 characters is no request, whether or not the space after it has come.
+	const std::string long_method = std::string(21, 'G') + " / HTTP/1.1\r\nHost: api2.cursor.sh\r\n\r\n";
+	EXPECT_EQ(verdict_of(long_method.substr(0, 21), cordon::proxy::kMaxHttpHead), HttpHeadStatus::NotHttp);
+	EXPECT_EQ(verdict_of(long_method, cordon::proxy::kMaxHttpHead), HttpHeadStatus::NotHttp);
+	// Blanks alone may still become a (leniently spelled) request line.
+	EXPECT_EQ(verdict_of(" ", cordon::proxy::kMaxHttpHead), HttpHeadStatus::NeedMore);
+	EXPECT_EQ(verdict_of(" GET / HTTP/1.1\r\n\r\n", cordon::proxy::kMaxHttpHead), HttpHeadStatus::Complete);
+	// A first line longer than the limit is judged at the limit, however it arrives.
+	const std::string long_line = "GET /" + std::string(100, 'a') + " HTTP/1.x\r\n\r\n";
+	EXPECT_EQ(verdict_of(long_line.substr(0, 64), 64), HttpHeadStatus::TooLarge);
+	EXPECT_EQ(verdict_of(long_line, 64), HttpHeadStatus::TooLarge);
+}
