@@ -206,3 +206,65 @@ TEST(H1Bridge, AnEarlyAnswerArrivesBeforeTheBodyEnds)
 	    bytes("HTTP/1.1 413 Payload Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")));
 	EXPECT_NE(h.to_client().find("HTTP/1.1 413"), std::string::npos);
 }
+
+// Found by tests/fuzz/h1_bridge: a request body that turns bad while its answer streams must not
+// put a whole 400 response inside the answer; the answer ends the protocol's way.
+TEST(H1Bridge, ABadRequestBodyDuringAStreamedAnswerEndsTheAnswer)
+{
+	H1 h;
+	const std::string env = std::string("\0\0\0\0\x02", 5) + "hi";
+	ASSERT_TRUE(h.bridge->on_client_data(
+	    bytes("POST /aiserver.v1.ChatService/StreamUnifiedChatWithTools HTTP/1.1\r\nHost: api2.cursor.sh\r\n"
+	          "Content-Type: application/connect+proto\r\nTransfer-Encoding: chunked\r\n\r\n7\r\n" +
+	          env + "\r\n")));
+	(void)h.to_upstream();
+	ASSERT_TRUE(h.bridge->on_upstream_data(
+	    bytes("HTTP/1.1 200 OK\r\nContent-Type: application/connect+proto\r\nTransfer-Encoding: chunked\r\n\r\n")));
+	(void)h.to_client();
+	(void)h.bridge->on_client_data(bytes("zz\r\n")); // no chunk size
+	const std::string out = h.to_client();
+	EXPECT_EQ(out.find("HTTP/1.1 400"), std::string::npos) << out;
+	EXPECT_NE(out.find("invalid_argument"), std::string::npos) << out; // the end-of-stream error
+	EXPECT_EQ(out.substr(out.size() - 5), "0\r\n\r\n") << out;
+	EXPECT_TRUE(h.bridge->done());
+}
+
+// An answer framed by Content-Length that is refused halfway gets nothing more: bytes beyond its
+// length would be read as another response. The connection's end tells the job it was cut.
+TEST(H1Bridge, ARefusalInsideALengthFramedAnswerCutsIt)
+{
+	H1 h;
+	ASSERT_TRUE(h.bridge->on_client_data(
+	    bytes("PUT /upload HTTP/1.1\r\nHost: api2.cursor.sh\r\nContent-Type: application/octet-stream\r\n"
+	          "Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n")));
+	(void)h.to_upstream();
+	ASSERT_TRUE(h.bridge->on_upstream_data(bytes("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhe")));
+	EXPECT_EQ(h.to_client(), "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhe");
+	(void)h.bridge->on_client_data(bytes("zz\r\n"));
+	EXPECT_EQ(h.to_client(), "");
+	EXPECT_TRUE(h.bridge->done());
+}
+
+// Found by tests/fuzz/h1_bridge: Boost 1.74's Beast asserts on an empty chunked body whose final
+// chunk comes a byte at a time (boostorg/beast#2861); cordond keeps asserts on.
+TEST(H1Bridge, AnEmptyChunkedBodyMayComeAByteAtATime)
+{
+	H1 h;
+	ASSERT_TRUE(h.bridge->on_client_data(
+	    bytes("POST /upload HTTP/1.1\r\nHost: api2.cursor.sh\r\nContent-Type: application/octet-stream\r\n"
+	          "Transfer-Encoding: chunked\r\n\r\n")));
+	for (const char *piece : {"0\r\n", "\r", "\n"})
+		ASSERT_TRUE(h.bridge->on_client_data(bytes(piece)));
+	EXPECT_NE(h.to_upstream().find("\r\n\r\n0\r\n\r\n"), std::string::npos);
+	EXPECT_FALSE(h.bridge->wants_client_data()); // the request is whole
+}
+
+// Found by tests/fuzz/h1_bridge: Beast reads "020" as a status; passed on, it would be "20".
+TEST(H1Bridge, AStatusUnder100IsAMalformedResponse)
+{
+	H1 h;
+	ASSERT_TRUE(h.bridge->on_client_data(bytes("GET / HTTP/1.1\r\nHost: api2.cursor.sh\r\n\r\n")));
+	(void)h.to_upstream();
+	ASSERT_TRUE(h.bridge->on_upstream_data(bytes("HTTP/1.1 020 Odd\r\nContent-Length: 0\r\n\r\n")));
+	EXPECT_EQ(h.to_client().find("HTTP/1.1 502"), 0u);
+}
