@@ -11,8 +11,14 @@
 // journal and policy rely on: each exchange is completed at most once, with a number the bridge
 // gave out, and no observer hears of an exchange after its completion.
 //
+// With configuration 0x08, Cursor is a real nghttp2 server instead of fuzz bytes (upstream data
+// operations are skipped): it answers each request once it has ended, echoing its body with the
+// request's content type (gRPC with grpc-status trailers). Whatever the job sends, that server
+// must find nothing wrong in what the bridge sends it: no connection error, no invalid frame or
+// header, no content-length that disagrees with the body.
+//
 // Input: byte 0 is the configuration (0x01 small message limits, 0x02 no usable upstream, 0x04
-// output drained only when asked), then operations until the input ends:
+// output drained only when asked, 0x08 a real Cursor), then operations until the input ends:
 //   op & 7 == 0 / 1   client / upstream data: 2 bytes length (little-endian), then the bytes
 //   op & 7 == 2 / 3   drain client / upstream output, budget ((op >> 3) + 1) * 512 bytes
 //   op & 7 == 4       the hold deadline passes; op & 0x08 approves what waits, op & 0x10 refuses it
@@ -20,15 +26,19 @@
 //   op & 7 == 7       the loop asks what the bridge wants (done, wants_*, hold_deadline)
 // The observer masks authorization headers and reacts to words: a message or path with "mask" is
 // replaced, with "deny" refused, with "hold" held for approval; a response header x-deny refuses.
+#include <nghttp2/nghttp2.h>
+
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <map>
 #include <memory>
 #include <set>
 #include <span>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "common/log.h"
@@ -126,6 +136,154 @@ struct Observer : ExchangeObserver {
 	}
 };
 
+// A stand-in for Cursor that answers every request it sees end by echoing its body.
+class FakeCursor {
+public:
+	FakeCursor()
+	{
+		nghttp2_session_callbacks *cb = nullptr;
+		nghttp2_session_callbacks_new(&cb);
+		nghttp2_session_callbacks_set_on_header_callback(cb, on_header);
+		nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, on_data);
+		nghttp2_session_callbacks_set_on_frame_recv_callback(cb, on_frame);
+		nghttp2_session_callbacks_set_on_invalid_frame_recv_callback(cb, on_invalid_frame);
+		nghttp2_session_callbacks_set_on_invalid_header_callback(cb, on_invalid_header);
+		nghttp2_session_callbacks_set_on_stream_close_callback(cb, on_close);
+		check(nghttp2_session_server_new(&session_, cb, this) == 0, "the fake Cursor starts");
+		nghttp2_session_callbacks_del(cb);
+		nghttp2_submit_settings(session_, NGHTTP2_FLAG_NONE, nullptr, 0);
+	}
+	~FakeCursor() { nghttp2_session_del(session_); }
+
+	// The bridge's bytes to Cursor.
+	void receive(std::string_view bytes)
+	{
+		const ssize_t n =
+		    nghttp2_session_mem_recv(session_, reinterpret_cast<const uint8_t *>(bytes.data()), bytes.size());
+		if (n < 0)
+			std::fprintf(stderr, "fake Cursor: %s\n", nghttp2_strerror(static_cast<int>(n)));
+		check(n >= 0, "the bridge sends Cursor valid HTTP/2");
+	}
+	std::string send()
+	{
+		std::string out;
+		for (;;) {
+			const uint8_t *data = nullptr;
+			const ssize_t n = nghttp2_session_mem_send(session_, &data);
+			check(n >= 0, "the fake Cursor can send");
+			if (n == 0)
+				return out;
+			out.append(reinterpret_cast<const char *>(data), static_cast<size_t>(n));
+		}
+	}
+
+private:
+	struct Stream {
+		std::string content_type, body;
+		Header encoding;
+		size_t sent = 0;
+		bool grpc = false;
+		Headers trailers;
+	};
+
+	static FakeCursor &self(void *p) { return *static_cast<FakeCursor *>(p); }
+
+	static int on_header(nghttp2_session *, const nghttp2_frame *frame, const uint8_t *name, size_t namelen,
+	                     const uint8_t *value, size_t valuelen, uint8_t, void *p)
+	{
+		const std::string_view n(reinterpret_cast<const char *>(name), namelen);
+		const std::string v(reinterpret_cast<const char *>(value), valuelen);
+		Stream &s = self(p).streams_[frame->hd.stream_id];
+		if (n == "content-type")
+			s.content_type = v;
+		else if (n == "connect-content-encoding" || n == "grpc-encoding")
+			s.encoding = {std::string(n), v}; // the echoed envelopes are compressed alike
+		return 0;
+	}
+	static int on_data(nghttp2_session *, uint8_t, int32_t id, const uint8_t *data, size_t len, void *p)
+	{
+		self(p).streams_[id].body.append(reinterpret_cast<const char *>(data), len);
+		return 0;
+	}
+	static int on_frame(nghttp2_session *session, const nghttp2_frame *frame, void *p)
+	{
+		if ((frame->hd.type != NGHTTP2_HEADERS && frame->hd.type != NGHTTP2_DATA) ||
+		    !(frame->hd.flags & NGHTTP2_FLAG_END_STREAM))
+			return 0;
+		Stream &s = self(p).streams_[frame->hd.stream_id];
+		s.grpc = s.content_type.rfind("application/grpc", 0) == 0 &&
+		         s.content_type.rfind("application/grpc-web", 0) != 0;
+		std::string status = "200";
+		Nv nv;
+		nv.add(":status", status);
+		if (!s.content_type.empty())
+			nv.add("content-type", s.content_type);
+		if (!s.encoding.name.empty())
+			nv.add(s.encoding.name, s.encoding.value);
+		nghttp2_data_provider provider{};
+		provider.read_callback = read_body;
+		nghttp2_submit_response(session, frame->hd.stream_id, nv.list.data(), nv.list.size(), &provider);
+		return 0;
+	}
+	static ssize_t read_body(nghttp2_session *session, int32_t id, uint8_t *buf, size_t length, uint32_t *flags,
+	                         nghttp2_data_source *, void *p)
+	{
+		Stream &s = self(p).streams_[id];
+		const size_t n = std::min(length, s.body.size() - s.sent);
+		std::memcpy(buf, s.body.data() + s.sent, n);
+		s.sent += n;
+		if (s.sent == s.body.size()) {
+			*flags |= NGHTTP2_DATA_FLAG_EOF;
+			if (s.grpc) {
+				*flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
+				Nv nv;
+				static const std::string ok = "0";
+				nv.add("grpc-status", ok);
+				nghttp2_submit_trailer(session, id, nv.list.data(), nv.list.size());
+			}
+		}
+		return static_cast<ssize_t>(n);
+	}
+	static int on_invalid_frame(nghttp2_session *, const nghttp2_frame *frame, int error, void *)
+	{
+		std::fprintf(stderr, "fake Cursor: invalid frame type %d on stream %d: %s\n", frame->hd.type,
+		             frame->hd.stream_id, nghttp2_strerror(error));
+		check(false, "the bridge sends Cursor no invalid frame");
+		return 0;
+	}
+	static int on_invalid_header(nghttp2_session *, const nghttp2_frame *, const uint8_t *name, size_t namelen,
+	                             const uint8_t *, size_t, uint8_t, void *)
+	{
+		std::fprintf(stderr, "fake Cursor: invalid header '%.*s'\n", static_cast<int>(namelen), name);
+		check(false, "the bridge sends Cursor no invalid header");
+		return 0;
+	}
+	static int on_close(nghttp2_session *, int32_t id, uint32_t, void *p)
+	{
+		self(p).streams_.erase(id);
+		return 0;
+	}
+
+	// Header lists point into strings that outlive the submit call.
+	struct Nv {
+		std::vector<nghttp2_nv> list;
+		template <size_t N> void add(const char (&name)[N], const std::string &value)
+		{
+			add(name, N - 1, value);
+		}
+		void add(const std::string &name, const std::string &value) { add(name.data(), name.size(), value); }
+		void add(const char *name, size_t length, const std::string &value)
+		{
+			list.push_back(nghttp2_nv{reinterpret_cast<uint8_t *>(const_cast<char *>(name)),
+			                          reinterpret_cast<uint8_t *>(const_cast<char *>(value.data())), length,
+			                          value.size(), NGHTTP2_NV_FLAG_NONE});
+		}
+	};
+
+	nghttp2_session *session_ = nullptr;
+	std::map<int32_t, Stream> streams_;
+};
+
 struct Input {
 	const uint8_t *p, *end;
 	bool empty() const { return p == end; }
@@ -162,19 +320,41 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (config & 0x02)
 		settings.upstream_unavailable = "cordon: the upstream's certificate was rejected";
 	const bool manual = config & 0x04;
+	std::unique_ptr<FakeCursor> cursor = (config & 0x08) ? std::make_unique<FakeCursor>() : nullptr;
 
 	Status error;
 	std::unique_ptr<HttpBridge> bridge = make_h2_bridge(std::move(settings), &error);
 	check(bridge != nullptr, "the bridge starts");
 	observer.bridge = bridge.get();
 
-	bool open = bridge->on_client_data(bytes(kClientPreface)) && bridge->on_upstream_data(bytes(kServerPreface));
+	bool open = bridge->on_client_data(bytes(kClientPreface)) &&
+	            bridge->on_upstream_data(bytes(cursor ? cursor->send() : kServerPreface));
 	check(open, "the prefaces are accepted");
-	std::string sink;
+	std::string sink, to_bridge;
 	auto drain = [&](bool client, size_t budget) {
 		sink.clear();
-		return client ? bridge->produce_client_output(sink, budget).ok()
-		              : bridge->produce_upstream_output(sink, budget).ok();
+		if (client)
+			return bridge->produce_client_output(sink, budget).ok();
+		if (!bridge->produce_upstream_output(sink, budget).ok())
+			return false;
+		if (!cursor)
+			return true;
+		// Rounds between the bridge and the fake Cursor until both are quiet (an answer may open a
+		// window); what is left after the last round waits for the next drain.
+		for (int round = 0; round < 16; round++) {
+			cursor->receive(sink);
+			sink.clear();
+			to_bridge += cursor->send();
+			if (to_bridge.empty())
+				break;
+			if (!bridge->on_upstream_data(bytes(std::exchange(to_bridge, {}))).ok())
+				return false;
+			if (!bridge->produce_upstream_output(sink, budget).ok())
+				return false;
+		}
+		cursor->receive(sink);
+		to_bridge += cursor->send();
+		return true;
 	};
 	auto drain_all = [&] { return drain(true, 1 << 20) && drain(false, 1 << 20); };
 	open = drain_all();
@@ -188,6 +368,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			size_t n = in.byte();
 			n |= size_t{in.byte()} << 8;
 			const std::string_view chunk = in.take(n);
+			if ((op & 7) == 1 && cursor)
+				break; // Cursor speaks for itself
 			open = (op & 7) == 0 ? bridge->on_client_data(bytes(chunk)).ok()
 			                     : bridge->on_upstream_data(bytes(chunk)).ok();
 			break;

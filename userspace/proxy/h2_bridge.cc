@@ -144,8 +144,7 @@ public:
 		client_eof_ = true;
 		// The job went away: nothing it started needs to continue upstream.
 		for (auto &[id, s] : streams_)
-			if (s->up > 0 && !s->up_closed)
-				nghttp2_submit_rst_stream(up_, NGHTTP2_FLAG_NONE, s->up, NGHTTP2_CANCEL);
+			reset_upstream(*s);
 		nghttp2_submit_goaway(up_, NGHTTP2_FLAG_NONE, 0, NGHTTP2_NO_ERROR, nullptr, 0);
 	}
 
@@ -277,6 +276,7 @@ private:
 		bool up_deferred = false, down_deferred = false;
 		size_t request_unconsumed = 0, response_unconsumed = 0;
 		bool down_closed = false, up_closed = false;
+		bool up_reset = false; // RST_STREAM submitted upstream (see reset_upstream)
 		bool refused = false;
 		bool final_response = false;         // a non-1xx response has started
 		bool response_headers_ended = false; // END_STREAM on the response HEADERS (trailers-only)
@@ -427,7 +427,7 @@ private:
 				return 0;
 			s->down_closed = true;
 			if (s->up > 0 && !s->up_closed) {
-				nghttp2_submit_rst_stream(b.up_, NGHTTP2_FLAG_NONE, s->up, NGHTTP2_CANCEL);
+				b.reset_upstream(*s);
 				if (!s->response_done && s->result == "ok")
 					s->result = "client_reset";
 			}
@@ -798,6 +798,20 @@ private:
 			resume(down_, s.down, s.down_deferred);
 	}
 
+	// Ends the upstream copy of a stream: once. For a request whose HEADERS are still queued,
+	// nghttp2 turns the first RST_STREAM into cancelling them, but sends a second one as a frame:
+	// an RST_STREAM for a stream Cursor never saw (idle) is a connection error (RFC 9113 §5.1),
+	// and Cursor would end the connection with every other exchange on it. Found by fuzzing
+	// (tests/fuzz/corpus/h2_bridge/cursor_gzip_bomb_envelope.bin: refused, then the job's stream
+	// closed).
+	void reset_upstream(Stream &s)
+	{
+		if (s.up > 0 && !s.up_closed && !s.up_reset) {
+			s.up_reset = true;
+			nghttp2_submit_rst_stream(up_, NGHTTP2_FLAG_NONE, s.up, NGHTTP2_CANCEL);
+		}
+	}
+
 	// An observer refused: nothing more goes upstream, the job gets its protocol's error.
 	void refuse(Stream &s, const Verdict &v, const char *result = "refused")
 	{
@@ -806,8 +820,7 @@ private:
 		s.refused = true;
 		s.result = v.bad_input ? "bad_input" : result;
 		s.error = v.reason;
-		if (s.up > 0 && !s.up_closed)
-			nghttp2_submit_rst_stream(up_, NGHTTP2_FLAG_NONE, s.up, NGHTTP2_CANCEL);
+		reset_upstream(s);
 		const rpc::Protocol protocol = s.response.status ? s.response.protocol : s.request.protocol;
 		Refusal r = render_refusal(protocol, v.code, v.reason, s.response_submitted);
 		if (s.response_submitted) {

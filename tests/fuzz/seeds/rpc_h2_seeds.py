@@ -344,3 +344,12 @@ for name, path in [
     ("path_absolute_form.bin", "https://api2.cursor.sh/aiserver.v1.ChatService/Run"),
 ]:
     write("rpc_envelope", name, bytes([PATH]) + path.encode())
+# The same conversations with a real (fake) Cursor answering (config 0x08): only the job's side
+# of each seed is used.
+d = os.path.join(ROOT, "h2_bridge")
+for name in sorted(os.listdir(d)):
+    if name.startswith(("cursor_", "crash_")):
+        continue
+    with open(os.path.join(d, name), "rb") as f:
+        seed = f.read()
+    write("h2_bridge", "cursor_" + name, bytes([seed[0] | 0x08]) + seed[1:])
