@@ -135,6 +135,39 @@ TEST(Policy, EffectivePolicyPrintsAsLoadableYaml)
 	EXPECT_EQ(again->SerializeAsString(), p.SerializeAsString());
 }
 
+// Found by tests/fuzz/policy.cc: rules printed an empty inject section, and an inject rule an empty
+// scheme, which the loader refuses; and a claims map printed in the order of whichever copy of the
+// policy was printed.
+TEST(Policy, EffectivePolicyWithRulesAndClaimsPrintsTheSameLoadableYaml)
+{
+	auto p = load_policy_text(
+	    "identity:\n  issuers:\n    - {name: gh, issuer: \"https://i.example\", audiences: [cordon]}\n"
+	    "rules:\n  - name: r\n    match: {issuers: [gh], claims: {z: \"1\", a: \"2\", m: \"3\", "
+	    "b: \"4\"}}\n    action: allow\n"
+	    "  - name: i\n    match: {paths: [\"/v1/*\"]}\n    action: inject\n"
+	    "    inject: {credential_file: /etc/cordon/key}\n",
+	    "policy.yaml");
+	ASSERT_TRUE(p) << p.error().message();
+	const std::string yaml = policy_to_yaml(*p);
+	for (int i = 0; i < 8; i++) {
+		config::Policy copy = *p;
+		EXPECT_EQ(policy_to_yaml(copy), yaml);
+	}
+	EXPECT_NE(yaml.find(R"({"a": "2", "b": "4", "m": "3", "z": "1"})"), std::string::npos) << yaml;
+	EXPECT_EQ(yaml.find("inject:"), yaml.rfind("inject:")) << yaml; // only rule i's
+	EXPECT_EQ(yaml.find("scheme"), std::string::npos) << yaml;
+	auto again = load_policy_text(yaml, "printed");
+	ASSERT_TRUE(again) << again.error().message() << "\n" << yaml;
+	EXPECT_EQ(policy_to_yaml(*again), yaml);
+}
+
+TEST(Policy, StringsThatAreNotUtf8AreRefused)
+{
+	std::string e = error_of("enforce:\n  cgroups: [\"/job-\xff\"]\n");
+	EXPECT_NE(e.find("policy.yaml:2:13: 'cgroups' is not valid UTF-8"), std::string::npos) << e;
+	EXPECT_EQ(error_of("enforce:\n  cgroups: [\"/job-\xc3\xa9\"]\n"), "");
+}
+
 TEST(Policy, ASecondYamlDocumentIsRefusedNotIgnored)
 {
 	std::string e = error_of("capture:\n  ports: [443]\n---\nenforce:\n  cgroups: [\"/x\"]\n");

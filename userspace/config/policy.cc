@@ -15,10 +15,13 @@
 #include <map>
 #include <set>
 #include <sstream>
+#include <utility>
+#include <vector>
 
 #include "common/address.h"
 #include "common/cgroup.h"
 #include "common/host_pattern.h"
+#include "common/utf8.h"
 #include "config/mask_rules.h"
 
 namespace cordon {
@@ -432,6 +435,11 @@ private:
 			return {};
 		}
 		case FieldDescriptor::CPPTYPE_STRING: {
+			// Protobuf strings are UTF-8, and the effective-policy printer could not write
+			// other bytes back (found by tests/fuzz/policy.cc).
+			for (size_t i = 0, n = 0; i < text.size(); i += n)
+				if ((n = utf8_sequence(text, i)) == 0)
+					return fail(value, "'" + field->name() + "' is not valid UTF-8");
 			auto checked = validate(value, field, text);
 			if (!checked)
 				return checked.error();
@@ -619,7 +627,9 @@ Status apply_policy_yaml(config::Policy &policy, const std::string &yaml, const 
 }
 
 namespace {
-void emit_message(YAML::Emitter &out, const Message &msg)
+// `in_list`: msg is (inside) an element of a list, such as a rule, which the loader starts from
+// empty rather than from the embedded default.
+void emit_message(YAML::Emitter &out, const Message &msg, bool in_list = false)
 {
 	const Descriptor *desc = msg.GetDescriptor();
 	const Reflection *refl = msg.GetReflection();
@@ -629,6 +639,15 @@ void emit_message(YAML::Emitter &out, const Message &msg)
 		// An unset enum (value 0, "unspecified") is left out: the loader would refuse its name.
 		if (!f->is_repeated() && f->cpp_type() == FieldDescriptor::CPPTYPE_ENUM &&
 		    refl->GetEnumValue(msg, f) == 0)
+			continue;
+		// So is an absent section (a rule's inject when its action is not inject): printed empty,
+		// the loader would refuse it (found by tests/fuzz/policy.cc).
+		if (!f->is_repeated() && f->cpp_type() == FieldDescriptor::CPPTYPE_MESSAGE && !refl->HasField(msg, f))
+			continue;
+		// And, in a list element, a value left at its zero (an inject rule's scheme ""): the loader
+		// leaves it so when it is absent, but may refuse it written out (found by
+		// tests/fuzz/policy.cc). Elsewhere an omitted value would take the default policy's.
+		if (in_list && !f->is_repeated() && !refl->HasField(msg, f))
 			continue;
 		out << YAML::Key << f->name() << YAML::Value;
 		auto scalar = [&](int index) {
@@ -656,21 +675,29 @@ void emit_message(YAML::Emitter &out, const Message &msg)
 				break;
 			}
 			case FieldDescriptor::CPPTYPE_MESSAGE:
-				emit_message(out, index < 0 ? refl->GetMessage(msg, f)
-				                            : refl->GetRepeatedMessage(msg, f, index));
+				emit_message(
+				    out, index < 0 ? refl->GetMessage(msg, f) : refl->GetRepeatedMessage(msg, f, index),
+				    in_list || index >= 0);
 				break;
 			default:
 				out << YAML::Null;
 			}
 		};
 		if (f->is_map()) {
+			// Sorted by key: a protobuf map's order differs between copies of the same policy, and
+			// the printed text is hashed into the policy's version (found by tests/fuzz/policy.cc).
 			const Descriptor *entry = f->message_type();
-			out << YAML::Flow << YAML::BeginMap;
+			std::vector<std::pair<std::string, std::string>> entries;
 			for (int k = 0; k < refl->FieldSize(msg, f); k++) {
 				const Message &e = refl->GetRepeatedMessage(msg, f, k);
-				out << YAML::Key << e.GetReflection()->GetString(e, entry->map_key()) << YAML::Value
-				    << YAML::DoubleQuoted << e.GetReflection()->GetString(e, entry->map_value());
+				entries.emplace_back(e.GetReflection()->GetString(e, entry->map_key()),
+				                     e.GetReflection()->GetString(e, entry->map_value()));
 			}
+			std::sort(entries.begin(), entries.end());
+			out << YAML::Flow << YAML::BeginMap;
+			for (const auto &[key, value] : entries)
+				out << YAML::Key << YAML::DoubleQuoted << key << YAML::Value << YAML::DoubleQuoted
+				    << value;
 			out << YAML::EndMap;
 		} else if (f->is_repeated()) {
 			out << YAML::Flow << YAML::BeginSeq;
