@@ -6,7 +6,8 @@
 // Input: a flags byte, a schedule byte, then the job's bytes, then Cursor's answers, each after
 // a line "=====".
 // The schedule byte seeds the split points and the order in which the two sides are fed; the
-// flags pick what the observer answers (forward, replace, refuse, defer) and how the sides end.
+// flags pick what the observer answers (forward, replace, refuse, defer), whether a masking-like
+// stage holds messages back, and how the sides end.
 //
 // Besides crashes, leaks and undefined behaviour under the sanitizers, it checks what cordon
 // promises the upstream: every request it forwards is well-formed HTTP/1.1 (a strict parser
@@ -18,6 +19,7 @@
 #include <boost/beast/http/error.hpp>
 #include <boost/beast/http/parser.hpp>
 #include <boost/beast/http/string_body.hpp>
+#include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -69,6 +71,68 @@ struct Later : Deferred {
 	}
 };
 
+// A masking-like stage: holds the last two messages (and the last 8 bytes of a plain body)
+// until the next ones or its deadline, masks "secret" in place, refuses "REFUSE".
+struct HoldStage : MessageStage {
+	std::vector<Message> held;
+	std::string tail, seen;
+	Clock::time_point due{};
+
+	Verdict push(Message m, std::vector<Message> &ready) override
+	{
+		if (m.payload.find("REFUSE") != std::string::npos)
+			return Verdict::refuse("permission_denied", "fuzz: stage refused");
+		if (auto at = m.payload.find("secret"); at != std::string::npos) {
+			m.payload.replace(at, 6, "******");
+			m.modified = true;
+		}
+		held.push_back(std::move(m));
+		if (held.size() > 2) {
+			ready.push_back(std::move(held.front()));
+			held.erase(held.begin());
+		}
+		due = Clock::now() + std::chrono::milliseconds(5);
+		return Verdict::forward();
+	}
+	Verdict push_bytes(std::string_view in, std::string &out) override
+	{
+		tail += in;
+		seen += in; // what came lately, held or not
+		if (seen.find("REFUSE") != std::string::npos)
+			return Verdict::refuse("permission_denied", "fuzz: stage refused bytes");
+		if (tail.size() > 8) {
+			out += tail.substr(0, tail.size() - 8);
+			tail.erase(0, tail.size() - 8);
+		}
+		if (seen.size() > 8)
+			seen.erase(0, seen.size() - 8);
+		due = Clock::now() + std::chrono::milliseconds(5);
+		return Verdict::forward();
+	}
+	Verdict flush(bool, Clock::time_point, std::vector<Message> &ready, std::string &bytes_out) override
+	{
+		for (auto &m : held)
+			ready.push_back(std::move(m));
+		held.clear();
+		bytes_out += tail;
+		tail.clear();
+		return Verdict::forward();
+	}
+	size_t held_bytes() const override
+	{
+		size_t n = tail.size();
+		for (const auto &m : held)
+			n += m.original.size();
+		return n;
+	}
+	std::optional<Clock::time_point> hold_deadline() const override
+	{
+		if (held.empty() && tail.empty())
+			return std::nullopt;
+		return due;
+	}
+};
+
 struct Observer : ExchangeObserver {
 	uint8_t flags;
 	int messages = 0;
@@ -81,6 +145,13 @@ struct Observer : ExchangeObserver {
 				if (h.name == "authorization" || h.name == "x-secret")
 					h.value = "[MASKED]";
 		return Verdict::forward();
+	}
+	std::unique_ptr<MessageStage> make_stage(Direction, const RequestInfo &, rpc::Protocol, const std::string &,
+	                                         const std::string &) override
+	{
+		if ((flags & 0x18) == 0x10)
+			return std::make_unique<HoldStage>();
+		return nullptr;
 	}
 	Verdict on_message(const RequestInfo &, const Message &m) override
 	{
