@@ -17,8 +17,13 @@
 // must find nothing wrong in what the bridge sends it: no connection error, no invalid frame or
 // header, no content-length that disagrees with the body.
 //
+// With configuration 0x10, the job is a real nghttp2 client instead (client data operations
+// become its requests, see FakeJob), and it must find nothing wrong in what the bridge sends it,
+// while the bridge accepts everything it sends.
+//
 // Input: byte 0 is the configuration (0x01 small message limits, 0x02 no usable upstream, 0x04
-// output drained only when asked, 0x08 a real Cursor), then operations until the input ends:
+// output drained only when asked, 0x08 a real Cursor, 0x10 a real job), then operations until the
+// input ends:
 //   op & 7 == 0 / 1   client / upstream data: 2 bytes length (little-endian), then the bytes
 //   op & 7 == 2 / 3   drain client / upstream output, budget ((op >> 3) + 1) * 512 bytes
 //   op & 7 == 4       the hold deadline passes; op & 0x08 approves what waits, op & 0x10 refuses it
@@ -43,6 +48,7 @@
 
 #include "common/log.h"
 #include "proxy/http_bridge.h"
+#include "proxy/rpc.h"
 
 using namespace cordon;
 using namespace cordon::proxy;
@@ -133,6 +139,19 @@ struct Observer : ExchangeObserver {
 	{
 		alive(r);
 		completed.insert(r.number);
+	}
+};
+
+// Header lists point into strings that outlive the submit call.
+struct Nv {
+	std::vector<nghttp2_nv> list;
+	template <size_t N> void add(const char (&name)[N], const std::string &value) { add(name, N - 1, value); }
+	void add(const std::string &name, const std::string &value) { add(name.data(), name.size(), value); }
+	void add(const char *name, size_t length, const std::string &value)
+	{
+		list.push_back(nghttp2_nv{reinterpret_cast<uint8_t *>(const_cast<char *>(name)),
+		                          reinterpret_cast<uint8_t *>(const_cast<char *>(value.data())), length,
+		                          value.size(), NGHTTP2_NV_FLAG_NONE});
 	}
 };
 
@@ -264,24 +283,117 @@ private:
 		return 0;
 	}
 
-	// Header lists point into strings that outlive the submit call.
-	struct Nv {
-		std::vector<nghttp2_nv> list;
-		template <size_t N> void add(const char (&name)[N], const std::string &value)
-		{
-			add(name, N - 1, value);
-		}
-		void add(const std::string &name, const std::string &value) { add(name.data(), name.size(), value); }
-		void add(const char *name, size_t length, const std::string &value)
-		{
-			list.push_back(nghttp2_nv{reinterpret_cast<uint8_t *>(const_cast<char *>(name)),
-			                          reinterpret_cast<uint8_t *>(const_cast<char *>(value.data())), length,
-			                          value.size(), NGHTTP2_NV_FLAG_NONE});
-		}
-	};
-
 	nghttp2_session *session_ = nullptr;
 	std::map<int32_t, Stream> streams_;
+};
+
+// A stand-in for the job: a real nghttp2 client whose requests are made from fuzz bytes (their
+// first byte picks the kind, path words and whether the body ends; the rest is the body).
+class FakeJob {
+public:
+	FakeJob()
+	{
+		nghttp2_session_callbacks *cb = nullptr;
+		nghttp2_session_callbacks_new(&cb);
+		nghttp2_session_callbacks_set_on_invalid_frame_recv_callback(cb, on_invalid_frame);
+		nghttp2_session_callbacks_set_on_invalid_header_callback(cb, on_invalid_header);
+		check(nghttp2_session_client_new(&session_, cb, this) == 0, "the fake job starts");
+		nghttp2_session_callbacks_del(cb);
+		nghttp2_submit_settings(session_, NGHTTP2_FLAG_NONE, nullptr, 0);
+	}
+	~FakeJob() { nghttp2_session_del(session_); }
+
+	void request(std::string_view spec)
+	{
+		if (spec.empty())
+			return;
+		const uint8_t kind = static_cast<uint8_t>(spec[0]);
+		spec.remove_prefix(1);
+		static const std::string post = "POST", get = "GET", https = "https", host = "api2.cursor.sh",
+		                         trailers = "trailers";
+		static const std::string paths[] = {
+		    "/aiserver.v1.AiService/AvailableModels", "/aiserver.v1.ChatService/StreamUnifiedChatWithTools",
+		    "/aiserver.v1.ChatService/holdThis", "/aiserver.v1.ChatService/denyThis"};
+		static const std::string types[] = {"application/proto", "application/connect+proto",
+		                                    "application/grpc", ""};
+		auto body = std::make_unique<Body>();
+		const int type = kind & 3;
+		body->bytes = type == 1 || type == 2 ? rpc::encode_envelope(0, spec) : std::string(spec);
+		body->length = std::to_string(body->bytes.size());
+		Nv nv;
+		nv.add(":method", type == 3 ? get : post);
+		nv.add(":scheme", https);
+		nv.add(":authority", host);
+		nv.add(":path", (kind & 0x0c) ? paths[2 + ((kind >> 3) & 1)] : paths[type == 0 ? 0 : 1]);
+		if (type != 3) {
+			nv.add("content-type", types[type]);
+			if (type == 0)
+				nv.add("content-length", body->length);
+		}
+		if (type == 2)
+			nv.add("te", trailers);
+		nghttp2_data_provider provider{};
+		provider.source.ptr = body.get();
+		provider.read_callback = read_body;
+		nghttp2_submit_request(session_, nullptr, nv.list.data(), nv.list.size(),
+		                       type == 3 ? nullptr : &provider, nullptr);
+		bodies_.push_back(std::move(body));
+	}
+	// The bridge's bytes to the job.
+	void receive(std::string_view bytes)
+	{
+		const ssize_t n =
+		    nghttp2_session_mem_recv(session_, reinterpret_cast<const uint8_t *>(bytes.data()), bytes.size());
+		if (n < 0)
+			std::fprintf(stderr, "fake job: %s\n", nghttp2_strerror(static_cast<int>(n)));
+		check(n >= 0, "the bridge sends the job valid HTTP/2");
+	}
+	std::string send()
+	{
+		std::string out;
+		for (;;) {
+			const uint8_t *data = nullptr;
+			const ssize_t n = nghttp2_session_mem_send(session_, &data);
+			check(n >= 0, "the fake job can send");
+			if (n == 0)
+				return out;
+			out.append(reinterpret_cast<const char *>(data), static_cast<size_t>(n));
+		}
+	}
+
+private:
+	struct Body {
+		std::string bytes, length;
+		size_t sent = 0;
+	};
+	static ssize_t read_body(nghttp2_session *, int32_t, uint8_t *buf, size_t length, uint32_t *flags,
+	                         nghttp2_data_source *source, void *)
+	{
+		Body &b = *static_cast<Body *>(source->ptr);
+		const size_t n = std::min(length, b.bytes.size() - b.sent);
+		std::memcpy(buf, b.bytes.data() + b.sent, n);
+		b.sent += n;
+		if (b.sent == b.bytes.size())
+			*flags |= NGHTTP2_DATA_FLAG_EOF;
+		return static_cast<ssize_t>(n);
+	}
+	static int on_invalid_frame(nghttp2_session *, const nghttp2_frame *frame, int error, void *)
+	{
+		std::fprintf(stderr, "fake job: invalid frame type %d on stream %d: %s\n", frame->hd.type,
+		             frame->hd.stream_id, nghttp2_strerror(error));
+		check(false, "the bridge sends the job no invalid frame");
+		return 0;
+	}
+	static int on_invalid_header(nghttp2_session *, const nghttp2_frame *, const uint8_t *name, size_t namelen,
+	                             const uint8_t *, size_t, uint8_t, void *)
+	{
+		std::fprintf(stderr, "fake job: invalid header '%.*s'\n", static_cast<int>(namelen), name);
+		check(false, "the bridge sends the job no invalid header");
+		return 0;
+	}
+
+	nghttp2_session *session_ = nullptr;
+	std::vector<std::unique_ptr<Body>> bodies_;
 };
 
 struct Input {
@@ -321,20 +433,30 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		settings.upstream_unavailable = "cordon: the upstream's certificate was rejected";
 	const bool manual = config & 0x04;
 	std::unique_ptr<FakeCursor> cursor = (config & 0x08) ? std::make_unique<FakeCursor>() : nullptr;
+	std::unique_ptr<FakeJob> job = (config & 0x10) ? std::make_unique<FakeJob>() : nullptr;
 
 	Status error;
 	std::unique_ptr<HttpBridge> bridge = make_h2_bridge(std::move(settings), &error);
 	check(bridge != nullptr, "the bridge starts");
 	observer.bridge = bridge.get();
 
-	bool open = bridge->on_client_data(bytes(kClientPreface)) &&
+	bool open = bridge->on_client_data(bytes(job ? job->send() : kClientPreface)) &&
 	            bridge->on_upstream_data(bytes(cursor ? cursor->send() : kServerPreface));
 	check(open, "the prefaces are accepted");
 	std::string sink, to_bridge;
 	auto drain = [&](bool client, size_t budget) {
 		sink.clear();
-		if (client)
-			return bridge->produce_client_output(sink, budget).ok();
+		if (client) {
+			if (!bridge->produce_client_output(sink, budget).ok())
+				return false;
+			if (job) {
+				job->receive(sink);
+				// A valid job's bytes are always welcome.
+				check(bridge->on_client_data(bytes(job->send())).ok(),
+				      "the bridge accepts a valid job");
+			}
+			return true;
+		}
 		if (!bridge->produce_upstream_output(sink, budget).ok())
 			return false;
 		if (!cursor)
@@ -370,6 +492,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			const std::string_view chunk = in.take(n);
 			if ((op & 7) == 1 && cursor)
 				break; // Cursor speaks for itself
+			if ((op & 7) == 0 && job) {
+				job->request(chunk);
+				check(bridge->on_client_data(bytes(job->send())).ok(),
+				      "the bridge accepts a valid job");
+				break;
+			}
 			open = (op & 7) == 0 ? bridge->on_client_data(bytes(chunk)).ok()
 			                     : bridge->on_upstream_data(bytes(chunk)).ok();
 			break;

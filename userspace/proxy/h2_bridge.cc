@@ -154,8 +154,7 @@ public:
 		for (auto &[id, s] : streams_)
 			if (!s->down_closed && !s->response_done)
 				nghttp2_submit_rst_stream(down_, NGHTTP2_FLAG_NONE, s->down, NGHTTP2_INTERNAL_ERROR);
-		nghttp2_submit_goaway(down_, NGHTTP2_FLAG_NONE, nghttp2_session_get_last_proc_stream_id(down_),
-		                      NGHTTP2_NO_ERROR, nullptr, 0);
+		goaway_client();
 	}
 
 	Status produce_client_output(std::string &out, size_t budget) override { return produce(down_, out, budget); }
@@ -353,9 +352,7 @@ private:
 			// Cursor will take no new streams on this connection: tell the job to open a new
 			// one (which cordon intercepts afresh).
 			b.upstream_goaway_ = true;
-			nghttp2_submit_goaway(b.down_, NGHTTP2_FLAG_NONE,
-			                      nghttp2_session_get_last_proc_stream_id(b.down_), NGHTTP2_NO_ERROR,
-			                      nullptr, 0);
+			b.goaway_client();
 			return 0;
 		}
 		Stream *s = b.by_up(frame->hd.stream_id);
@@ -798,6 +795,21 @@ private:
 			resume(down_, s.down, s.down_deferred);
 	}
 
+	// Tells the job to open no new streams on this connection: once. Cursor may say GOAWAY twice
+	// (a graceful shutdown does) and then end the connection, but a later GOAWAY to the job would
+	// carry a larger last stream ID if it opened streams meanwhile, which RFC 9113 §6.8 forbids:
+	// the job's HTTP/2 library takes it as a protocol error and fails every stream in flight.
+	// Streams after the first GOAWAY are refused (REFUSED_STREAM) in any case. Found by fuzzing
+	// (tests/fuzz/corpus/h2_bridge/crash_job_goaway_last_stream_grows.bin).
+	void goaway_client()
+	{
+		if (client_goaway_)
+			return;
+		client_goaway_ = true;
+		nghttp2_submit_goaway(down_, NGHTTP2_FLAG_NONE, nghttp2_session_get_last_proc_stream_id(down_),
+		                      NGHTTP2_NO_ERROR, nullptr, 0);
+	}
+
 	// Ends the upstream copy of a stream: once. For a request whose HEADERS are still queued,
 	// nghttp2 turns the first RST_STREAM into cancelling them, but sends a second one as a frame:
 	// an RST_STREAM for a stream Cursor never saw (idle) is a connection error (RFC 9113 §5.1),
@@ -966,6 +978,7 @@ private:
 	std::unordered_map<int32_t, Stream *> by_up_;
 	uint64_t exchanges_ = 0;
 	bool client_eof_ = false, upstream_eof_ = false, upstream_goaway_ = false;
+	bool client_goaway_ = false; // see goaway_client
 	std::string error_;
 };
 

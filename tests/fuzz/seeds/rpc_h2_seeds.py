@@ -344,11 +344,59 @@ for name, path in [
     ("path_absolute_form.bin", "https://api2.cursor.sh/aiserver.v1.ChatService/Run"),
 ]:
     write("rpc_envelope", name, bytes([PATH]) + path.encode())
+# A real (fake) job (config 0x10): client data operations are its requests, [kind][body]; kind
+# & 3: unary proto, Connect stream, gRPC, GET; 0x04: path with "hold", 0x0C: path with "deny".
+JOB = 0x10
+UNARY_K, STREAM_K, GRPC_K, GET_K, HOLD_PATH, DENY_PATH = 0, 1, 2, 3, 0x04, 0x0C
+
+
+def job_request(kind, body=b""):
+    return op_data(CLIENT, bytes([kind]) + body)
+
+
+h2("job_unary_masked_length.bin", JOB,
+   job_request(UNARY_K, CHAT),
+   op_data(UPSTREAM, SETTINGS_ACK + response(1, "200", "application/proto", [("content-length", "22")])
+           + data(1, b"please mask this value", end=True)))
+h2("job_stream_held_approved.bin", JOB,
+   job_request(STREAM_K, b"hello"),
+   op_data(UPSTREAM, response(1, "200", "application/connect+proto") + data(1, env(0, b"hold this"))),
+   bytes([POLL, APPROVE]),
+   op_data(UPSTREAM, data(1, env(0, b"mask me") + env(2, END_OK), end=True)))
+h2("job_grpc_trailers_and_refusal.bin", JOB,
+   job_request(GRPC_K, CHAT), job_request(GRPC_K, b"second"),
+   op_data(UPSTREAM, response(1, "200", "application/grpc") + data(1, env(0, b"ok"))
+           + frame(HEADERS, END_HEADERS | END_STREAM, 1, hpack([("grpc-status", "0")]))
+           + response(3, "200", "application/grpc") + data(3, env(0, b"deny this"))))
+h2("job_get_204_and_length.bin", JOB,
+   job_request(GET_K), job_request(GET_K),
+   op_data(UPSTREAM, response(1, "200", "application/octet-stream", [("content-length", "5")]) + data(1, b"hello", end=True)
+           + response(3, "204", None, end=True)))
+h2("job_paths_hold_deny.bin", JOB,
+   job_request(HOLD_PATH | UNARY_K, b"x"), job_request(DENY_PATH | STREAM_K, b"y"),
+   bytes([REFUSE_HELD]))
+h2("job_and_cursor.bin", JOB | 0x08,
+   job_request(UNARY_K, CHAT), job_request(STREAM_K, b"please mask it"), job_request(GRPC_K, b"hold me"),
+   job_request(GET_K), bytes([POLL, APPROVE]), job_request(STREAM_K, b"deny"))
+h2("job_upstream_reset.bin", JOB,
+   job_request(STREAM_K, CHAT),
+   op_data(UPSTREAM, response(1, "200", "application/connect+proto") + data(1, env(0, b"partial"))
+           + frame(RST_STREAM, 0, 1, struct.pack(">I", 2))))
+
+# Cursor's graceful shutdown (GOAWAY with 2^31-1, then with the last stream) while the job,
+# not yet told, opens another stream: the job must never see the last stream ID grow.
+h2("job_cursor_double_goaway.bin", JOB | 0x04,
+   job_request(STREAM_K, b"first"), bytes([3 | 0xF8]),
+   op_data(UPSTREAM, SETTINGS_ACK + frame(GOAWAY, 0, 0, struct.pack(">II", 0x7FFFFFFF, 0))),
+   job_request(STREAM_K, b"second"),
+   op_data(UPSTREAM, frame(GOAWAY, 0, 0, struct.pack(">II", 1, 0))),
+   bytes([2 | 0xF8, 3 | 0xF8, 2 | 0xF8]))
+
 # The same conversations with a real (fake) Cursor answering (config 0x08): only the job's side
 # of each seed is used.
 d = os.path.join(ROOT, "h2_bridge")
 for name in sorted(os.listdir(d)):
-    if name.startswith(("cursor_", "crash_")):
+    if name.startswith(("cursor_", "crash_", "job_")):
         continue
     with open(os.path.join(d, name), "rb") as f:
         seed = f.read()
