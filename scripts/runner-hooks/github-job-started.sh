@@ -24,7 +24,10 @@ fail() {
 
 # The runner's cgroup outlives its jobs: end the previous job's binding first, so that this job
 # never runs under another job's identity, whether or not it gets a token of its own.
-"$cordonctl" unenroll >/dev/null 2>&1 || echo "cordon: could not end an earlier job's enrollment" >&2
+if ! "$cordonctl" unenroll >/dev/null 2>&1; then
+	echo "cordon: could not end an earlier job's enrollment" >&2
+	[ "$required" = 1 ] && exit 1
+fi
 
 if [ -z "${ACTIONS_ID_TOKEN_REQUEST_URL:-}" ] || [ -z "${ACTIONS_ID_TOKEN_REQUEST_TOKEN:-}" ]; then
 	fail "no OIDC token for this job (grant 'permissions: id-token: write'); it runs unenrolled"

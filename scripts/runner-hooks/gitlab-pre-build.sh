@@ -19,7 +19,10 @@
 cordon_token_var=${CORDON_TOKEN_VAR:-CORDON_ID_TOKEN}
 # A cgroup that outlives its jobs (one runner process, no per-job session) must not carry the
 # previous job's identity: end its binding first.
-${CORDONCTL:-cordonctl} unenroll >/dev/null 2>&1 || echo "cordon: could not end an earlier job's enrollment" >&2
+if ! ${CORDONCTL:-cordonctl} unenroll >/dev/null 2>&1; then
+	echo "cordon: could not end an earlier job's enrollment" >&2
+	[ "${CORDON_ENROLL_REQUIRED:-0}" = 1 ] && exit 1
+fi
 if eval "[ -n \"\${$cordon_token_var:-}\" ]"; then
 	${CORDONCTL:-cordonctl} enroll --token-env "$cordon_token_var" ||
 		{ echo "cordon: enrollment failed; the job runs unenrolled" >&2; [ "${CORDON_ENROLL_REQUIRED:-0}" = 1 ] && exit 1; }

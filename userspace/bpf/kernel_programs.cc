@@ -112,13 +112,30 @@ Status own_pin_dir(int fd, const std::string &dir)
 	const std::string was = "owned by uid " + std::to_string(st.st_uid) + ", mode " +
 	                        std::to_string((st.st_mode >> 6) & 7) + std::to_string((st.st_mode >> 3) & 7) +
 	                        std::to_string(st.st_mode & 7);
-	if (::fchown(fd, ::geteuid(), ::getegid()) == 0 && ::fchmod(fd, 0700) == 0) {
-		log::warning("pin directory " + dir + " was " + was + ": made it root's, mode 700");
-		return {};
-	}
-	return system_error("pin directory " + dir + " is " + was +
-	                    ": someone else made it and could unpin cordon's programs; remove it (rmdir) and "
-	                    "start cordond again");
+	const std::string remedy = ": someone else made it and could unpin cordon's programs; remove it "
+	                           "(rm -r) and start cordond again";
+	if (::fchown(fd, ::geteuid(), ::getegid()) != 0 || ::fchmod(fd, 0700) != 0)
+		return system_error("pin directory " + dir + " is " + was + remedy);
+	// Until the fchown the owner could rename the directory away and make another at the path
+	// (pins go by path), or leave entries to be followed: only an empty directory that is still
+	// the one at the path is kept.
+	struct stat at_path;
+	if (::lstat(dir.c_str(), &at_path) != 0 || at_path.st_dev != st.st_dev || at_path.st_ino != st.st_ino)
+		return plain_error("pin directory " + dir + " was " + was + " and was replaced while cordond took it" +
+		                   remedy);
+	UniqueFd listing(::openat(fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+	DIR *d = listing ? ::fdopendir(listing.release()) : nullptr;
+	if (!d)
+		return system_error("list " + dir);
+	bool empty = true;
+	while (dirent *e = ::readdir(d))
+		empty = empty && (std::strcmp(e->d_name, ".") == 0 || std::strcmp(e->d_name, "..") == 0);
+	::closedir(d);
+	if (!empty)
+		return plain_error("pin directory " + dir + " was " + was + " and holds entries cordond did not make" +
+		                   remedy);
+	log::warning("pin directory " + dir + " was " + was + ": made it root's, mode 700");
+	return {};
 }
 
 } // namespace

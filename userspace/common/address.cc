@@ -70,8 +70,10 @@ bool IpAddress::is_internal() const
 {
 	if (is_v4()) {
 		const uint8_t a = bytes[12], b = bytes[13];
+		const uint8_t c = bytes[14];
 		return a == 0 || a == 10 || a == 127 || (a == 100 && (b & 0xc0) == 64) || (a == 169 && b == 254) ||
-		       (a == 172 && (b & 0xf0) == 16) || (a == 192 && b == 168);
+		       (a == 172 && (b & 0xf0) == 16) || (a == 192 && b == 168) || (a == 192 && b == 0 && c == 0) ||
+		       (a == 198 && (b & 0xfe) == 18) || a >= 224; // IETF protocol, benchmarking, multicast, reserved
 	}
 	in6_addr addr = v6();
 	return IN6_IS_ADDR_LOOPBACK(&addr) || IN6_IS_ADDR_UNSPECIFIED(&addr) || IN6_IS_ADDR_LINKLOCAL(&addr) ||

@@ -25,7 +25,8 @@ struct IpAddress {
 	in6_addr v6() const;
 	bool is_loopback() const;
 	// Not on the public internet: loopback, private (RFC 1918, ULA), shared (100.64/10),
-	// link-local, "this network" (0/8), unspecified. Where a container's own network would
+	// link-local, "this network" (0/8), IETF protocol (192.0.0/24), benchmarking (198.18/15),
+	// multicast and reserved (224/3), unspecified. Where a container's own network would
 	// have firewall or isolation rules that a connection made by cordond would step over.
 	bool is_internal() const;
 	std::string to_string() const; // dotted quad for IPv4, RFC 5952 for IPv6

@@ -194,7 +194,19 @@ Status add_local_address(const IpAddress &ip, const std::string &label)
 	return change_fallback_route(ip, true);
 }
 
+Result<std::vector<IpAddress>> local_addresses_once(const std::string &label);
+
 Result<std::vector<IpAddress>> local_addresses(const std::string &label)
+{
+	// A dump the kernel marks interrupted (lo's addresses changed meanwhile) is asked again.
+	for (int attempt = 0;; attempt++) {
+		auto found = local_addresses_once(label);
+		if (found || found.error().code != EAGAIN || attempt == 4)
+			return found;
+	}
+}
+
+Result<std::vector<IpAddress>> local_addresses_once(const std::string &label)
 {
 	auto index = loopback_index();
 	if (!index)

@@ -29,6 +29,14 @@ constexpr size_t kMaxSubscriberBacklog = 4 << 20;
 constexpr size_t kSessionsPerUid = 8;
 constexpr size_t kSessionsNonRoot = 256;
 constexpr size_t kSessionsRoot = 32;
+// The session-count key of host root (uid 0 in cordond's PID namespace); other callers count by
+// uid. (uid_t)-1 is no user's uid.
+constexpr uid_t kAdminKey = static_cast<uid_t>(-1);
+
+uid_t session_key(const ControlPeer &peer)
+{
+	return peer.admin ? kAdminKey : peer.uid;
+}
 constexpr auto kSessionTimeout = std::chrono::seconds(10);
 // SO_PEERPIDFD (Linux 6.5); Debian 12's headers predate it.
 constexpr int kSoPeerPidfd = 77;
@@ -141,7 +149,7 @@ public:
 	void on_retire() override
 	{
 		server_.subscribers_.erase(this);
-		server_.forget(this, peer_.uid);
+		server_.forget(this, session_key(peer_));
 	}
 
 	void check_timeout(Clock::time_point now)
@@ -253,13 +261,25 @@ void ControlServer::on_accepted(int raw_fd)
 		log::warning(std::string("control: SO_PEERCRED: ") + std::strerror(errno));
 		return;
 	}
-	const bool root = host_root(cred);
-	auto count_of = [this](uid_t uid) {
-		auto it = per_uid_.find(uid);
+	// The pidfd first: while it lives, what /proc says about cred.pid (its PID namespace, for
+	// host_root) is about the peer and not a process that took its pid since.
+	ControlPeer peer{cred.pid, cred.uid, cred.gid, false, nullptr};
+	int pidfd = -1;
+	socklen_t pidfd_len = sizeof(pidfd);
+	if (::getsockopt(fd.get(), SOL_SOCKET, kSoPeerPidfd, &pidfd, &pidfd_len) == 0 && pidfd >= 0)
+		peer.pidfd = std::make_shared<const UniqueFd>(pidfd);
+	// Without a pidfd (before Linux 6.5) the pid cannot be pinned: root-only commands need it.
+	peer.admin = peer.pidfd && host_root(cred) && peer.alive();
+	const bool root = peer.admin;
+	auto count_of = [this](uid_t key) {
+		auto it = per_uid_.find(key);
 		return it == per_uid_.end() ? size_t{0} : it->second;
 	};
-	const size_t mine = count_of(cred.uid);
-	const size_t non_root = sessions_.size() - count_of(0);
+	// Host root's sessions are counted apart: root of a container (uid 0 too) is an ordinary
+	// caller and must neither use up root's room nor be let past the non-root caps.
+	const uid_t key = session_key(peer);
+	const size_t mine = count_of(key);
+	const size_t non_root = sessions_.size() - count_of(kAdminKey);
 	if (root ? mine >= kSessionsRoot : (mine >= kSessionsPerUid || non_root >= kSessionsNonRoot)) {
 		// Say so instead of closing silently, which cordonctl would read as "not running".
 		static const char busy[] = R"({"ok":false,"error":"busy: too many open control sessions"})"
@@ -267,15 +287,10 @@ void ControlServer::on_accepted(int raw_fd)
 		(void)!::send(fd.get(), busy, sizeof(busy) - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
 		return;
 	}
-	ControlPeer peer{cred.pid, cred.uid, cred.gid, root, nullptr};
-	int pidfd = -1;
-	socklen_t pidfd_len = sizeof(pidfd);
-	if (::getsockopt(fd.get(), SOL_SOCKET, kSoPeerPidfd, &pidfd, &pidfd_len) == 0 && pidfd >= 0)
-		peer.pidfd = std::make_shared<const UniqueFd>(pidfd);
 	auto session = std::make_unique<ControlSession>(*this, std::move(fd), std::move(peer));
 	ControlSession *raw = session.get();
 	sessions_.insert(raw);
-	per_uid_[cred.uid]++;
+	per_uid_[key]++;
 	loop_.add(std::move(session));
 	raw->receive();
 }

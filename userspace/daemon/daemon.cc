@@ -332,6 +332,8 @@ struct Runtime {
 			return refuse("this cordond accepts no workload tokens (the policy lists no identity.issuers)");
 		if (!peer.pidfd)
 			return refuse("cannot identify the caller safely: the kernel lacks SO_PEERPIDFD (Linux 6.5+)");
+		if (peer.pid <= 0) // pid 0: a peer in a PID namespace cordond cannot see into
+			return refuse("cannot identify the enrolling process");
 		auto cgroup = cgroups.path_of_pid(peer.pid);
 		// Checked after reading: a live pidfd means the pid was not recycled under us.
 		if (!cgroup || !peer.alive())
@@ -373,9 +375,13 @@ struct Runtime {
 			return json{
 			    {"ok", false},
 			    {"error", "cannot identify the caller safely: the kernel lacks SO_PEERPIDFD (Linux 6.5+)"}};
+		if (peer.pid <= 0) // pid 0: a peer in a PID namespace cordond cannot see into
+			return json{{"ok", false}, {"error", "cannot identify the calling process"}};
 		auto cgroup = cgroups.path_of_pid(peer.pid);
 		if (!cgroup || !peer.alive())
-			return json{{"ok", false}, {"error", "the calling process is gone"}};
+			return json{
+			    {"ok", false},
+			    {"error", "the calling process is gone" + (cgroup ? "" : ": " + cgroup.error().message())}};
 		auto ended = enrollments.unbind(*cgroup);
 		if (ended) {
 			JournalEntry e;
@@ -768,9 +774,10 @@ Status run_daemon(const DaemonOptions &options)
 	if (ks.netns_listen.port != 0) {
 		// Local before any program redirects there: an address that is not local would send a
 		// container's connection out through the host's default route instead.
+		// Only one this start made may be taken back on failure (never the running instance's).
 		auto present = local_addresses(address_label);
 		added_address =
-		    !present || std::find(present->begin(), present->end(), ks.netns_listen.ip) == present->end();
+		    present && std::find(present->begin(), present->end(), ks.netns_listen.ip) == present->end();
 		if (Status st = add_local_address(ks.netns_listen.ip, address_label); !st)
 			return plain_error("daemon.netns_listen: " + st.error().message());
 	}
