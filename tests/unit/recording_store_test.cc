@@ -433,6 +433,32 @@ TEST(RecordingStore, TimesParseAbsoluteAndRelative)
 		EXPECT_FALSE(parse_time_us(bad, 0)) << bad;
 }
 
+// Found by tests/fuzz/recording.cc: a corrupted store may hold any time; none may overflow.
+TEST(RecordingStore, TimesAtTheEndsOfTheRangePrint)
+{
+	EXPECT_EQ(iso_time(-1), "1969-12-31T23:59:59.999Z");
+	EXPECT_EQ(iso_time(-1000000), "1969-12-31T23:59:59.000Z");
+	EXPECT_FALSE(iso_time(INT64_MIN).empty());
+	EXPECT_FALSE(iso_time(INT64_MAX).empty());
+	RecordingTempDir tmp;
+	const std::string dir = tmp.path() + "/recordings";
+	{
+		auto w = record::SegmentWriter::open(dir, std::string(record::kKeyBytes, 'k'), "h", "test", 1 << 20);
+		ASSERT_TRUE(w);
+		SessionScript s(**w, "c-far");
+		s.start(INT64_MIN + 1, "", "/usr/bin/node", "/ci/job", "api2.cursor.sh");
+		s.decision_made(INT64_MAX, INT64_MIN, INT64_MAX, 1, "r", "approve", "approved", false, 0);
+		s.end(INT64_MAX, "closed", 1);
+	}
+	auto records = record::read_store(dir);
+	ASSERT_TRUE(records);
+	std::ostringstream out;
+	auto decoder = proxy::MessageDecoder::generic_only();
+	ASSERT_TRUE(replay_session(*records, "c-far", *decoder, out));
+	EXPECT_NE(out.str().find("+9223372036854775.807 ms"), std::string::npos) << out.str();
+	print_sessions(*records, {}, false, out);
+}
+
 TEST(RecordingStore, ReplayShowsDecodedMessagesDecisionsAndTimesInOrder)
 {
 	Store st;

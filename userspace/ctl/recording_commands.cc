@@ -73,11 +73,23 @@ std::string base64(std::string_view bytes)
 }
 
 // "+12.345 ms" after the session began.
+// later - earlier, held to int64_t's range: a corrupted or forged record may hold any time, and
+// the difference of two must not overflow (found by tests/fuzz/recording.cc).
+int64_t span_us(int64_t later, int64_t earlier)
+{
+	int64_t d = 0;
+	if (__builtin_sub_overflow(later, earlier, &d))
+		return later < earlier ? INT64_MIN : INT64_MAX;
+	return d;
+}
+
 std::string relative_ms(int64_t us)
 {
+	// The magnitude as unsigned: -INT64_MIN is not an int64_t.
+	const uint64_t magnitude = us < 0 ? 0 - static_cast<uint64_t>(us) : static_cast<uint64_t>(us);
 	char buf[48];
-	std::snprintf(buf, sizeof(buf), "%s%" PRId64 ".%03" PRId64 " ms", us < 0 ? "-" : "+",
-	              (us < 0 ? -us : us) / 1000, (us < 0 ? -us : us) % 1000);
+	std::snprintf(buf, sizeof(buf), "%s%" PRIu64 ".%03" PRIu64 " ms", us < 0 ? "-" : "+", magnitude / 1000,
+	              magnitude % 1000);
 	return buf;
 }
 
@@ -328,7 +340,7 @@ int64_t session_duration_us(const RecordedSession &s)
 {
 	if (s.end && s.end->session_end().duration_us() > 0)
 		return s.end->session_end().duration_us();
-	return s.last_time_us - s.first_time_us;
+	return span_us(s.last_time_us, s.first_time_us);
 }
 
 std::string session_result(const RecordedSession &s)
@@ -406,8 +418,8 @@ std::string decision_text(const recording::Decision &d, int64_t t0)
 		if (!d.approver().empty())
 			out += sep + "by " + printable(d.approver());
 		if (d.answered_us() != 0)
-			out += sep + "at " + relative_ms(d.answered_us() - t0) + ", after " +
-			       human_duration(d.answered_us() - d.decided_us());
+			out += sep + "at " + relative_ms(span_us(d.answered_us(), t0)) + ", after " +
+			       human_duration(span_us(d.answered_us(), d.decided_us()));
 		out += ")";
 	}
 	return out;
@@ -439,8 +451,8 @@ void print_message(const RecordedExchange &x, const Record &rec, int64_t t0, con
 	bool cut = false;
 	const std::string shown = display_json(decoded, kMessageDisplayBytes, cut);
 	const uint64_t full = std::max<uint64_t>(m.size(), m.payload().size());
-	out << std::left << std::setw(18) << relative_ms(rec.time_us() - t0) << (m.response() ? "← " : "→ ") << "#"
-	    << m.index() << " " << full << " B" << (m.end_of_stream() ? ", end of stream" : "");
+	out << std::left << std::setw(18) << relative_ms(span_us(rec.time_us(), t0)) << (m.response() ? "← " : "→ ")
+	    << "#" << m.index() << " " << full << " B" << (m.end_of_stream() ? ", end of stream" : "");
 	if (m.truncated())
 		out << " (recorded: the first " << m.payload().size() << " B)";
 	const bool one_line = shown.find('\n') == std::string::npos;
@@ -470,7 +482,7 @@ void print_exchange(const RecordedSession &s, const RecordedExchange &x, const p
 	const int64_t t0 = s.first_time_us;
 	out << "\nexchange " << x.number << "\n";
 	if (!x.request)
-		out << std::left << std::setw(18) << relative_ms(x.first_time_us - t0)
+		out << std::left << std::setw(18) << relative_ms(span_us(x.first_time_us, t0))
 		    << "→ (request not recorded: its segment was pruned)\n";
 	auto all = [&] {
 		std::vector<const Record *> v;
@@ -506,7 +518,7 @@ void print_exchange(const RecordedSession &s, const RecordedExchange &x, const p
 		return v;
 	}();
 	for (const Record *rec : all) {
-		const std::string at = relative_ms(rec->time_us() - t0);
+		const std::string at = relative_ms(span_us(rec->time_us(), t0));
 		if (rec->has_request()) {
 			const auto &r = rec->request();
 			out << std::left << std::setw(18) << at << "→ " << printable(or_dash(r.method())) << " "
@@ -515,8 +527,9 @@ void print_exchange(const RecordedSession &s, const RecordedExchange &x, const p
 			print_headers(r.headers(), out);
 		} else if (rec->has_decision()) {
 			const auto &d = rec->decision();
-			out << std::left << std::setw(18) << (d.decided_us() ? relative_ms(d.decided_us() - t0) : at)
-			    << decision_text(d, t0) << "\n";
+			out << std::left << std::setw(18)
+			    << (d.decided_us() ? relative_ms(span_us(d.decided_us(), t0)) : at) << decision_text(d, t0)
+			    << "\n";
 			if (stopped(d))
 				out << "                  ("
 				    << (d.on_message()
@@ -769,7 +782,11 @@ int run_replay_or_export(const std::string &command, const std::vector<std::stri
 
 std::string iso_time(int64_t time_us, bool millis)
 {
-	const int64_t seconds = time_us >= 0 ? time_us / 1000000 : -((-time_us + 999999) / 1000000);
+	// Rounded down, without negating time_us (which may be INT64_MIN: found by
+	// tests/fuzz/recording.cc).
+	const int64_t below = time_us % 1000000 < 0 ? 1 : 0;
+	const int64_t seconds = time_us / 1000000 - below;
+	const int64_t us_of_second = time_us % 1000000 + below * 1000000;
 	const time_t t = static_cast<time_t>(seconds);
 	struct tm tm;
 	if (!::gmtime_r(&t, &tm))
@@ -778,7 +795,7 @@ std::string iso_time(int64_t time_us, bool millis)
 	const size_t n = std::strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%S", &tm);
 	std::string out(buf, n);
 	if (millis) {
-		std::snprintf(buf, sizeof(buf), ".%03d", static_cast<int>((time_us - seconds * 1000000) / 1000));
+		std::snprintf(buf, sizeof(buf), ".%03d", static_cast<int>(us_of_second / 1000));
 		out += buf;
 	}
 	return out + "Z";
@@ -1040,7 +1057,7 @@ bool replay_session(const std::vector<Record> &records, const std::string &id, c
 	out << "\n";
 	if (s->end) {
 		const auto &e = s->end->session_end();
-		out << std::left << std::setw(18) << relative_ms(s->end->time_us() - s->first_time_us)
+		out << std::left << std::setw(18) << relative_ms(span_us(s->end->time_us(), s->first_time_us))
 		    << "session end: " << printable(or_dash(e.result())) << ", " << e.requests() << " requests, "
 		    << e.bytes_up() << " B up, " << e.bytes_down() << " B down, " << human_duration(e.duration_us())
 		    << "\n";
