@@ -159,6 +159,12 @@ void fuzz_key_set(std::string_view in)
 
 } // namespace
 
+// Undefined behaviour is a finding, not a warning: FUZZ_FLAGS lets UBSan recover and go on.
+extern "C" const char *__ubsan_default_options()
+{
+	return "halt_on_error=1:print_stacktrace=1";
+}
+
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	const std::string_view in(reinterpret_cast<const char *>(data), size);

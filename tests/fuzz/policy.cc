@@ -50,6 +50,12 @@ const config::Policy &defaults()
 
 } // namespace
 
+// Undefined behaviour is a finding, not a warning: FUZZ_FLAGS lets UBSan recover and go on.
+extern "C" const char *__ubsan_default_options()
+{
+	return "halt_on_error=1:print_stacktrace=1";
+}
+
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	// Policy files are small; yaml-cpp's cost grows with nesting, which a larger input only
