@@ -19,7 +19,8 @@
 //
 // With configuration 0x10, the job is a real nghttp2 client instead (client data operations
 // become its requests, see FakeJob), and it must find nothing wrong in what the bridge sends it,
-// while the bridge accepts everything it sends.
+// while the bridge accepts everything it sends. With both (0x18) and no verdict but forward, each
+// body the job gets back whole is the one it sent.
 //
 // Input: byte 0 is the configuration (0x01 small message limits, 0x02 no usable upstream, 0x04
 // output drained only when asked, 0x08 a real Cursor, 0x10 a real job), then operations until the
@@ -82,6 +83,8 @@ struct Observer : ExchangeObserver {
 	const HttpBridge *bridge = nullptr;
 	std::set<uint64_t> completed;
 	std::vector<std::shared_ptr<Switch>> undecided;
+	bool acted = false; // some verdict other than forward was given
+	bool all_ok = true; // every completed exchange ended "ok"
 
 	void alive(const RequestInfo &r)
 	{
@@ -90,6 +93,7 @@ struct Observer : ExchangeObserver {
 	}
 	Verdict hold()
 	{
+		acted = true;
 		auto s = std::make_shared<Switch>();
 		undecided.push_back(s);
 		return Verdict::defer(s);
@@ -109,7 +113,7 @@ struct Observer : ExchangeObserver {
 			if (h.name == "authorization")
 				h.value = "[MASKED]";
 			if (d == Direction::Response && h.name == "x-deny")
-				return Verdict::refuse("permission_denied", "response header");
+				return acted = true, Verdict::refuse("permission_denied", "response header");
 		}
 		return Verdict::forward();
 	}
@@ -117,7 +121,7 @@ struct Observer : ExchangeObserver {
 	{
 		alive(r);
 		if (r.path.find("deny") != std::string::npos)
-			return Verdict::refuse("permission_denied", "path");
+			return acted = true, Verdict::refuse("permission_denied", "path");
 		if (r.path.find("hold") != std::string::npos)
 			return hold();
 		return Verdict::forward();
@@ -126,19 +130,20 @@ struct Observer : ExchangeObserver {
 	{
 		alive(r);
 		if (m.payload.find("deny") != std::string::npos)
-			return Verdict::refuse("permission_denied", "message");
+			return acted = true, Verdict::refuse("permission_denied", "message");
 		if (m.payload.find("hold") != std::string::npos)
 			return hold();
 		if (m.payload.find("mask") != std::string::npos)
-			return Verdict::replace(m.payload.size() % 2 ? std::string()
-			                                             : m.payload + std::string(130, '*'));
+			return acted = true, Verdict::replace(m.payload.size() % 2 ? std::string()
+			                                                           : m.payload + std::string(130, '*'));
 		return Verdict::forward();
 	}
 	void on_response(const RequestInfo &r, const ResponseInfo &) override { alive(r); }
-	void on_complete(const RequestInfo &r, const ExchangeSummary &) override
+	void on_complete(const RequestInfo &r, const ExchangeSummary &summary) override
 	{
 		alive(r);
 		completed.insert(r.number);
+		all_ok = all_ok && summary.result == "ok";
 	}
 };
 
@@ -297,6 +302,9 @@ public:
 		nghttp2_session_callbacks_new(&cb);
 		nghttp2_session_callbacks_set_on_invalid_frame_recv_callback(cb, on_invalid_frame);
 		nghttp2_session_callbacks_set_on_invalid_header_callback(cb, on_invalid_header);
+		nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, on_data);
+		nghttp2_session_callbacks_set_on_frame_recv_callback(cb, on_frame);
+		nghttp2_session_callbacks_set_on_stream_close_callback(cb, on_close);
 		check(nghttp2_session_client_new(&session_, cb, this) == 0, "the fake job starts");
 		nghttp2_session_callbacks_del(cb);
 		nghttp2_submit_settings(session_, NGHTTP2_FLAG_NONE, nullptr, 0);
@@ -335,8 +343,10 @@ public:
 		nghttp2_data_provider provider{};
 		provider.source.ptr = body.get();
 		provider.read_callback = read_body;
-		nghttp2_submit_request(session_, nullptr, nv.list.data(), nv.list.size(),
-		                       type == 3 ? nullptr : &provider, nullptr);
+		const int32_t id = nghttp2_submit_request(session_, nullptr, nv.list.data(), nv.list.size(),
+		                                          type == 3 ? nullptr : &provider, nullptr);
+		if (id > 0)
+			exchanges_[id].sent = body->bytes;
 		bodies_.push_back(std::move(body));
 	}
 	// The bridge's bytes to the job.
@@ -361,11 +371,45 @@ public:
 		}
 	}
 
+	// With the echoing Cursor and nothing refused, replaced or held, every answer the job got
+	// whole is what it sent: untouched bodies pass byte for byte both ways.
+	void check_echoes() const
+	{
+		for (const auto &[id, x] : exchanges_)
+			if (x.ended && x.closed && x.error == NGHTTP2_NO_ERROR)
+				check(x.received == x.sent, "an untouched body comes back byte for byte");
+	}
+
 private:
 	struct Body {
 		std::string bytes, length;
 		size_t sent = 0;
 	};
+	struct Exchange {
+		std::string sent, received;
+		bool ended = false, closed = false;
+		uint32_t error = 0;
+	};
+	static FakeJob &self(void *p) { return *static_cast<FakeJob *>(p); }
+	static int on_data(nghttp2_session *, uint8_t, int32_t id, const uint8_t *data, size_t len, void *p)
+	{
+		self(p).exchanges_[id].received.append(reinterpret_cast<const char *>(data), len);
+		return 0;
+	}
+	static int on_frame(nghttp2_session *, const nghttp2_frame *frame, void *p)
+	{
+		if ((frame->hd.type == NGHTTP2_HEADERS || frame->hd.type == NGHTTP2_DATA) &&
+		    (frame->hd.flags & NGHTTP2_FLAG_END_STREAM))
+			self(p).exchanges_[frame->hd.stream_id].ended = true;
+		return 0;
+	}
+	static int on_close(nghttp2_session *, int32_t id, uint32_t error, void *p)
+	{
+		Exchange &x = self(p).exchanges_[id];
+		x.closed = true;
+		x.error = error;
+		return 0;
+	}
 	static ssize_t read_body(nghttp2_session *, int32_t, uint8_t *buf, size_t length, uint32_t *flags,
 	                         nghttp2_data_source *source, void *)
 	{
@@ -394,6 +438,7 @@ private:
 
 	nghttp2_session *session_ = nullptr;
 	std::vector<std::unique_ptr<Body>> bodies_;
+	std::map<int32_t, Exchange> exchanges_;
 };
 
 struct Input {
@@ -526,6 +571,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		if (open && !manual)
 			open = drain_all();
 	}
+	if (job && cursor && !observer.acted && observer.all_ok)
+		job->check_echoes();
 	// The connection ends as intercept.cc ends it: both sides gone, what is left flushed.
 	bridge->on_client_eof();
 	bridge->on_upstream_eof(false);

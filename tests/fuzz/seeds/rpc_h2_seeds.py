@@ -392,6 +392,11 @@ h2("job_cursor_double_goaway.bin", JOB | 0x04,
    op_data(UPSTREAM, frame(GOAWAY, 0, 0, struct.pack(">II", 1, 0))),
    bytes([2 | 0xF8, 3 | 0xF8, 2 | 0xF8]))
 
+# Both real (config 0x18), nothing refused, replaced or held: every body comes back as sent.
+h2("job_and_cursor_untouched.bin", JOB | 0x08,
+   job_request(UNARY_K, CHAT), job_request(STREAM_K, CHAT), job_request(GRPC_K, b"x" * 3000),
+   job_request(GET_K), job_request(STREAM_K, b""))
+
 # The same conversations with a real (fake) Cursor answering (config 0x08): only the job's side
 # of each seed is used.
 d = os.path.join(ROOT, "h2_bridge")
