@@ -292,8 +292,10 @@ private:
 	std::map<int32_t, Stream> streams_;
 };
 
-// A stand-in for the job: a real nghttp2 client whose requests are made from fuzz bytes (their
-// first byte picks the kind, path words and whether the body ends; the rest is the body).
+// A stand-in for the job: a real nghttp2 client whose requests are made from fuzz bytes. The first
+// byte picks the kind (& 3: unary proto, Connect stream, gRPC, GET), path words (0x04 "hold",
+// 0x0C "deny"), a body left open until operation 7 | 0x08 (0x10), a gzip'd envelope (0x20); the
+// rest is the body.
 class FakeJob {
 public:
 	FakeJob()
@@ -326,7 +328,13 @@ public:
 		                                    "application/grpc", ""};
 		auto body = std::make_unique<Body>();
 		const int type = kind & 3;
-		body->bytes = type == 1 || type == 2 ? rpc::encode_envelope(0, spec) : std::string(spec);
+		const bool enveloped = type == 1 || type == 2;
+		const bool compressed = enveloped && (kind & 0x20);
+		body->open = kind & 0x10; // a bidi stream: the body goes on until end_bodies()
+		if (compressed)
+			body->bytes = rpc::encode_envelope(rpc::kFlagCompressed, *rpc::gzip(spec));
+		else
+			body->bytes = enveloped ? rpc::encode_envelope(0, spec) : type == 3 ? "" : std::string(spec);
 		body->length = std::to_string(body->bytes.size());
 		Nv nv;
 		nv.add(":method", type == 3 ? get : post);
@@ -340,13 +348,19 @@ public:
 		}
 		if (type == 2)
 			nv.add("te", trailers);
+		static const std::string gzip = "gzip", connect_encoding = "connect-content-encoding",
+		                         grpc_encoding = "grpc-encoding";
+		if (compressed)
+			nv.add(type == 1 ? connect_encoding : grpc_encoding, gzip);
 		nghttp2_data_provider provider{};
 		provider.source.ptr = body.get();
 		provider.read_callback = read_body;
 		const int32_t id = nghttp2_submit_request(session_, nullptr, nv.list.data(), nv.list.size(),
 		                                          type == 3 ? nullptr : &provider, nullptr);
-		if (id > 0)
+		if (id > 0) {
 			exchanges_[id].sent = body->bytes;
+			body->id = id;
+		}
 		bodies_.push_back(std::move(body));
 	}
 	// The bridge's bytes to the job.
@@ -371,6 +385,16 @@ public:
 		}
 	}
 
+	// The bidi streams' bodies end.
+	void end_bodies()
+	{
+		for (auto &b : bodies_)
+			if (b->open && b->id > 0) {
+				b->open = false;
+				nghttp2_session_resume_data(session_, b->id);
+			}
+	}
+
 	// With the echoing Cursor and nothing refused, replaced or held, every answer the job got
 	// whole is what it sent: untouched bodies pass byte for byte both ways.
 	void check_echoes() const
@@ -384,6 +408,8 @@ private:
 	struct Body {
 		std::string bytes, length;
 		size_t sent = 0;
+		bool open = false;
+		int32_t id = 0;
 	};
 	struct Exchange {
 		std::string sent, received;
@@ -417,7 +443,9 @@ private:
 		const size_t n = std::min(length, b.bytes.size() - b.sent);
 		std::memcpy(buf, b.bytes.data() + b.sent, n);
 		b.sent += n;
-		if (b.sent == b.bytes.size())
+		if (n == 0 && b.open)
+			return NGHTTP2_ERR_DEFERRED;
+		if (b.sent == b.bytes.size() && !b.open)
 			*flags |= NGHTTP2_DATA_FLAG_EOF;
 		return static_cast<ssize_t>(n);
 	}
@@ -563,6 +591,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			bridge->on_upstream_eof(op & 0x08);
 			break;
 		case 7:
+			if (job && (op & 0x08)) {
+				job->end_bodies();
+				check(bridge->on_client_data(bytes(job->send())).ok(),
+				      "the bridge accepts a valid job");
+			}
 			(void)bridge->wants_client_data();
 			(void)bridge->wants_upstream_data();
 			(void)bridge->hold_deadline();

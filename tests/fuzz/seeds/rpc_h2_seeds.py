@@ -397,6 +397,18 @@ h2("job_and_cursor_untouched.bin", JOB | 0x08,
    job_request(UNARY_K, CHAT), job_request(STREAM_K, CHAT), job_request(GRPC_K, b"x" * 3000),
    job_request(GET_K), job_request(STREAM_K, b""))
 
+# Bidi streams left open, one gzip'd, ended later (op 7 | 0x08), both real endpoints.
+OPEN_K, GZIP_K, END_BODIES = 0x10, 0x20, 7 | 0x08
+h2("job_and_cursor_bidi_gzip.bin", JOB | 0x08,
+   job_request(STREAM_K | OPEN_K | GZIP_K, CHAT), job_request(GRPC_K | OPEN_K, b"tool output"),
+   job_request(GRPC_K | GZIP_K, b"z" * 500), bytes([POLL, END_BODIES]))
+h2("job_bidi_gzip_upstream.bin", JOB,
+   job_request(STREAM_K | OPEN_K | GZIP_K, CHAT),
+   op_data(UPSTREAM, SETTINGS_ACK + response(1, "200", "application/connect+proto", [("connect-content-encoding", "gzip")])
+           + data(1, env(1, gz(b"mask this")))),
+   bytes([END_BODIES]),
+   op_data(UPSTREAM, data(1, env(2, END_OK), end=True)))
+
 # The same conversations with a real (fake) Cursor answering (config 0x08): only the job's side
 # of each seed is used.
 d = os.path.join(ROOT, "h2_bridge")
