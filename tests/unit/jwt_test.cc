@@ -558,6 +558,9 @@ TEST(JwtKeySet, MalformedSets)
 	         {R"({"keys":{}})", "\"keys\" is a object, not an array"},
 	         {R"({"keys":[]})", "has no keys"},
 	         {R"({"keys":[{"kty":"RSA","kid":"a","n":"!!","e":"AQAB"}]})", "member \"n\": character"},
+	         // Found by tests/fuzz/jwks.cc: the skipped key's reason dumped "use" recursively.
+	         {R"({"keys":[{"kid":"a","use":)" + std::string(100000, '[') + std::string(100000, ']') + "}]}",
+	          "nests deeper than 32 levels"},
 	     }) {
 		auto set = KeySet::parse(text);
 		ASSERT_FALSE(set.ok()) << text;

@@ -521,9 +521,19 @@ bool glob_match(std::string_view pattern, std::string_view text)
 
 Result<KeySet> KeySet::parse(std::string_view jwks_json)
 {
-	json doc = json::parse(jwks_json.begin(), jwks_json.end(), nullptr, false);
+	// Depth is bounded as in tokens: a skipped key's reason dumps its members recursively, and a
+	// deeply nested "use" or "key_ops" overflowed the stack (found by tests/fuzz/jwks.cc).
+	bool too_deep = false;
+	json::parser_callback_t check = [&](int depth, json::parse_event_t event, json &) {
+		if (event == json::parse_event_t::object_start || event == json::parse_event_t::array_start)
+			too_deep = too_deep || depth >= kMaxTokenJsonDepth;
+		return true;
+	};
+	json doc = json::parse(jwks_json.begin(), jwks_json.end(), check, false);
 	if (doc.is_discarded())
 		return plain_error("key set is not valid JSON");
+	if (too_deep)
+		return plain_error("key set nests deeper than " + std::to_string(kMaxTokenJsonDepth) + " levels");
 	if (!doc.is_object())
 		return plain_error(std::string("key set is a JSON ") + type_name(doc) + ", not an object");
 	auto keys = doc.find("keys");
