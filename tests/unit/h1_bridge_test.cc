@@ -268,3 +268,19 @@ TEST(H1Bridge, AStatusUnder100IsAMalformedResponse)
 	ASSERT_TRUE(h.bridge->on_upstream_data(bytes("HTTP/1.1 020 Odd\r\nContent-Length: 0\r\n\r\n")));
 	EXPECT_EQ(h.to_client().find("HTTP/1.1 502"), 0u);
 }
+
+// Found by tests/fuzz/h1_bridge: with an empty Transfer-Encoding line before a "chunked" one,
+// the body went upstream unframed, where its bytes would be read as requests of their own.
+TEST(H1Bridge, EveryTransferEncodingLineCounts)
+{
+	H1 h;
+	const std::string smuggled = "GET /admin HTTP/1.1\r\nHost: api2.cursor.sh\r\n\r\n";
+	char size[16];
+	std::snprintf(size, sizeof(size), "%zx\r\n", smuggled.size());
+	ASSERT_TRUE(h.bridge->on_client_data(
+	    bytes("POST /upload HTTP/1.1\r\nHost: api2.cursor.sh\r\nContent-Type: text/plain\r\n"
+	          "Transfer-Encoding:\r\nTransfer-Encoding: chunked\r\n\r\n" +
+	          std::string(size) + smuggled + "\r\n0\r\n\r\n")));
+	EXPECT_EQ(h.to_upstream(), "");
+	EXPECT_EQ(h.to_client().find("HTTP/1.1 400"), 0u);
+}
