@@ -87,6 +87,10 @@ def governed(cgroups, cordond, standin, work, tmp_path):
     def start(rules_yaml):
         for child in ("job/enrolled", "job/plain"):
             (cgroups.base / child).mkdir(exist_ok=True)
+            # A runner's cgroup holds the runner itself between its jobs' processes: a binding
+            # ends when its cgroup empties, and without this one it could end (cordond sweeps
+            # once a second) between the enrolling process and the job's next one.
+            cgroups.spawn(child, ["sleep", "3600"])
         tls = tls_yaml(work, extra=f"  descriptors: {work / 'cursor.desc'}\n")
         d = cordond(CAPTURED, ports=(443,), hosts=INTERCEPT_HOSTS, tls_yaml=tls, extra_yaml=rules_yaml)
         jobs = {name: SubJobs(cgroups, d, work, tmp_path, f"job/{name}") for name in ("enrolled", "plain")}
