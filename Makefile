@@ -146,7 +146,7 @@ $(BUILD)/cordon-bench: $(patsubst %.cc,$(BUILD)/obj/%.o,$(BENCH_SRCS))
 
 # --- fuzz targets: tests/fuzz/NAME.cc with the sources it needs in FUZZ_DEPS_NAME ---
 include $(wildcard tests/fuzz/*.mk)
-FUZZ_FLAGS := -g -O1 -std=c++20 -fsanitize=fuzzer,address,undefined $(INCLUDES)
+FUZZ_FLAGS := -g -O1 -std=c++20 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all $(INCLUDES)
 
 $(BUILD)/fuzz/%: tests/fuzz/%.cc $$(FUZZ_DEPS_$$*) | $(GEN_HEADERS)
 	@mkdir -p $(@D)
