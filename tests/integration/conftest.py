@@ -59,9 +59,11 @@ def _root_and_build():
     addresses_before = cordon_addresses()
     yield
     leftovers = [p for p in host_paths if p.exists() and p not in existed]
-    # Nothing of ours may outlive the session.
-    leftovers += [p for p in pathlib.Path("/sys/fs/bpf").glob("cordon-it-*")]
-    leftovers += [p for p in cgroup2_mount().glob("cordon-it-*")]
+    # Nothing of ours may outlive the session. Ours are named for this process (CgroupTree), so
+    # another session running beside this one is not taken for a leak.
+    ours = f"cordon-it-{os.getpid()}-*"
+    leftovers += [p for p in pathlib.Path("/sys/fs/bpf").glob(ours)]
+    leftovers += [p for p in cgroup2_mount().glob(ours)]
     netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     leftovers += [line.split()[0] for line in netns.splitlines() if line.startswith("cordon-it-")]
     # The host address a cordond puts on lo for containers (daemon.netns_listen).
