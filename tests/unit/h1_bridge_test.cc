@@ -28,9 +28,10 @@ struct Recorder : ExchangeObserver {
 struct H1 {
 	Recorder recorder;
 	std::unique_ptr<HttpBridge> bridge;
-	H1()
+	explicit H1(Limits limits = {})
 	{
 		BridgeSettings s;
+		s.limits = limits;
 		s.connection = "test";
 		s.default_host = "api2.cursor.sh";
 		s.observers.push_back(&recorder);
@@ -283,4 +284,24 @@ TEST(H1Bridge, EveryTransferEncodingLineCounts)
 	          std::string(size) + smuggled + "\r\n0\r\n\r\n")));
 	EXPECT_EQ(h.to_upstream(), "");
 	EXPECT_EQ(h.to_client().find("HTTP/1.1 400"), 0u);
+}
+
+TEST(H1Bridge, AHeadOverTheLimitIsAnswered431AndNothingGoesUpstream)
+{
+	Limits limits;
+	limits.max_header_bytes = 2048;
+	H1 h(limits);
+	const std::string head =
+	    "GET / HTTP/1.1\r\nHost: api2.cursor.sh\r\nX-Big: " + std::string(4096, 'a') + "\r\n\r\n";
+	ASSERT_TRUE(h.bridge->on_client_data(bytes(head)));
+	EXPECT_EQ(h.to_upstream(), "");
+	const std::string answer = h.to_client();
+	EXPECT_EQ(answer.rfind("HTTP/1.1 431 Request Header Fields Too Large\r\n", 0), 0u) << answer;
+	EXPECT_NE(answer.find("tls.max_header_bytes (2048)"), std::string::npos) << answer;
+
+	H1 roomy(limits); // the same head under the limit passes
+	const std::string small =
+	    "GET / HTTP/1.1\r\nHost: api2.cursor.sh\r\nX-Big: " + std::string(1024, 'a') + "\r\n\r\n";
+	ASSERT_TRUE(roomy.bridge->on_client_data(bytes(small)));
+	EXPECT_EQ(roomy.to_upstream(), small);
 }

@@ -257,3 +257,24 @@ TEST(Policy, MaskRulesAsAWholeAreChecked)
 	e = error_of("mask:\n  rules:\n    - id: t\n      regex: 'a{3}'\n    - id: t\n      regex: 'b{3}'\n");
 	EXPECT_NE(e.find("'t' is taken"), std::string::npos) << e;
 }
+
+TEST(Policy, LimitsHaveDefaultsAndBounds)
+{
+	auto p = load_policy_text("", "<default>");
+	ASSERT_TRUE(p) << p.error().message();
+	EXPECT_EQ(p->tls().max_header_bytes(), 65536u);
+	EXPECT_EQ(p->tls().max_streams_per_connection(), 256u);
+	EXPECT_EQ(p->recording().max_queue_mb(), 64u);
+	EXPECT_EQ(p->daemon().memory_limit_mb(), 0u);
+	EXPECT_EQ(p->daemon().shed_memory_percent(), 90u);
+	EXPECT_EQ(p->daemon().max_connections(), 20000u);
+	EXPECT_EQ(p->approvals().max_pending(), 1000u);
+
+	EXPECT_NE(error_of("tls:\n  max_header_bytes: 10\n").find("out of range 1024.."), std::string::npos);
+	EXPECT_NE(error_of("tls:\n  max_streams_per_connection: 0\n").find("out of range"), std::string::npos);
+	EXPECT_NE(error_of("recording:\n  max_queue_mb: 0\n").find("out of range"), std::string::npos);
+	std::string early = error_of("daemon:\n  shed_memory_percent: 20\n");
+	EXPECT_NE(early.find("sheds too early"), std::string::npos) << early;
+	EXPECT_NE(early.find(":2:"), std::string::npos) << early; // file:line
+	EXPECT_EQ(error_of("daemon:\n  shed_memory_percent: 0\n  memory_limit_mb: 512\n"), "");
+}

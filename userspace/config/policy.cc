@@ -129,6 +129,7 @@ const std::map<std::string, Validator> &validators()
 	    {"cordon.config.Recording.max_segment_mb", [](const std::string &v) { return check_range(v, 1, 4096); }},
 	    {"cordon.config.Recording.max_message_bytes",
 	     [](const std::string &v) { return check_range(v, 0, 64u << 20); }},
+	    {"cordon.config.Recording.max_queue_mb", [](const std::string &v) { return check_range(v, 1, 4096); }},
 	    {"cordon.config.Approvals.timeout_seconds", [](const std::string &v) { return check_range(v, 1, 86400); }},
 	    {"cordon.config.Approvals.max_pending", [](const std::string &v) { return check_range(v, 1, 100000); }},
 	    {"cordon.config.Inject.credential_file", check_absolute_path},
@@ -213,6 +214,9 @@ const std::map<std::string, Validator> &validators()
 	     [](const std::string &v) { return check_range(v, 100, 600000); }},
 	    {"cordon.config.Tls.max_message_bytes",
 	     [](const std::string &v) { return check_range(v, 1024, 1024u * 1024 * 1024); }},
+	    {"cordon.config.Tls.max_header_bytes", [](const std::string &v) { return check_range(v, 1024, 1u << 20); }},
+	    {"cordon.config.Tls.max_streams_per_connection",
+	     [](const std::string &v) { return check_range(v, 1, 65536); }},
 	    {"cordon.config.Daemon.control_socket", check_absolute_path},
 	    {"cordon.config.Daemon.metrics_listen",
 	     [](const std::string &v) -> Result<std::string> {
@@ -261,6 +265,14 @@ const std::map<std::string, Validator> &validators()
 	    {"cordon.config.Mask.hold_ms", [](const std::string &v) { return check_range(v, 1, 10000); }},
 	    {"cordon.config.Daemon.connect_timeout_ms",
 	     [](const std::string &v) { return check_range(v, 100, 600000); }},
+	    {"cordon.config.Daemon.memory_limit_mb", [](const std::string &v) { return check_range(v, 0, 1u << 20); }},
+	    {"cordon.config.Daemon.shed_memory_percent",
+	     [](const std::string &v) -> Result<std::string> {
+		     auto in = check_range(v, 0, 99);
+		     if (in && v != "0" && std::stoul(v) < 50)
+			     return plain_error("'" + v + "' sheds too early: 0 (off) or 50 to 99");
+		     return in;
+	     }},
 	    {"cordon.config.Daemon.max_connections", [](const std::string &v) { return check_range(v, 1, 1000000); }},
 	    {"cordon.config.Daemon.buffer_size", [](const std::string &v) { return check_range(v, 4096, 1 << 20); }},
 	    {"cordon.config.Daemon.buffer_count",

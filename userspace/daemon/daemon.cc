@@ -888,6 +888,7 @@ Status run_daemon(const DaemonOptions &options)
 		settings.max_total_bytes = uint64_t{rc.max_total_mb()} << 20;
 		settings.max_age_seconds = int64_t{rc.max_age_days()} * 86400;
 		settings.max_message_bytes = rc.max_message_bytes();
+		settings.max_queue_bytes = size_t{rc.max_queue_mb()} << 20;
 		auto started = Recorder::start(settings, journal);
 		if (!started)
 			return started.error();
@@ -914,6 +915,8 @@ Status run_daemon(const DaemonOptions &options)
 	rs.connect_timeout = std::chrono::milliseconds(p.daemon().connect_timeout_ms());
 	rs.idle_timeout = std::chrono::seconds(p.daemon().idle_timeout_seconds());
 	rs.max_connections = p.daemon().max_connections();
+	rs.memory_limit_bytes = uint64_t{p.daemon().memory_limit_mb()} << 20;
+	rs.shed_memory_percent = p.daemon().shed_memory_percent();
 	for (const auto &h : p.capture().hosts())
 		rs.tls.intercept_hosts.push_back(*HostPattern::parse(h));
 	auto sni_action = [](config::SniPolicy policy) {
@@ -929,6 +932,8 @@ Status run_daemon(const DaemonOptions &options)
 	rs.tls.leaves = &leaves;
 	rs.tls.limits.max_message = p.tls().max_message_bytes();
 	rs.tls.limits.max_unary_body = p.tls().max_message_bytes();
+	rs.tls.limits.max_header_bytes = p.tls().max_header_bytes();
+	rs.tls.limits.max_streams = p.tls().max_streams_per_connection();
 	// Each relayed connection holds two descriptors; refuse cleanly before accept() hits EMFILE.
 	if (rlimit lim{}; ::getrlimit(RLIMIT_NOFILE, &lim) == 0 && lim.rlim_cur != RLIM_INFINITY) {
 		const uint32_t fit = lim.rlim_cur > 256 ? static_cast<uint32_t>((lim.rlim_cur - 256) / 2) : 1;

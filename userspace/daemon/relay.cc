@@ -814,7 +814,8 @@ private:
 
 RelayServer::RelayServer(EventLoop &loop, BufferPool &pool, KernelPrograms &kernel, Journal &journal,
                          CgroupPathCache &cgroups, RelaySettings settings)
-    : loop_(loop), pool_(pool), kernel_(kernel), journal_(journal), cgroups_(cgroups), settings_(std::move(settings))
+    : loop_(loop), pool_(pool), kernel_(kernel), journal_(journal), cgroups_(cgroups), settings_(std::move(settings)),
+      memory_(settings_.memory_limit_bytes, settings_.shed_memory_percent)
 {
 	if (!settings_.metrics)
 		own_metrics_ = std::make_unique<DaemonMetrics>();
@@ -891,6 +892,15 @@ void RelayServer::on_accepted(int raw_fd, const SocketAddress &local)
 			             ") reached: refusing new connections");
 			last_limit_log_ = now;
 		}
+		return refuse();
+	}
+	watch_memory(Clock::now());
+	if (memory_.shedding()) {
+		// Reset at once: the job sees ECONNRESET rather than waiting on a cordond that may not
+		// have the memory to serve it. The journal said why when shedding started.
+		stats_.shed++;
+		shed_since_start_++;
+		metrics_->connection_rejected("memory");
 		return refuse();
 	}
 	auto peer = peer_address(fd.get());
@@ -989,8 +999,37 @@ void RelayServer::forget(TrackedConnection *conn)
 	std::erase_if(starved_, [conn](const auto &entry) { return entry.first == conn; });
 }
 
+void RelayServer::watch_memory(Clock::time_point now)
+{
+	const MemoryGuard::Change change = memory_.update(now);
+	if (change == MemoryGuard::Change::None)
+		return;
+	const MemoryGuard::Sample &m = memory_.last();
+	const auto mib = [](uint64_t bytes) { return std::to_string(bytes >> 20) + " MiB"; };
+	JournalEntry e;
+	if (change == MemoryGuard::Change::Started) {
+		shed_since_start_ = 0;
+		e.priority = 4;
+		e.message = "memory " + mib(m.used) + " of " + mib(m.limit) + " (" + m.source + "): refusing new " +
+		            "connections until it falls below " + std::to_string(settings_.shed_memory_percent - 5) +
+		            "%; live ones carry on";
+		e.add("CORDON_EVENT", "load_shed");
+	} else {
+		e.priority = 5;
+		e.message = "memory " + mib(m.used) + " of " + mib(m.limit) + ": accepting connections again (" +
+		            std::to_string(shed_since_start_) + " refused meanwhile)";
+		e.add("CORDON_EVENT", "load_shed_end").add("CORDON_REFUSED", std::to_string(shed_since_start_));
+	}
+	e.add("CORDON_MEMORY_BYTES", std::to_string(m.used))
+	    .add("CORDON_MEMORY_LIMIT_BYTES", std::to_string(m.limit))
+	    .add_if("CORDON_LIMIT_SOURCE", m.source)
+	    .add("CORDON_CONNECTIONS", std::to_string(live_.size()));
+	journal_.send(std::move(e));
+}
+
 void RelayServer::tick(Clock::time_point now)
 {
+	watch_memory(now);
 	std::vector<TrackedConnection *> all(live_.begin(), live_.end());
 	for (TrackedConnection *c : all)
 		c->check_timeouts(now);

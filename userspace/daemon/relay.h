@@ -25,6 +25,7 @@
 #include "common/workload.h"
 #include "cordon/bpf_shared.h"
 #include "daemon/event_loop.h"
+#include "daemon/memory_guard.h"
 #include "identity/enrollment.h"
 #include "proxy/exchange.h"
 
@@ -88,6 +89,9 @@ struct RelaySettings {
 	std::chrono::milliseconds connect_timeout{10000};
 	std::chrono::seconds idle_timeout{0}; // 0: never
 	uint32_t max_connections = 20000;
+	// Load shedding (MemoryGuard): 0 bytes takes the cgroup's limit; 0 percent never sheds.
+	uint64_t memory_limit_bytes = 0;
+	unsigned shed_memory_percent = 90;
 	// cordond's network namespace: connections from other ones (containers) are not passed
 	// through to internal addresses (see Connection::decide).
 	uint64_t own_netns_cookie = 0;
@@ -108,6 +112,7 @@ struct RelayStats {
 	uint64_t accepted = 0;      // connections with an origin
 	uint64_t lookup_missed = 0; // accepted, but nothing redirected them: refused
 	uint64_t over_limit = 0;    // refused at max_connections
+	uint64_t shed = 0;          // refused while memory was short (MemoryGuard)
 	uint64_t upstream_failed = 0;
 	uint64_t closed = 0;
 	uint64_t intercepted = 0, passed_through = 0, refused = 0;
@@ -188,6 +193,8 @@ private:
 	void start_intercept(ConnectionIdentity identity, UniqueFd client, std::string hello_bytes,
 	                     std::vector<std::string> alpn);
 	void track_destination(TrackedConnection *conn, const IpAddress &destination);
+	// Samples memory; journals when shedding starts and ends.
+	void watch_memory(std::chrono::steady_clock::time_point now);
 
 	EventLoop &loop_;
 	BufferPool &pool_;
@@ -197,6 +204,7 @@ private:
 	UserNames users_;
 	RelaySettings settings_;
 	RelayStats stats_;
+	MemoryGuard memory_;
 	std::unique_ptr<DaemonMetrics> own_metrics_; // when the settings bring none
 	DaemonMetrics *metrics_ = nullptr;           // never null
 	std::vector<SocketAddress> listening_;
@@ -207,6 +215,7 @@ private:
 	std::string instance_;
 	uint64_t sequence_ = 0;
 	std::chrono::steady_clock::time_point last_miss_log_{}, last_limit_log_{};
+	uint64_t shed_since_start_ = 0; // connections refused in the current shedding episode
 };
 
 // Shared by the relay and the interceptor.

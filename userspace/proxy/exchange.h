@@ -168,6 +168,8 @@ public:
 struct Limits {
 	size_t max_message = 16 << 20; // one message, decompressed
 	size_t max_unary_body = 16 << 20;
+	size_t max_header_bytes = 64 << 10; // an HTTP/1.1 head, or an HTTP/2 decoded header list
+	uint32_t max_streams = 256;         // concurrent HTTP/2 streams a job's connection may open
 };
 
 // Runs every observer's on_headers in order; the first refusal wins.

@@ -21,8 +21,6 @@ using error_code = boost::beast::error_code;
 using string_view = boost::beast::string_view;
 using Clock = std::chrono::steady_clock;
 
-constexpr uint32_t kHeaderLimit = 64 * 1024;
-
 std::string lower(string_view s)
 {
 	std::string out(s.data(), s.size());
@@ -42,9 +40,9 @@ struct ParserEvents {
 
 template <bool IsRequest> class EventParser : public http::basic_parser<IsRequest> {
 public:
-	explicit EventParser(ParserEvents &events) : events_(events)
+	EventParser(ParserEvents &events, size_t header_limit) : events_(events)
 	{
-		this->header_limit(kHeaderLimit);
+		this->header_limit(static_cast<std::uint32_t>(header_limit));
 		// Bodies stream through; the message engine bounds them. Not boost::none: Boost 1.74
 		// compares `content_length > body_limit_` against the empty optional, which is always true.
 		this->body_limit(std::numeric_limits<std::uint64_t>::max());
@@ -288,7 +286,8 @@ private:
 			if (!req_parser_) {
 				if (ex_)
 					break; // one exchange at a time: the next request waits for this response
-				req_parser_ = std::make_unique<EventParser<true>>(req_events_);
+				req_parser_ =
+				    std::make_unique<EventParser<true>>(req_events_, settings_.limits.max_header_bytes);
 			}
 			error_code ec;
 			auto view = client_in_.view();
@@ -296,6 +295,12 @@ private:
 			client_in_.consume(n);
 			if (ec == http::error::need_more)
 				break;
+			if (ec == http::error::header_limit) {
+				bad_request("the request head is over tls.max_header_bytes (" +
+				                std::to_string(settings_.limits.max_header_bytes) + ")",
+				            431);
+				break;
+			}
 			if (ec) {
 				bad_request(ec.message());
 				break;
@@ -465,7 +470,8 @@ private:
 		e.request_forwarded = true;
 		// The answer may come before the body ends (an early 413, 100-continue): read it.
 		if (!resp_parser_) {
-			resp_parser_ = std::make_unique<EventParser<false>>(resp_events_);
+			resp_parser_ =
+			    std::make_unique<EventParser<false>>(resp_events_, settings_.limits.max_header_bytes);
 			if (e.head_request)
 				resp_parser_->skip(true);
 		}
@@ -565,7 +571,8 @@ private:
 			// Parsers are replaced or dropped here, never inside their own callbacks.
 			if (replace_response_parser_) {
 				replace_response_parser_ = false;
-				resp_parser_ = std::make_unique<EventParser<false>>(resp_events_);
+				resp_parser_ = std::make_unique<EventParser<false>>(resp_events_,
+				                                                    settings_.limits.max_header_bytes);
 				continue;
 			}
 			if (ex_ && ex_->response_done) {
@@ -852,7 +859,7 @@ private:
 		       "bad_input");
 	}
 
-	void bad_request(const std::string &why)
+	void bad_request(const std::string &why, int status = 400)
 	{
 		// The answer to this request has begun (a streamed body): a whole 400 response written
 		// into it would leave the job reading garbage. It ends the protocol's way instead, as a
@@ -866,14 +873,16 @@ private:
 		const std::string body =
 		    "{\"error\":" + rpc::connect_unary_error_body("invalid_argument", "bad HTTP/1.1 request: " + why) +
 		    "}";
-		client_out_.append("HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nContent-Length: " +
+		const char *status_text = status == 431 ? "431 Request Header Fields Too Large" : "400 Bad Request";
+		client_out_.append("HTTP/1.1 " + std::string(status_text) +
+		                   "\r\nContent-Type: application/json\r\nContent-Length: " +
 		                   std::to_string(body.size()) + "\r\nConnection: close\r\n\r\n" + body);
 		closing_ = true;
 		if (ex_) {
 			ex_->result = "bad_request";
 			ex_->error = why;
 			ex_->response_done = true;
-			ex_->status = 400;
+			ex_->status = status;
 			report(*ex_);
 		}
 	}

@@ -23,10 +23,6 @@ using Clock = std::chrono::steady_clock;
 
 constexpr int32_t kStreamWindow = 1 << 20;      // per stream, both sides
 constexpr int32_t kConnectionWindow = 16 << 20; // per connection, both sides
-constexpr uint32_t kMaxConcurrentStreams = 256;
-// Decoded header list per stream (HPACK can expand a 16 KiB frame to far more): beyond this the
-// stream is reset. The same limit HTTP/1.1 applies to a header block.
-constexpr size_t kMaxHeaderList = 64 * 1024;
 // Reopen the source's window once the forwarding queue is below this.
 constexpr size_t kLowWater = 256 * 1024;
 
@@ -106,13 +102,14 @@ public:
 		nghttp2_session_callbacks_del(cb);
 		if (rc != 0)
 			return plain_error(std::string("nghttp2 session: ") + nghttp2_strerror(rc));
+		const auto header_list = static_cast<uint32_t>(settings_.limits.max_header_bytes);
 		nghttp2_settings_entry down_settings[] = {
-		    {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, kMaxConcurrentStreams},
+		    {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, settings_.limits.max_streams},
 		    {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, kStreamWindow},
-		    {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, kMaxHeaderList}};
+		    {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, header_list}};
 		nghttp2_settings_entry up_settings[] = {{NGHTTP2_SETTINGS_ENABLE_PUSH, 0},
 		                                        {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, kStreamWindow},
-		                                        {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, kMaxHeaderList}};
+		                                        {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, header_list}};
 		if (nghttp2_submit_settings(down_, NGHTTP2_FLAG_NONE, down_settings, 3) != 0 ||
 		    nghttp2_submit_settings(up_, NGHTTP2_FLAG_NONE, up_settings, 3) != 0 ||
 		    nghttp2_session_set_local_window_size(down_, NGHTTP2_FLAG_NONE, 0, kConnectionWindow) != 0 ||
@@ -312,7 +309,8 @@ private:
 		Stream *counted = session == b.down_ ? b.by_down(frame->hd.stream_id) : b.by_up(frame->hd.stream_id);
 		if (counted) {
 			counted->header_bytes += namelen + valuelen + 32; // RFC 9113's accounting
-			if (counted->header_bytes > kMaxHeaderList)
+			// HPACK can expand a 16 KiB frame to far more: past the limit the stream is reset.
+			if (counted->header_bytes > b.settings_.limits.max_header_bytes)
 				return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE; // resets this stream only
 		}
 		Header h{std::string(reinterpret_cast<const char *>(name), namelen),
