@@ -493,3 +493,46 @@ def test_grpc_calls_and_trailers_only_errors_pass_intact(intercept, journal):
     errors = [e for e in events if e["event"] == "error"]
     # The server's own status, not a cordon-made "internal" error.
     assert errors and errors[0]["code"] == "invalid_argument", (events, p.stdout, p.stderr)
+
+
+# --- limits (issue #8): each configurable, each a clear answer when hit ---------------------------
+
+@pytest.mark.parametrize("flag", ["--http1.1", "--http2"])
+def test_a_header_block_over_max_header_bytes_is_refused_and_never_reaches_cursor(intercept, upstreams, flag):
+    d, jobs = intercept(tls_extra="  max_header_bytes: 4096\n")
+    before = len(upstreams["standin"].requests("/"))
+    small = jobs.run(["curl", "-sS", flag, "--max-time", "10", "-H", "X-Pad: " + "a" * 2000,
+                      "https://api2.cursor.sh/"])
+    assert small.stdout.startswith("hello from the api2.cursor.sh stand-in"), small
+    big = jobs.run(["curl", "-sS", flag, "--max-time", "10", "-w", "\n%{http_code}", "-H", "X-Pad: " + "a" * 6000,
+                    "https://api2.cursor.sh/"], check=False)
+    if flag == "--http1.1":
+        # HTTP/1.1 has a status for it, and the body names the setting.
+        assert big.returncode == 0 and big.stdout.endswith("\n431"), big
+        assert "tls.max_header_bytes (4096)" in big.stdout
+    else:
+        # HTTP/2: the limit is advertised (SETTINGS_MAX_HEADER_LIST_SIZE); over it the stream is
+        # reset and curl says so, the connection's other streams unharmed.
+        assert big.returncode != 0 and "HTTP/2" in big.stderr, big
+    assert len(upstreams["standin"].requests("/")) == before + 1  # only the small one
+    assert d.proc.poll() is None
+
+
+def test_max_streams_per_connection_is_advertised_and_clients_queue_behind_it(intercept):
+    d, jobs = intercept(tls_extra="  max_streams_per_connection: 3\n")
+    # Node's HTTP/2 client reads cordond's SETTINGS and queues beyond them: eight requests at
+    # once on one connection all complete, never more than three in flight.
+    r = jobs.run(["node", "-e", """
+const h = require('http2').connect('https://api2.cursor.sh');
+h.on('remoteSettings', s => {
+  const done = [];
+  for (let i = 0; i < 8; i++) {
+    const r = h.request({':path': '/'});
+    let b = ''; r.on('data', c => b += c);
+    r.on('end', () => { done.push(b.startsWith('hello')); if (done.length === 8) {
+      console.log(JSON.stringify({max: s.maxConcurrentStreams, ok: done.filter(x => x).length})); h.close(); } });
+    r.end();
+  }
+});"""])
+    out = json.loads(r.stdout)
+    assert out == {"max": 3, "ok": 8}, (out, r.stderr)

@@ -16,7 +16,7 @@ namespace {
 // Values at or above this are v1's "unlimited" (PAGE_COUNTER_MAX pages, rounded): no limit.
 constexpr uint64_t kUnlimited = uint64_t{1} << 62;
 constexpr auto kSampleEvery = std::chrono::milliseconds(100);
-constexpr auto kLimitLookupEvery = std::chrono::seconds(10);
+constexpr auto kLimitLookupEvery = std::chrono::seconds(2); // set-property takes effect soon
 constexpr auto kTrimEvery = std::chrono::seconds(1);
 constexpr unsigned kHysteresisPercent = 5;
 

@@ -39,7 +39,7 @@ MemoryLimit find_cgroup_memory_limit();
 class MemoryGuard {
 public:
 	using Clock = std::chrono::steady_clock;
-	// `configured_bytes` 0: the cgroup's limit, looked up again now and then (systemctl
+	// `configured_bytes` 0: the cgroup's limit, looked up again every 2 s (systemctl
 	// set-property changes it at run time). `shed_percent` 0: never shed.
 	MemoryGuard(uint64_t configured_bytes, unsigned shed_percent);
 
