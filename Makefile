@@ -1,7 +1,15 @@
 # cordon — build, test, demo, bench, install.
 #   make          build/cordond, build/cordonctl, build/cordon.bpf.o
-#   make test     install missing packages, format check, build, unit tests (plain + ASan/UBSan),
-#                 integration tests
+#   make test     install missing packages, format check, build, unit tests, fuzz corpus replay,
+#                 integration tests, then test-sanitize and fuzz-ci (below)
+#   make unit / unit-san / integration / fuzz-regress   one part of make test
+#   make test-sanitize  unit tests under ASan+UBSan (unit-san), the integration suite against
+#                 cordond/cordonctl built with ASan+UBSan (integration-san: build/san-bin), and the
+#                 threaded parts (recorder, journal, KeyCache, JWKS lookups, resolver, DNS proxy)
+#                 under TSan (unit-tsan: build/tsan, integration-tsan: build/tsan-bin)
+#   make fuzz     every libFuzzer target for FUZZ_SECONDS (30) from its seed corpus
+#   make fuzz-ci  every target for FUZZ_CI_SECONDS (60), FUZZ_CI_JOBS (nproc) at a time, on a copy
+#                 of its corpus; findings in build/fuzz/artifacts/NAME/, and the run fails
 #   make demo     install missing packages, build, run the end-to-end demo
 #   make bench    benchmarks, figures printed as tables (see bench/RESULTS.md)
 #   make install  PREFIX (/usr/local), DESTDIR; make uninstall removes exactly what it put there
@@ -36,6 +44,7 @@ CXXFLAGS ?= -O2
 # Debian's hardening for the two installed binaries: a read-only GOT (relro + bindnow).
 LDFLAGS ?= -Wl,-z,relro -Wl,-z,now
 SAN_FLAGS := -O1 -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
+TSAN_FLAGS := -O1 -fsanitize=thread -fno-omit-frame-pointer
 LIBS := -lbpf -lelf -luring -lsystemd -lboost_program_options -lyaml-cpp -lprotobuf -lssl -lcrypto -lnghttp2 -lz \
 	-lhs -lre2 -lpcre2-8 -lresolv -lpthread
 TEST_LIBS := -lgtest -lgmock -lpthread
@@ -47,6 +56,8 @@ CURSOR_PROTOS := $(shell find proto/cursor -name '*.proto' 2>/dev/null | sort)
 FUZZ_SRCS := $(wildcard tests/fuzz/*.cc)
 FUZZ_TARGETS := $(patsubst tests/fuzz/%.cc,$(BUILD)/fuzz/%,$(FUZZ_SRCS))
 FUZZ_SECONDS ?= 30
+FUZZ_CI_SECONDS ?= 60
+FUZZ_CI_JOBS ?= $(shell nproc)
 STANDIN_MODULES := tests/standin/node_modules/.package-lock.json
 PROTO_CC := $(patsubst proto/%.proto,$(BUILD)/gen/%.pb.cc,$(PROTOS))
 PROTO_H := $(PROTO_CC:.cc=.h)
@@ -59,10 +70,18 @@ SAN_LIB_OBJS := $(patsubst $(BUILD)/obj/%,$(BUILD)/san/%,$(LIB_OBJS))
 UNIT_SRCS := $(wildcard tests/unit/*.cc)
 UNIT_OBJS := $(patsubst %.cc,$(BUILD)/obj/%.o,$(UNIT_SRCS))
 SAN_UNIT_OBJS := $(patsubst %.cc,$(BUILD)/san/%.o,$(UNIT_SRCS))
+TSAN_LIB_OBJS := $(patsubst $(BUILD)/obj/%,$(BUILD)/tsan/%,$(LIB_OBJS))
+# The unit tests that start threads (the *_threads_test.cc ones run them against each other), and
+# the suites among them unit-tsan runs.
+TSAN_UNIT_SRCS := tests/unit/recorder_test.cc tests/unit/jwt_test.cc tests/unit/resolver_test.cc \
+	$(wildcard tests/unit/*_threads_test.cc)
+TSAN_UNIT_OBJS := $(patsubst %.cc,$(BUILD)/tsan/%.o,$(TSAN_UNIT_SRCS))
+TSAN_SUITES := Recorder*:KeyCache*:JwksFetch*:Resolver*:Journal*:*Threads*
 BENCH_SRCS := $(wildcard bench/*.cc)
 MICROBENCH_SRCS := $(wildcard bench/micro/*.cc)
 
-.PHONY: all deps test unit unit-san integration demo bench fmt fmt-check install uninstall deb clean fuzz fuzz-regress standin
+.PHONY: all deps test unit unit-san unit-tsan integration integration-san integration-tsan test-sanitize demo bench \
+	fmt fmt-check install uninstall deb clean fuzz fuzz-regress fuzz-ci standin
 .DELETE_ON_ERROR:
 .SECONDEXPANSION:
 
@@ -119,6 +138,14 @@ $(BUILD)/san/%.o: %.cc | $(GEN_HEADERS)
 	@mkdir -p $(@D)
 	$(CXX) $(CXXFLAGS_BASE) $(SAN_FLAGS) -c $< -o $@
 
+$(BUILD)/tsan/gen/%.o: $(BUILD)/gen/%.cc | $(GEN_HEADERS)
+	@mkdir -p $(@D)
+	$(CXX) $(CXXFLAGS_BASE) $(TSAN_FLAGS) -Wno-unused-parameter -c $< -o $@
+
+$(BUILD)/tsan/%.o: %.cc | $(GEN_HEADERS)
+	@mkdir -p $(@D)
+	$(CXX) $(CXXFLAGS_BASE) $(TSAN_FLAGS) -c $< -o $@
+
 $(BUILD)/libcordon.a: $(LIB_OBJS)
 	ar rcs $@ $^
 
@@ -131,11 +158,26 @@ $(BUILD)/cordond: $(BUILD)/obj/userspace/cordond_main.o $(BUILD)/libcordon.a
 $(BUILD)/cordonctl: $(BUILD)/obj/userspace/cordonctl_main.o $(BUILD)/libcordon.a
 	$(CXX) $(LDFLAGS) $^ -o $@ $(LIBS)
 
+$(BUILD)/libcordon-tsan.a: $(TSAN_LIB_OBJS)
+	ar rcs $@ $^
+
+# cordond and cordonctl with ASan+UBSan (integration-san) and with TSan (integration-tsan).
+$(BUILD)/san-bin/cordond $(BUILD)/san-bin/cordonctl: $(BUILD)/san-bin/%: $(BUILD)/san/userspace/%_main.o $(BUILD)/libcordon-san.a
+	@mkdir -p $(@D)
+	$(CXX) -fsanitize=address,undefined $^ -o $@ $(LIBS)
+
+$(BUILD)/tsan-bin/cordond $(BUILD)/tsan-bin/cordonctl: $(BUILD)/tsan-bin/%: $(BUILD)/tsan/userspace/%_main.o $(BUILD)/libcordon-tsan.a
+	@mkdir -p $(@D)
+	$(CXX) -fsanitize=thread $^ -o $@ $(LIBS)
+
 $(BUILD)/unit-tests: $(UNIT_OBJS) $(BUILD)/libcordon.a
 	$(CXX) $^ -o $@ $(TEST_LIBS) $(LIBS) -lgtest_main
 
 $(BUILD)/unit-tests-san: $(SAN_UNIT_OBJS) $(BUILD)/libcordon-san.a
 	$(CXX) -fsanitize=address,undefined $^ -o $@ $(TEST_LIBS) $(LIBS) -lgtest_main
+
+$(BUILD)/unit-tests-tsan: $(TSAN_UNIT_OBJS) $(BUILD)/libcordon-tsan.a
+	$(CXX) -fsanitize=thread $^ -o $@ $(TEST_LIBS) $(LIBS) -lgtest_main
 
 # Google Benchmark micro-benchmarks of library code (leaf minting, parsers, ...).
 $(BUILD)/cordon-microbench: $(patsubst %.cc,$(BUILD)/obj/%.o,$(MICROBENCH_SRCS)) $(BUILD)/libcordon.a
@@ -164,12 +206,19 @@ fuzz-regress: $(FUZZ_TARGETS)
 	  $$t -runs=0 tests/fuzz/corpus/$$n > $(BUILD)/fuzz/$$n.regress.log 2>&1 || { cat $(BUILD)/fuzz/$$n.regress.log; exit 1; }; \
 	  echo "fuzz-regress: $$n ok ($$(ls tests/fuzz/corpus/$$n | wc -l) inputs)"; done
 
+# CI: every target for FUZZ_CI_SECONDS from a copy of its corpus, FUZZ_CI_JOBS at a time; fails
+# naming the target, the input (build/fuzz/artifacts/NAME/) and the tail of its log.
+fuzz-ci: $(FUZZ_TARGETS)
+	FUZZ_CI_SECONDS=$(FUZZ_CI_SECONDS) FUZZ_CI_JOBS=$(FUZZ_CI_JOBS) tests/fuzz/ci.sh $(BUILD) $(notdir $(FUZZ_TARGETS))
+
 # --- tests ---
 test:
 	./scripts/install-deps.sh
 	$(MAKE) fmt-check
 	$(MAKE) all $(BUILD)/unit-tests $(BUILD)/unit-tests-san
-	$(MAKE) unit unit-san fuzz-regress integration
+	$(MAKE) unit fuzz-regress integration
+	$(MAKE) test-sanitize
+	$(MAKE) fuzz-ci
 
 unit: $(BUILD)/unit-tests
 	$(BUILD)/unit-tests
@@ -179,6 +228,30 @@ unit-san: $(BUILD)/unit-tests-san
 
 integration: all standin
 	$(PYTHON) -m pytest -v -p no:cacheprovider tests/integration
+
+# --- sanitizers: ASan+UBSan everywhere, TSan on the threaded parts ---
+test-sanitize: unit-san integration-san unit-tsan integration-tsan
+
+# The whole suite against build/san-bin; conftest.py gives each cordond and cordonctl ASAN_OPTIONS
+# and UBSAN_OPTIONS with a log_path and fails the test whose process reported anything (leaks too).
+integration-san: all standin $(BUILD)/san-bin/cordond $(BUILD)/san-bin/cordonctl
+	CORDON_BIN_DIR=$(BUILD)/san-bin $(PYTHON) -m pytest -v -p no:cacheprovider tests/integration
+
+# gcc 12's TSan maps its shadow at fixed addresses: with the kernel's larger mmap randomisation
+# (vm.mmap_rnd_bits) it can die with "unexpected memory mapping". setarch -R runs it without
+# address randomisation instead of changing the sysctl (children inherit it: pytest runs under it
+# for integration-tsan); a TSan that cannot start fails the target.
+TSAN_RUN := $(if $(shell command -v setarch),setarch $(shell uname -m) -R)
+unit-tsan: $(BUILD)/unit-tests-tsan
+	TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 $(TSAN_RUN) $(BUILD)/unit-tests-tsan \
+	  --gtest_filter='$(TSAN_SUITES)' || { echo "unit-tsan: FAILED (a race above, or TSan could not start)" >&2; exit 1; }
+
+# The DNS proxy's workers, the resolver, the journal and the recorder in a running cordond: the
+# DNS and recording suites against build/tsan-bin (reports fail the test, as with ASan).
+TSAN_INTEGRATION := tests/integration/test_dns.py tests/integration/test_recording.py
+integration-tsan: all standin $(BUILD)/tsan-bin/cordond $(BUILD)/tsan-bin/cordonctl
+	$(TSAN_RUN) $(BUILD)/tsan-bin/cordonctl --help > /dev/null || { echo "integration-tsan: TSan cannot start here" >&2; exit 1; }
+	CORDON_BIN_DIR=$(BUILD)/tsan-bin $(TSAN_RUN) $(PYTHON) -m pytest -v -p no:cacheprovider $(TSAN_INTEGRATION)
 
 demo:
 	./scripts/install-deps.sh

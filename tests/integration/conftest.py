@@ -20,12 +20,77 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 BUILD = ROOT / "build"
-CORDOND = BUILD / "cordond"
-CORDONCTL = BUILD / "cordonctl"
+# Where cordond and cordonctl come from: build/ unless CORDON_BIN_DIR names another directory
+# (relative to the repository), e.g. build/san-bin, their ASan + UBSan builds (make test-sanitize).
+BIN_DIR = ROOT / os.environ["CORDON_BIN_DIR"] if os.environ.get("CORDON_BIN_DIR") else BUILD
+CORDOND = BIN_DIR / "cordond"
+CORDONCTL = BIN_DIR / "cordonctl"
 CLIENT = pathlib.Path(__file__).with_name("client.py")
 PYTHON = "/usr/bin/python3"
 NOBODY = 65534
 JOURNAL_SOCKET = pathlib.Path("/run/systemd/journal/socket")
+
+
+def sanitizer_options(log_dir):
+    """ASan/UBSan/TSan options for the sanitizer builds (plain builds ignore them): each report goes to
+    its own file, log_dir/report.<pid>, never into the output a test reads; the first error stops
+    the process; leaks found at exit are errors."""
+    base = pathlib.Path(log_dir) / "report"
+    return {"ASAN_OPTIONS": f"log_path={base}:halt_on_error=1:detect_leaks=1:abort_on_error=0",
+            "UBSAN_OPTIONS": f"log_path={base}:halt_on_error=1:print_stacktrace=1",
+            # TSan (make integration-tsan) reports every race and carries on.
+            "TSAN_OPTIONS": f"log_path={base}:halt_on_error=0:second_deadlock_stack=1"}
+
+
+def sanitizer_dir(parent=None):
+    """A directory for reports; anyone may write there (cordond and cordonctl run as nobody too)."""
+    d = pathlib.Path(tempfile.mkdtemp(prefix="cordon-sanitizer-", dir=parent))
+    os.chmod(d, 0o1777)
+    return d
+
+
+def take_sanitizer_reports(reports):
+    """The reports' text ("" when none); each is renamed so that it is reported only once."""
+    text = ""
+    for f in sorted(reports):
+        text += f"--- {f} ---\n{f.read_text(errors='replace')}\n"
+        f.rename(f.with_name("reported" + f.name[len("report"):]))
+    return text
+
+
+# The session's report directory: processes a test starts itself report here, each Cordond in a
+# directory of its own below it.
+SANITIZER_SESSION = []
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _sanitizer_session():
+    """Every cordond and cordonctl a test starts inherits these options. A report is pinned on the
+    cordond fixture's teardown, else on the test during which it appeared (_sanitizer_check), else
+    (a daemon stopped after its module) on the session's end."""
+    d = sanitizer_dir()
+    SANITIZER_SESSION.append(d)
+    saved = {k: os.environ.get(k) for k in sanitizer_options(d)}
+    os.environ.update(sanitizer_options(d))
+    yield d
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    SANITIZER_SESSION.remove(d)
+    left = take_sanitizer_reports(d.rglob("report.*"))
+    shutil.rmtree(d, ignore_errors=True)
+    if left:
+        pytest.fail(f"a sanitizer reported errors in a cordond or cordonctl of this session:\n{left}", pytrace=False)
+
+
+@pytest.fixture(autouse=True)
+def _sanitizer_check(_sanitizer_session):
+    yield
+    text = take_sanitizer_reports(_sanitizer_session.rglob("report.*"))
+    if text:
+        pytest.fail(f"a sanitizer reported an error in a process this test ran:\n{text}", pytrace=False)
 
 
 def cgroup2_mount():
@@ -251,13 +316,16 @@ class Cordond:
         self.prefix = list(prefix)  # e.g. setpriv with the unit's capabilities
         self.env = env
         self.proc = None
+        # Sanitizer builds report here; the fixture fails the test on any report.
+        self.sanitizer_dir = sanitizer_dir(SANITIZER_SESSION[0] if SANITIZER_SESSION else tmp)
 
     def start(self, wait=True):
         self.log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [*self.prefix, str(CORDOND), "--config", str(self.policy), "--cgroup", self.cgroups.path("daemon"),
              *self.args],
-            stdout=self.log, stderr=self.log, env=self.env)
+            stdout=self.log, stderr=self.log,
+            env={**(os.environ if self.env is None else self.env), **sanitizer_options(self.sanitizer_dir)})
         if wait:
             deadline = time.monotonic() + 15
             while True:
@@ -318,6 +386,10 @@ def cordond(cgroups, journal, tmp_path):
         d.stop()
         d.detach()
         assert not os.path.exists(d.pin_dir)
+    # After the SIGTERM: a leak is only reported when the process exits.
+    reports = take_sanitizer_reports(f for d in started for f in d.sanitizer_dir.glob("report.*"))
+    if reports:
+        pytest.fail(f"the sanitizer reported errors in cordond:\n{reports}", pytrace=False)
 
 
 class Upstream:
