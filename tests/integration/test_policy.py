@@ -188,3 +188,24 @@ def test_reload_reports_settings_that_need_a_restart(governed):
     r = d.ctl("reload")
     assert r.returncode == 0, r.stderr
     assert "daemon: changed, but takes a restart" in r.stdout, r.stdout
+
+
+def test_curl_over_http2_sees_the_refusal_of_a_blocked_request_with_a_body(governed, standin, cgroups):
+    """cordond answers a blocked request before its body has arrived. An immediate RST_STREAM made
+    curl (7.88) report a framing error about half the time instead of the 403 (found by the soak);
+    cordond now reads and drops the rest of a short body first."""
+    d, jobs = governed(f"""rules:
+  - name: no-agents-api
+    match:
+      cgroups: ["{cgroups.path('job')}*"]
+      paths: ["/v0/agents"]
+    action: block
+    message: ask the platform team
+default_action: allow
+""")
+    for attempt in range(8):
+        r = jobs.run(["curl", "-sS", "--http2", "--max-time", "10", "-w", "\n%{http_code}", "-X", "POST",
+                      "--data", '{"prompt": "' + "x" * 3000 + '"}', "https://api.cursor.com/v0/agents"], check=False)
+        assert r.returncode == 0 and r.stdout.endswith("\n403"), (attempt, r)
+        assert "ask the platform team" in r.stdout
+    assert not standin.requests("/v0/agents")

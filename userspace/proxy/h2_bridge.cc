@@ -23,6 +23,10 @@ using Clock = std::chrono::steady_clock;
 
 constexpr int32_t kStreamWindow = 1 << 20;      // per stream, both sides
 constexpr int32_t kConnectionWindow = 16 << 20; // per connection, both sides
+// After a refusal, how much of the job's body, and for how long, is read and dropped before
+// the stream is reset.
+constexpr size_t kDrainBytes = 64 * 1024;
+constexpr auto kDrainTime = std::chrono::seconds(1);
 // Reopen the source's window once the forwarding queue is below this.
 constexpr size_t kLowWater = 256 * 1024;
 
@@ -185,6 +189,8 @@ public:
 				earliest = due;
 		};
 		for (const auto &[id, s] : streams_) {
+			if (s->drain_until && (!earliest || *s->drain_until < *earliest))
+				earliest = s->drain_until;
 			if (s->refused)
 				continue;
 			consider(s->request_pipe);
@@ -196,9 +202,12 @@ public:
 	Status release_held(Clock::time_point now) override
 	{
 		std::vector<Stream *> due;
-		for (auto &[id, s] : streams_)
+		for (auto &[id, s] : streams_) {
+			if (s->drain_until && *s->drain_until <= now)
+				stop_draining(*s);
 			if (!s->refused)
 				due.push_back(s.get());
+		}
 		for (Stream *s : due) {
 			if (s->request_pipe && !s->request_eof) {
 				std::string out;
@@ -274,6 +283,10 @@ private:
 		bool down_closed = false, up_closed = false;
 		bool up_reset = false; // RST_STREAM submitted upstream (see reset_upstream)
 		bool refused = false;
+		// A refusal was answered while the job was still sending: its body is read and dropped
+		// for a little while before the stream is reset (see on_frame_send).
+		std::optional<Clock::time_point> drain_until;
+		size_t drain_left = 0;
 		bool final_response = false;         // a non-1xx response has started
 		bool response_headers_ended = false; // END_STREAM on the response HEADERS (trailers-only)
 		size_t header_bytes = 0;             // decoded header list so far, both directions
@@ -384,11 +397,25 @@ private:
 		if (!s)
 			return 0;
 		s->response_done = true;
-		// A complete response while the job is still sending (a refused bidi stream): ask it to
-		// stop (RFC 9113 §8.1).
-		if (!s->request_ended)
+		if (s->request_ended)
+			return 0;
+		// A complete response while the job is still sending: ask it to stop (RFC 9113 §8.1).
+		// After a refusal, what is already on its way (a small body) is read and dropped first:
+		// curl (7.88) reports an immediate RST_STREAM as a framing error and never shows the
+		// refusal. A job that keeps sending, or goes quiet, is reset after kDrainBytes/kDrainTime.
+		if (s->refused) {
+			s->drain_until = Clock::now() + kDrainTime;
+			s->drain_left = kDrainBytes;
+		} else {
 			nghttp2_submit_rst_stream(b.down_, NGHTTP2_FLAG_NONE, s->down, NGHTTP2_NO_ERROR);
+		}
 		return 0;
+	}
+
+	void stop_draining(Stream &s)
+	{
+		s.drain_until.reset();
+		nghttp2_submit_rst_stream(down_, NGHTTP2_FLAG_NONE, s.down, NGHTTP2_NO_ERROR);
 	}
 
 	static int on_data_chunk_recv(nghttp2_session *session, uint8_t, int32_t stream_id, const uint8_t *data,
@@ -399,6 +426,12 @@ private:
 			Stream *s = b.by_down(stream_id);
 			if (!s || !s->request_pipe || s->refused) {
 				nghttp2_session_consume(b.down_, stream_id, len); // discarded: keep the window open
+				if (s && s->drain_until) {
+					if (len >= s->drain_left)
+						b.stop_draining(*s);
+					else
+						s->drain_left -= len;
+				}
 				return 0;
 			}
 			b.request_data(*s, {data, len});
@@ -613,6 +646,7 @@ private:
 	void end_request(Stream &s)
 	{
 		s.request_ended = true;
+		s.drain_until.reset(); // the job finished sending: the stream closes on its own
 		if (!s.request_pipe || s.refused)
 			return;
 		if (!s.request_trailers.empty()) {
