@@ -94,8 +94,8 @@ template <typename Frame> void Recorder::enqueue(size_t size, Frame &&frame)
 		}
 	}
 	if (lost) {
-		fail("the recording queue is full (recording.max_queue_mb: " +
-		     std::to_string(settings_.max_queue_bytes) + " bytes): the disk cannot keep up; records were lost");
+		fail("the recording queue is full (" + std::to_string(settings_.max_queue_bytes) +
+		     " bytes, recording.max_queue_mb): the disk cannot keep up; records were lost");
 		return;
 	}
 	if (wake)
