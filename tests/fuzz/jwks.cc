@@ -2,10 +2,8 @@
 // (identity/jwks_fetch.cc, identity/jwt.h): the HTTP/1.1 response (ResponseReader: status line,
 // headers, Content-Length, chunked or close-delimited body), the URLs it connects to (parse_url:
 // the issuer's discovery URL and the document's jwks_uri) and the key set in the body
-// (KeySet::parse, also what a policy's jwks_file holds). The discovery document itself is read
-// inline in fetch_discovered_jwks (nlohmann::json with exceptions off, then "issuer" and
-// "jwks_uri" looked up as strings): that only runs over a network, and its jwks_uri ends in
-// parse_url, fuzzed here.
+// (KeySet::parse, also what a policy's jwks_file holds), and the discovery document that names
+// the key set's URL (discovery_jwks_uri).
 //
 // ResponseReader and parse_url are file-local, so this target includes jwks_fetch.cc itself.
 // Besides crashes, leaks, hangs and undefined behaviour under the sanitizers, it checks:
@@ -157,6 +155,21 @@ void fuzz_key_set(std::string_view in)
 		check(why.find(": ") != std::string::npos, "a skipped key has a reason", why);
 }
 
+void fuzz_discovery(std::string_view in)
+{
+	const std::string issuer = "https://issuer.example";
+	auto uri = discovery_jwks_uri(issuer, issuer + "/.well-known/openid-configuration", in);
+	if (!uri) {
+		check(uri.error().message().starts_with(issuer + "/.well-known/openid-configuration: "),
+		      "errors name the document", uri.error().message());
+		return;
+	}
+	const json doc = json::parse(in.begin(), in.end(), nullptr, false);
+	check(doc.is_object() && doc.value("issuer", "") == issuer, "only the configured issuer's document", in);
+	check(uri->starts_with("https://"), "the key set is fetched over https", in);
+	fuzz_url(*uri);
+}
+
 } // namespace
 
 // Undefined behaviour is a finding, not a warning: FUZZ_FLAGS lets UBSan recover and go on.
@@ -171,5 +184,6 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	fuzz_key_set(in);
 	fuzz_response(in);
 	fuzz_url(in);
+	fuzz_discovery(in);
 	return 0;
 }

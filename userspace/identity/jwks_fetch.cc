@@ -758,19 +758,10 @@ Result<std::string> https_get(const std::string &url, const FetchOptions &option
 	return body;
 }
 
-Result<KeySet> fetch_discovered_jwks(const std::string &issuer, const FetchOptions &options)
+Result<std::string> discovery_jwks_uri(const std::string &issuer, const std::string &discovery_url,
+                                       std::string_view document)
 {
-	const Deadline deadline = deadline_after(options.timeout);
-	if (!starts_with_https(issuer))
-		return plain_error("issuer " + issuer + " is not an https:// URL");
-	std::string base = issuer;
-	while (base.ends_with("/"))
-		base.pop_back();
-	const std::string discovery_url = base + "/.well-known/openid-configuration";
-	auto discovery = get_until(discovery_url, options, deadline);
-	if (!discovery)
-		return plain_error("GET " + discovery_url + ": " + discovery.error().message());
-	json doc = json::parse(*discovery, nullptr, false);
+	json doc = json::parse(document, nullptr, false);
 	if (doc.is_discarded() || !doc.is_object())
 		return plain_error(discovery_url + ": not a JSON object");
 	auto doc_issuer = doc.find("issuer");
@@ -783,17 +774,35 @@ Result<KeySet> fetch_discovered_jwks(const std::string &issuer, const FetchOptio
 	auto uri = doc.find("jwks_uri");
 	if (uri == doc.end() || !uri->is_string())
 		return plain_error(discovery_url + ": no \"jwks_uri\"");
-	const std::string jwks_uri = *uri->get_ptr<const std::string *>();
+	std::string jwks_uri = *uri->get_ptr<const std::string *>();
 	if (!starts_with_https(jwks_uri))
 		return plain_error(discovery_url + ": jwks_uri " +
 		                   json(jwks_uri).dump(-1, ' ', false, json::error_handler_t::replace) +
 		                   " is not an https:// URL");
-	auto jwks = get_until(jwks_uri, options, deadline);
+	return jwks_uri;
+}
+
+Result<KeySet> fetch_discovered_jwks(const std::string &issuer, const FetchOptions &options)
+{
+	const Deadline deadline = deadline_after(options.timeout);
+	if (!starts_with_https(issuer))
+		return plain_error("issuer " + issuer + " is not an https:// URL");
+	std::string base = issuer;
+	while (base.ends_with("/"))
+		base.pop_back();
+	const std::string discovery_url = base + "/.well-known/openid-configuration";
+	auto discovery = get_until(discovery_url, options, deadline);
+	if (!discovery)
+		return plain_error("GET " + discovery_url + ": " + discovery.error().message());
+	auto jwks_uri = discovery_jwks_uri(issuer, discovery_url, *discovery);
+	if (!jwks_uri)
+		return jwks_uri.error();
+	auto jwks = get_until(*jwks_uri, options, deadline);
 	if (!jwks)
-		return plain_error("GET " + jwks_uri + ": " + jwks.error().message());
+		return plain_error("GET " + *jwks_uri + ": " + jwks.error().message());
 	auto keys = KeySet::parse(*jwks);
 	if (!keys)
-		return plain_error(jwks_uri + ": " + keys.error().message());
+		return plain_error(*jwks_uri + ": " + keys.error().message());
 	return keys;
 }
 

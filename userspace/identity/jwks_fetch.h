@@ -27,6 +27,11 @@ Result<std::string> https_get(const std::string &url, const FetchOptions &option
 
 // GET {issuer}/.well-known/openid-configuration (the document's "issuer" must equal `issuer`), take
 // "jwks_uri" (https:// only), GET it and KeySet::parse it. Both requests share options.timeout.
+// The jwks_uri an OpenID discovery document names, checked: a JSON object whose issuer is
+// exactly `issuer`, and an https:// jwks_uri. Pure (fuzzed by tests/fuzz/jwks); errors name
+// `discovery_url`.
+Result<std::string> discovery_jwks_uri(const std::string &issuer, const std::string &discovery_url,
+                                       std::string_view document);
 Result<KeySet> fetch_discovered_jwks(const std::string &issuer, const FetchOptions &options);
 
 } // namespace cordon::identity
