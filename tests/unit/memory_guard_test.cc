@@ -40,13 +40,14 @@ TEST(MemoryGuard, ReadsLimitsAndTheirAbsence)
 	EXPECT_FALSE(parse_memory_limit("12abc"));
 }
 
-TEST(MemoryGuard, ReadsRssAnon)
+TEST(MemoryGuard, ReadsKilobyteFields)
 {
-	EXPECT_EQ(
-	    parse_rss_anon("Name:\tcordond\nVmRSS:\t  90000 kB\nRssAnon:\t   81234 kB\nRssFile: 1 kB\n").value_or(0),
-	    81234u * 1024);
-	EXPECT_FALSE(parse_rss_anon("VmRSS:\t1 kB\n"));
-	EXPECT_FALSE(parse_rss_anon("RssAnon:\tlots kB\n"));
+	const char *status = "Name:\tcordond\nVmRSS:\t  90000 kB\nRssAnon:\t   81234 kB\nRssFile: 1 kB\n";
+	EXPECT_EQ(parse_kb_field(status, "RssAnon:").value_or(0), 81234u * 1024);
+	EXPECT_EQ(parse_kb_field("MemTotal:       24609068 kB\nMemFree: 1 kB\n", "MemTotal:").value_or(0),
+	          24609068ull * 1024);
+	EXPECT_FALSE(parse_kb_field("VmRSS:\t1 kB\n", "RssAnon:"));
+	EXPECT_FALSE(parse_kb_field("RssAnon:\tlots kB\n", "RssAnon:"));
 }
 
 TEST(MemoryGuard, ShedsAtThePercentAndStopsFivePointsBelow)

@@ -93,7 +93,7 @@ void lowest_over_ancestors(const std::string &mount, std::string path, std::init
 uint64_t own_rss_anon()
 {
 	auto text = read_small_file("/proc/self/status");
-	auto rss = text ? parse_rss_anon(*text) : std::nullopt;
+	auto rss = text ? parse_kb_field(*text, "RssAnon:") : std::nullopt;
 	return rss.value_or(0);
 }
 
@@ -167,11 +167,10 @@ std::optional<uint64_t> parse_memory_limit(std::string_view text)
 	return v;
 }
 
-std::optional<uint64_t> parse_rss_anon(std::string_view status)
+std::optional<uint64_t> parse_kb_field(std::string_view text, std::string_view key)
 {
 	std::optional<uint64_t> out;
-	for_each_line(status, [&out](std::string_view line) {
-		constexpr std::string_view key = "RssAnon:";
+	for_each_line(text, [&out, key](std::string_view line) {
 		if (line.substr(0, key.size()) != key)
 			return;
 		line = trim(line.substr(key.size()));
@@ -232,6 +231,15 @@ void MemoryGuard::refresh_limit(Clock::time_point now)
 		return;
 	}
 	MemoryLimit found = find_cgroup_memory_limit();
+	if (found.bytes == 0) {
+		// No cgroup limit: the machine's memory is the last line. Shedding at 90% of it is late,
+		// but better than the OOM killer choosing.
+		auto meminfo = read_small_file("/proc/meminfo");
+		if (auto total = meminfo ? parse_kb_field(*meminfo, "MemTotal:") : std::nullopt) {
+			found.bytes = *total;
+			found.source = "/proc/meminfo MemTotal";
+		}
+	}
 	last_.limit = found.bytes;
 	last_.source = found.source;
 }

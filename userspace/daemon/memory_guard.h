@@ -25,8 +25,9 @@ std::optional<std::string> parse_memory_v1_mount(std::string_view proc_mounts);
 // memory.max / memory.high ("max" or bytes), memory.limit_in_bytes (v1 writes "unlimited" as
 // a page-rounded 2^63 - 1): nullopt when there is no limit or the text is not a number.
 std::optional<uint64_t> parse_memory_limit(std::string_view text);
-// RssAnon from /proc/<pid>/status, in bytes.
-std::optional<uint64_t> parse_rss_anon(std::string_view proc_status);
+// A "Key:   123 kB" line of /proc/<pid>/status or /proc/meminfo ("RssAnon:", "MemTotal:"), in
+// bytes.
+std::optional<uint64_t> parse_kb_field(std::string_view text, std::string_view key);
 
 struct MemoryLimit {
 	uint64_t bytes = 0; // 0: none
@@ -39,7 +40,8 @@ MemoryLimit find_cgroup_memory_limit();
 class MemoryGuard {
 public:
 	using Clock = std::chrono::steady_clock;
-	// `configured_bytes` 0: the cgroup's limit, looked up again every 2 s (systemctl
+	// `configured_bytes` 0: the cgroup's limit, or without one the machine's memory (MemTotal),
+	// looked up again every 2 s (systemctl
 	// set-property changes it at run time). `shed_percent` 0: never shed.
 	MemoryGuard(uint64_t configured_bytes, unsigned shed_percent);
 
