@@ -50,7 +50,9 @@ class MemoryLimit:
         v2 = cgroup2_mount()
         if "memory" in (v2 / "cgroup.controllers").read_text().split():
             (cgroups.base / "cgroup.subtree_control").write_text("+memory")
-            self.file = cgroups.base / "daemon" / "memory.max"
+            # memory.high, not memory.max: a limit under what cordond holds throttles it there
+            # rather than calling the OOM killer, and cordond honours both.
+            self.file = cgroups.base / "daemon" / "memory.high"
         else:
             mount = memory_v1_mount()
             if mount is None:
@@ -90,14 +92,17 @@ def test_a_cgroup_memory_limit_sheds_new_connections_and_recovers(cgroups, cordo
     assert relayed(cgroups)["reply"] == "ping\n"
     limit = MemoryLimit(cgroups, d.pid)
     try:
-        # cordond's memory is now 95% of its limit (it sheds from 90%): no load needed to get
-        # there, so the test does not depend on how much a connection costs.
+        # cordond now holds four times its limit (it sheds from 90%): no load needed to get there,
+        # so the test does not depend on what a connection costs. Four, because while shedding
+        # cordond hands freed heap back (malloc_trim), and after start-up that is most of it.
+        # (On v1 the charges cordond made before it moved stay behind, so the kernel neither
+        # reclaims nor OOM-kills it here; on v2 memory.high throttles rather than kills.)
         used = rss_anon(d.pid)
-        limit.set((int(used / 0.95) // 4096) * 4096)
+        limit.set((used // 4 // 4096) * 4096)
         shed = journal.wait_for(d.pid, CORDON_EVENT="load_shed", timeout=15)
         assert shed, f"no load_shed entry:\n{d.log_text()[-2000:]}"
         assert shed[0]["CORDON_LIMIT_SOURCE"] == str(limit.file)
-        assert int(shed[0]["CORDON_MEMORY_LIMIT_BYTES"]) <= used / 0.95 + 4096
+        assert int(shed[0]["CORDON_MEMORY_LIMIT_BYTES"]) == (used // 4 // 4096) * 4096
         assert "refusing new connections" in shed[0]["MESSAGE"]
         assert int(shed[0]["PRIORITY"]) == 4
 
