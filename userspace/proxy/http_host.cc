@@ -105,8 +105,13 @@ HttpHeadStatus parse_http_head(std::string_view data, HttpHead &head, size_t lim
 	while (!data.empty() && (data.front() == '\r' || data.front() == '\n'))
 		data.remove_prefix(1);
 	constexpr std::string_view kPreface = "PRI * HTTP/2.0\r\n";
-	if (data.substr(0, kPreface.size()) == kPreface.substr(0, std::min(data.size(), kPreface.size())))
-		return data.size() >= kPreface.size() ? HttpHeadStatus::Http2 : HttpHeadStatus::NeedMore;
+	if (data.substr(0, kPreface.size()) == kPreface.substr(0, std::min(data.size(), kPreface.size()))) {
+		if (data.size() >= kPreface.size() && kPreface.size() <= limit)
+			return HttpHeadStatus::Http2;
+		// A limit shorter than the preface is reached by its first bytes: NeedMore is only ever
+		// under the limit (found by tests/fuzz/http_head).
+		return data.size() >= limit ? HttpHeadStatus::TooLarge : HttpHeadStatus::NeedMore;
+	}
 	// A first line that does not end within `limit` is judged on its first `limit` bytes, as a
 	// line still coming in: otherwise a long line was TooLarge when it came in pieces (the
 	// verdict given at the limit) but NotHttp when it came whole (found by tests/fuzz/http_head).
