@@ -21,15 +21,12 @@ Faults covered elsewhere, not repeated here:
 - a live stream surviving reloads, a broken policy file on reload: test_policy.py;
 - cordond killed mid-traffic (fail closed): test_bypass.py, test_lifecycle.py;
 - idle metrics scrapers: test_metrics.py;
-- cordond under a cgroup memory limit: the lead's memory-limit tests.
+- cordond under a cgroup memory limit: test_limits.py.
 
-Notes:
-- An upstream that answers the job's HTTP/2 preface and request with bytes that are no HTTP/2 fails
-  test_garbage_from_the_upstream_is_a_clear_error[tls-garbage-2-...] today: most such connections
-  get no answer at all (no request entry is journaled) and wait for daemon.idle_timeout_seconds,
-  which is off by default, so the job waits until its own deadline; the others get REFUSED_STREAM,
-  which tells the client the request was not processed and may be retried (curl retries it five
-  times), although cordond had forwarded it.
+Found by this file, fixed: an upstream that answered the job's HTTP/2 preface and request with bytes
+that are no HTTP/2 left most such connections without any answer (no request entry journaled),
+waiting for daemon.idle_timeout_seconds, which is off by default: the job waited until its own
+deadline (test_garbage_from_the_upstream_is_a_clear_error[tls-garbage-2-...]).
 
 This file's addresses: 127.77.190.0/24.
 """
@@ -370,9 +367,8 @@ def test_a_stalled_upstream_is_cut_off_at_the_configured_timeout(gateway, journa
     ("garbage", "2", "unavailable", "cordon: TLS handshake failed: error:0A00010B:SSL routines::wrong version number",
      {"upstream_tls_failed"}, {"refused"}),
     # TLS, then bytes that are no HTTP/2 frame in answer to the job's preface and request: the
-    # job's stream or connection ends in an error at once. FAILS today: see the module's notes.
-    ("tls-garbage", "2", None, "", {"ok", "upstream_protocol_error", "upstream_reset"},
-     {"upstream_reset", "upstream_error", "refused_stream"}),
+    # job's stream ends in an error at once, and the request is journaled as failed.
+    ("tls-garbage", "2", None, "", {"ok"}, {"upstream_error"}),
     # TLS, then no HTTP/1.1 status line: a 502 naming it.
     ("tls-garbage", "1.1", "unavailable", "HTTP 502", {"ok"}, {"upstream_error"}),
     # A Connect envelope that claims 4 GiB: the stream ends in an error naming the limit.

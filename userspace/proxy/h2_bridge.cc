@@ -391,7 +391,12 @@ private:
 	static int on_frame_send(nghttp2_session *session, const nghttp2_frame *frame, void *user_data)
 	{
 		H2Bridge &b = self(user_data);
-		if (session != b.down_ || !(frame->hd.flags & NGHTTP2_FLAG_END_STREAM))
+		if (session == b.up_) {
+			if (frame->hd.type == NGHTTP2_GOAWAY && frame->goaway.error_code != NGHTTP2_NO_ERROR)
+				b.upstream_broke(nghttp2_http2_strerror(frame->goaway.error_code));
+			return 0;
+		}
+		if (!(frame->hd.flags & NGHTTP2_FLAG_END_STREAM))
 			return 0;
 		Stream *s = b.by_down(frame->hd.stream_id);
 		if (!s)
@@ -833,6 +838,31 @@ private:
 	// the job's HTTP/2 library takes it as a protocol error and fails every stream in flight.
 	// Streams after the first GOAWAY are refused (REFUSED_STREAM) in any case. Found by fuzzing
 	// (tests/fuzz/corpus/h2_bridge/crash_job_goaway_last_stream_grows.bin).
+	// nghttp2 ended the session to Cursor on a protocol error (garbage, a frame too large): it
+	// sent GOAWAY, and the streams on it will never complete. The job is told at once; it used to
+	// wait for them until its own deadline (found by tests/integration/test_faults.py).
+	void upstream_broke(const char *reason)
+	{
+		if (upstream_eof_)
+			return;
+		std::vector<Stream *> finished;
+		for (auto &[id, s] : streams_) {
+			if (!s->down_closed && !s->response_done && !s->refused && s->result == "ok") {
+				s->result = "upstream_error";
+				s->error = std::string("HTTP/2 from upstream: ") + reason;
+			}
+			// No close will come from that session: each stream is reported once the job's
+			// side of it ends.
+			s->up_closed = true;
+			if (s->down_closed)
+				finished.push_back(s.get());
+		}
+		by_up_.clear();
+		on_upstream_eof(false);
+		for (Stream *s : finished)
+			retire(*s);
+	}
+
 	void goaway_client()
 	{
 		if (client_goaway_)
