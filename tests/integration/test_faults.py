@@ -590,15 +590,13 @@ def test_ten_thousand_connections_held_at_once_then_closed(journal):
 
 def test_a_small_max_connections_refuses_with_a_reset_and_says_so(journal):
     """Expected: with daemon.max_connections 5, a sixth connection is reset at once; the journal
-    (cordond's stderr, as systemd files it) says the limit was reached, the metrics count it, and a
+    says the limit was reached (connection_limit), the metrics count it, and a
     slot that frees up is used again."""
     server = subprocess.Popen([PYTHON, str(MANY_CONNS), "serve", LIMIT_IP, "80"], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True)
     try:
         assert "listening" in json.loads(server.stdout.readline())
-        # Under systemd, cordond's stderr goes to the journal: systemd-cat does the same here.
-        with own_cordond([f"{LIMIT_IP}/32"], ports=(80,), extra_yaml="  max_connections: 5\n",
-                         prefix=["systemd-cat", "--identifier=cordond"]) as (d, tree, tmp):
+        with own_cordond([f"{LIMIT_IP}/32"], ports=(80,), extra_yaml="  max_connections: 5\n") as (d, tree, tmp):
             holder = tree.spawn("job", [PYTHON, str(MANY_CONNS), "hold", LIMIT_IP, "80", "5"], user=NOBODY,
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
             try:
@@ -611,9 +609,10 @@ def test_a_small_max_connections_refuses_with_a_reset_and_says_so(journal):
                 assert d.status()["relay"]["over_limit"] == 1
                 metrics = d.ctl("metrics").stdout
                 assert 'cordon_errors_total{kind="connection_limit"} 1' in metrics, metrics
-                said = [e for e in journal.wait_for(d.pid, PRIORITY=4, timeout=10)
-                        if "connection limit (5) reached: refusing new connections" in e["MESSAGE"]]
+                said = journal.wait_for(d.pid, CORDON_EVENT="connection_limit", timeout=10)
                 assert said, journal.entries(d.pid)
+                assert said[0]["PRIORITY"] == "4" and said[0]["CORDON_CONNECTIONS"] == "5"
+                assert "connection limit (5, daemon.max_connections) reached" in said[0]["MESSAGE"]
             finally:
                 holder.stdin.write("\n")
                 holder.stdin.close()

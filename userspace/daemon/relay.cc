@@ -888,8 +888,15 @@ void RelayServer::on_accepted(int raw_fd, const SocketAddress &local)
 		metrics_->connection_rejected("connection_limit");
 		auto now = Clock::now();
 		if (now - last_limit_log_ > std::chrono::seconds(10)) {
-			log::warning("connection limit (" + std::to_string(settings_.max_connections) +
-			             ") reached: refusing new connections");
+			// At most every 10 s: a flood of refusals must not become a flood of entries.
+			JournalEntry e;
+			e.priority = 4;
+			e.message = "connection limit (" + std::to_string(settings_.max_connections) +
+			            ", daemon.max_connections) reached: refusing new connections";
+			e.add("CORDON_EVENT", "connection_limit")
+			    .add("CORDON_CONNECTIONS", std::to_string(live_.size()))
+			    .add("CORDON_REFUSED", std::to_string(stats_.over_limit));
+			journal_.send(std::move(e));
 			last_limit_log_ = now;
 		}
 		return refuse();
