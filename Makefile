@@ -234,8 +234,10 @@ test-sanitize: unit-san integration-san unit-tsan integration-tsan
 
 # The whole suite against build/san-bin; conftest.py gives each cordond and cordonctl ASAN_OPTIONS
 # and UBSAN_OPTIONS with a log_path and fails the test whose process reported anything (leaks too).
+# INTEGRATION_SAN narrows it (a file, a -k expression) when running it by hand.
+INTEGRATION_SAN ?= tests/integration
 integration-san: all standin $(BUILD)/san-bin/cordond $(BUILD)/san-bin/cordonctl
-	CORDON_BIN_DIR=$(BUILD)/san-bin $(PYTHON) -m pytest -v -p no:cacheprovider tests/integration
+	CORDON_BIN_DIR=$(BUILD)/san-bin $(PYTHON) -m pytest -v -p no:cacheprovider $(INTEGRATION_SAN)
 
 # gcc 12's TSan maps its shadow at fixed addresses: with the kernel's larger mmap randomisation
 # (vm.mmap_rnd_bits) it can die with "unexpected memory mapping". setarch -R runs it without
