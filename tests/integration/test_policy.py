@@ -209,3 +209,33 @@ default_action: allow
         assert r.returncode == 0 and r.stdout.endswith("\n403"), (attempt, r)
         assert "ask the platform team" in r.stdout
     assert not standin.requests("/v0/agents")
+
+
+def test_a_refused_request_is_journaled_even_when_the_job_hangs_up_before_ending_its_body(governed, journal,
+                                                                                          cgroups):
+    """The refusal is answered while the job's body is still open; the job reads it and closes the
+    connection without ever ending its body. The request is still journaled, with its rule (the
+    soak found one such entry missing)."""
+    d, jobs = governed(f"""rules:
+  - name: no-models
+    match:
+      cgroups: ["{cgroups.path('job')}*"]
+      rpcs: ["{MODELS.lstrip('/')}"]
+    action: block
+    message: not here
+default_action: allow
+""")
+    r = jobs.run(["node", "-e", f"""
+const h = require('http2').connect('https://api2.cursor.sh');
+const r = h.request({{':method': 'POST', ':path': '{MODELS}', 'content-type': 'application/json',
+                      'connect-protocol-version': '1'}}, {{endStream: false}});
+r.write('{{');  // part of a body, never ended
+let status = 0, body = '';
+r.on('response', hd => status = hd[':status']);
+r.on('data', c => body += c);
+r.on('end', () => {{ console.log(JSON.stringify({{status, body}})); h.destroy(); }});
+"""])
+    out = json.loads(r.stdout)
+    assert out["status"] == 403 and "not here" in out["body"], out
+    found = journal.wait_for(d.pid, CORDON_EVENT="request", CORDON_RULE="no-models", timeout=10)
+    assert found and found[0]["CORDON_ACTION"] == "block" and found[0]["CORDON_RESULT"] == "refused", found

@@ -188,9 +188,10 @@ public:
 			    due && (!earliest || *due < *earliest))
 				earliest = due;
 		};
+		for (const auto &[id, d] : draining_)
+			if (!earliest || d.until < *earliest)
+				earliest = d.until;
 		for (const auto &[id, s] : streams_) {
-			if (s->drain_until && (!earliest || *s->drain_until < *earliest))
-				earliest = s->drain_until;
 			if (s->refused)
 				continue;
 			consider(s->request_pipe);
@@ -201,13 +202,16 @@ public:
 
 	Status release_held(Clock::time_point now) override
 	{
+		std::vector<int32_t> drained;
+		for (const auto &[id, d] : draining_)
+			if (d.until <= now)
+				drained.push_back(id);
+		for (int32_t id : drained)
+			stop_draining(id);
 		std::vector<Stream *> due;
-		for (auto &[id, s] : streams_) {
-			if (s->drain_until && *s->drain_until <= now)
-				stop_draining(*s);
+		for (auto &[id, s] : streams_)
 			if (!s->refused)
 				due.push_back(s.get());
-		}
 		for (Stream *s : due) {
 			if (s->request_pipe && !s->request_eof) {
 				std::string out;
@@ -283,10 +287,6 @@ private:
 		bool down_closed = false, up_closed = false;
 		bool up_reset = false; // RST_STREAM submitted upstream (see reset_upstream)
 		bool refused = false;
-		// A refusal was answered while the job was still sending: its body is read and dropped
-		// for a little while before the stream is reset (see on_frame_send).
-		std::optional<Clock::time_point> drain_until;
-		size_t drain_left = 0;
 		bool final_response = false;         // a non-1xx response has started
 		bool response_headers_ended = false; // END_STREAM on the response HEADERS (trailers-only)
 		size_t header_bytes = 0;             // decoded header list so far, both directions
@@ -408,19 +408,21 @@ private:
 		// After a refusal, what is already on its way (a small body) is read and dropped first:
 		// curl (7.88) reports an immediate RST_STREAM as a framing error and never shows the
 		// refusal. A job that keeps sending, or goes quiet, is reset after kDrainBytes/kDrainTime.
-		if (s->refused) {
-			s->drain_until = Clock::now() + kDrainTime;
-			s->drain_left = kDrainBytes;
+		// The exchange is reported now: its outcome is settled, and a job that hangs up instead
+		// of finishing its body would otherwise leave it unjournaled (found by the soak).
+		if (s->refused && (s->up <= 0 || s->up_closed || s->up_reset)) {
+			b.draining_[s->down] = Drain{Clock::now() + kDrainTime, kDrainBytes};
+			b.retire(*s);
 		} else {
 			nghttp2_submit_rst_stream(b.down_, NGHTTP2_FLAG_NONE, s->down, NGHTTP2_NO_ERROR);
 		}
 		return 0;
 	}
 
-	void stop_draining(Stream &s)
+	void stop_draining(int32_t stream_id)
 	{
-		s.drain_until.reset();
-		nghttp2_submit_rst_stream(down_, NGHTTP2_FLAG_NONE, s.down, NGHTTP2_NO_ERROR);
+		draining_.erase(stream_id);
+		nghttp2_submit_rst_stream(down_, NGHTTP2_FLAG_NONE, stream_id, NGHTTP2_NO_ERROR);
 	}
 
 	static int on_data_chunk_recv(nghttp2_session *session, uint8_t, int32_t stream_id, const uint8_t *data,
@@ -431,11 +433,11 @@ private:
 			Stream *s = b.by_down(stream_id);
 			if (!s || !s->request_pipe || s->refused) {
 				nghttp2_session_consume(b.down_, stream_id, len); // discarded: keep the window open
-				if (s && s->drain_until) {
-					if (len >= s->drain_left)
-						b.stop_draining(*s);
+				if (auto d = b.draining_.find(stream_id); !s && d != b.draining_.end()) {
+					if (len >= d->second.left)
+						b.stop_draining(stream_id);
 					else
-						s->drain_left -= len;
+						d->second.left -= len;
 				}
 				return 0;
 			}
@@ -455,6 +457,7 @@ private:
 	{
 		H2Bridge &b = self(user_data);
 		if (session == b.down_) {
+			b.draining_.erase(stream_id); // the job ended its body, or reset it
 			Stream *s = b.by_down(stream_id);
 			if (!s)
 				return 0;
@@ -651,7 +654,6 @@ private:
 	void end_request(Stream &s)
 	{
 		s.request_ended = true;
-		s.drain_until.reset(); // the job finished sending: the stream closes on its own
 		if (!s.request_pipe || s.refused)
 			return;
 		if (!s.request_trailers.empty()) {
@@ -1038,6 +1040,12 @@ private:
 	nghttp2_session *up_ = nullptr;
 	std::unordered_map<int32_t, std::unique_ptr<Stream>> streams_;
 	std::unordered_map<int32_t, Stream *> by_up_;
+	// Refused streams, already reported, whose job is still sending (see on_frame_send).
+	struct Drain {
+		Clock::time_point until;
+		size_t left = 0;
+	};
+	std::unordered_map<int32_t, Drain> draining_;
 	uint64_t exchanges_ = 0;
 	bool client_eof_ = false, upstream_eof_ = false, upstream_goaway_ = false;
 	bool client_goaway_ = false; // see goaway_client
