@@ -426,6 +426,41 @@ def test_garbage_from_the_upstream_is_a_clear_error(gateway, journal, mode, http
     verify(d)
 
 
+def test_a_job_that_ends_its_body_after_the_refusal_is_woken(gateway, journal):
+    """Expected: when a refusal ends the job's stream before the job has ended its body, and the
+    job ends it afterwards and then only waits, cordond sends it a PING within about 300 ms.
+    curl (7.88, Debian 12's) does exactly this and only notices that its transfer is done on its
+    next read: without the PING it waited until the connection timed out, or for ever with
+    daemon.idle_timeout_seconds off (found in CI, about 1 transfer in 30 of the oversize case
+    above). This job sends its body only after the whole refusal has arrived, every time."""
+    d, jobs, body = gateway
+    dst = f"{IP['oversize']}:443"
+    before = len(journal.entries(d.pid, CORDON_EVENT="request", CORDON_DST=dst))
+    jobs.map_hosts(IP["oversize"])
+    r = jobs.run(["node", "-e", f"""
+const h = require('http2').connect('https://api2.cursor.sh');
+const t0 = Date.now();
+const out = {{pings: [], body: ''}};
+h.on('ping', () => out.pings.push(Date.now() - t0));
+const r = h.request({{':method': 'POST', ':path': '{STREAM_PATH}', 'content-type': 'application/connect+proto',
+                      'connect-protocol-version': '1'}}, {{endStream: false}});
+r.on('response', hd => out.status = hd[':status']);
+r.on('data', c => out.body += c.toString('latin1'));
+r.on('end', () => {{
+  out.ended_ms = Date.now() - t0;
+  r.end(Buffer.alloc(5));  // the body, only after the whole answer
+  setTimeout(() => {{ console.log(JSON.stringify(out)); h.destroy(); }}, 1500);
+}});
+"""], timeout=30)
+    out = json.loads(r.stdout)
+    assert out["status"] == 200 and "exceeds the 16777216-byte message limit" in out["body"], out
+    # Not at once (a job that closes promptly would find it unread), and long before any timeout.
+    assert out["pings"] and 200 <= out["pings"][0] - out["ended_ms"] <= 1200, out
+    print(f"figures: PING {out['pings'][0] - out['ended_ms']} ms after the end of the answer")
+    requests = journal.wait_for(d.pid, count=before + 1, CORDON_EVENT="request", CORDON_DST=dst)[before:]
+    assert [e["CORDON_RESULT"] for e in requests] == ["bad_input"], requests
+
+
 # --- 5. the client aborts mid-stream ----------------------------------------------------------------------
 
 def test_a_client_killed_mid_stream_leaves_nothing_behind(gateway, journal, upstream_log):

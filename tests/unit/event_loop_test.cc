@@ -4,6 +4,10 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <chrono>
+#include <vector>
+
 #include "common/unique_fd.h"
 #include "daemon/event_loop.h"
 
@@ -127,4 +131,47 @@ TEST(EventLoop, ProvidedBuffersComeFromThePoolAndGoBack)
 	EXPECT_EQ((*pool)->in_use(), 1u);
 	(*pool)->recycle(static_cast<uint16_t>(got.bid));
 	EXPECT_EQ((*pool)->in_use(), 0u);
+}
+
+namespace {
+// Arms a 10 s timeout, then moves it to 20 ms: the loop must end long before 10 s.
+class MovedTimer : public IoHandler {
+public:
+	explicit MovedTimer(std::vector<std::pair<int, int>> &seen) : seen_(seen) {}
+	void arm()
+	{
+		far_ = {10, 0};
+		io_uring_prep_timeout(loop().prepare(*this, 1), &far_, 0, 0);
+		near_ = {0, 20 * 1000 * 1000};
+		loop().update_timeout(*this, 1, &near_, 2);
+	}
+	void on_completion(uint8_t op, int res, uint32_t) override
+	{
+		seen_.emplace_back(op, res);
+		if (op == 1) {
+			mark_finished();
+			loop().stop();
+		}
+	}
+	void on_stop() override { mark_finished(); }
+
+private:
+	std::vector<std::pair<int, int>> &seen_;
+	__kernel_timespec far_{}, near_{};
+};
+} // namespace
+
+TEST(EventLoop, UpdateTimeoutMovesAPendingTimeoutEarlier)
+{
+	auto loop = EventLoop::create(64);
+	ASSERT_TRUE(loop) << loop.error().message();
+	std::vector<std::pair<int, int>> seen;
+	auto &timer = static_cast<MovedTimer &>((*loop)->add(std::make_unique<MovedTimer>(seen)));
+	timer.arm();
+	auto started = std::chrono::steady_clock::now();
+	ASSERT_TRUE((*loop)->run());
+	EXPECT_LT(std::chrono::steady_clock::now() - started, std::chrono::seconds(5));
+	// The update succeeded (0) and the timeout fired as a timeout (-ETIME), not cancelled.
+	EXPECT_NE(std::find(seen.begin(), seen.end(), std::make_pair(2, 0)), seen.end());
+	EXPECT_NE(std::find(seen.begin(), seen.end(), std::make_pair(1, -ETIME)), seen.end());
 }

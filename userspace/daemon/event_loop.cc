@@ -166,6 +166,13 @@ void EventLoop::cancel_op(IoHandler &handler, uint8_t op, uint8_t cancel_op)
 	io_uring_prep_cancel64(sqe, target, IORING_ASYNC_CANCEL_ALL);
 }
 
+void EventLoop::update_timeout(IoHandler &handler, uint8_t op, __kernel_timespec *ts, uint8_t update_op)
+{
+	uint64_t target = pack(handler.slot_, handler.generation_, op);
+	io_uring_sqe *sqe = prepare(handler, update_op);
+	io_uring_prep_timeout_update(sqe, ts, target, 0);
+}
+
 void IoHandler::mark_finished()
 {
 	if (finished_)

@@ -98,6 +98,9 @@ public:
 	void cancel_fd(IoHandler &handler, int fd, uint8_t cancel_op);
 	// Cancels the handler's requests submitted with `op` (e.g. a pending timeout).
 	void cancel_op(IoHandler &handler, uint8_t op, uint8_t cancel_op);
+	// Moves the handler's pending timeout submitted with `op` to `ts` from now (counted like any
+	// other request, op = update_op; -ENOENT if it has already fired). The kernel copies `ts`.
+	void update_timeout(IoHandler &handler, uint8_t op, __kernel_timespec *ts, uint8_t update_op);
 
 	// Runs until stop() was called and every handler retired.
 	Status run();

@@ -502,16 +502,23 @@ private:
 	// the earliest deadline.
 	void arm_hold_timer()
 	{
-		if (hold_armed_ || !bridge_ || closing_)
+		if (!bridge_ || closing_)
 			return;
 		auto due = bridge_->hold_deadline();
 		if (!due)
+			return;
+		// Armed already: only an earlier deadline moves the timer (an HTTP/2 wake-up can come
+		// before a drain that started earlier ends).
+		if (hold_armed_ && *due + std::chrono::milliseconds(1) >= hold_due_)
 			return;
 		auto wait = std::chrono::duration_cast<std::chrono::nanoseconds>(*due - Clock::now());
 		if (wait.count() < 1000000)
 			wait = std::chrono::nanoseconds(1000000);
 		hold_timeout_.tv_sec = wait.count() / 1000000000;
 		hold_timeout_.tv_nsec = wait.count() % 1000000000;
+		hold_due_ = *due;
+		if (hold_armed_)
+			return loop().update_timeout(*this, kHoldTimer, &hold_timeout_, kCancel);
 		io_uring_prep_timeout(loop().prepare(*this, kHoldTimer), &hold_timeout_, 0, 0);
 		hold_armed_ = true;
 	}
@@ -757,6 +764,7 @@ private:
 	UpstreamConnect connect_;
 	__kernel_timespec hold_timeout_{};
 	bool hold_armed_ = false;
+	Clock::time_point hold_due_; // when the armed hold timer fires
 	Clock::time_point last_activity_;
 };
 
