@@ -1,5 +1,6 @@
 #include <gtest/gtest.h>
 
+#include "common/cgroup.h"
 #include "daemon/memory_guard.h"
 
 using namespace cordon;
@@ -27,8 +28,12 @@ TEST(MemoryGuard, FindsTheV1MemoryMount)
 	const char *mounts = "cgroup2 /sys/fs/cgroup/unified cgroup2 rw,nosuid 0 0\n"
 	                     "cgroup /sys/fs/cgroup/cpu cgroup rw,relatime,cpu 0 0\n"
 	                     "cgroup /sys/fs/cgroup/memory cgroup rw,relatime,memory 0 0\n";
-	EXPECT_EQ(parse_memory_v1_mount(mounts).value_or(""), "/sys/fs/cgroup/memory");
-	EXPECT_FALSE(parse_memory_v1_mount("cgroup2 /sys/fs/cgroup cgroup2 rw 0 0\n"));
+	EXPECT_EQ(find_mount(mounts, "cgroup", "memory").value_or(""), "/sys/fs/cgroup/memory");
+	EXPECT_FALSE(find_mount("cgroup2 /sys/fs/cgroup cgroup2 rw 0 0\n", "cgroup", "memory"));
+	// A whole option, not a prefix of one; and the mount point's escapes undone.
+	EXPECT_FALSE(find_mount("cgroup /a cgroup rw,memory_x 0 0\n", "cgroup", "memory"));
+	EXPECT_EQ(find_mount("cgroup /mnt/my\\040memory cgroup memory,rw 0 0\n", "cgroup", "memory").value_or(""),
+	          "/mnt/my memory");
 }
 
 TEST(MemoryGuard, ReadsLimitsAndTheirAbsence)

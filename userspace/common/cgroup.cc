@@ -58,7 +58,7 @@ struct CgroupHandle {
 
 } // namespace
 
-Result<std::string> parse_cgroup2_mount(std::string_view proc_mounts)
+std::optional<std::string> find_mount(std::string_view proc_mounts, std::string_view fstype, std::string_view option)
 {
 	size_t pos = 0;
 	while (pos < proc_mounts.size()) {
@@ -67,18 +67,31 @@ Result<std::string> parse_cgroup2_mount(std::string_view proc_mounts)
 			end = proc_mounts.size();
 		std::string_view line = proc_mounts.substr(pos, end - pos);
 		pos = end + 1;
-		std::vector<std::string_view> fields;
-		size_t f = 0;
-		while (f < line.size() && fields.size() < 3) {
-			size_t sp = line.find(' ', f);
-			if (sp == std::string_view::npos)
-				sp = line.size();
-			fields.push_back(line.substr(f, sp - f));
-			f = sp + 1;
+		// device mountpoint fstype options ...
+		std::string_view fields[4];
+		for (auto &f : fields) {
+			size_t sp = line.find(' ');
+			f = line.substr(0, sp);
+			line = sp == std::string_view::npos ? std::string_view{} : line.substr(sp + 1);
 		}
-		if (fields.size() == 3 && fields[2] == "cgroup2")
+		if (fields[2] != fstype)
+			continue;
+		if (option.empty())
 			return unescape_mount_field(fields[1]);
+		for (std::string_view options = fields[3]; !options.empty();) {
+			size_t comma = options.find(',');
+			if (options.substr(0, comma) == option)
+				return unescape_mount_field(fields[1]);
+			options = comma == std::string_view::npos ? std::string_view{} : options.substr(comma + 1);
+		}
 	}
+	return std::nullopt;
+}
+
+Result<std::string> parse_cgroup2_mount(std::string_view proc_mounts)
+{
+	if (auto mount = find_mount(proc_mounts, "cgroup2"))
+		return *mount;
 	return plain_error("no cgroup2 file system is mounted (cordon needs the unified hierarchy)");
 }
 

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <list>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -17,6 +18,11 @@ namespace cordon {
 // Pure parsers, unit-tested: the cgroup2 mount point in /proc/mounts text, and the unified
 // ("0::") path in /proc/<pid>/cgroup text.
 Result<std::string> parse_cgroup2_mount(std::string_view proc_mounts);
+// The mount point (octal escapes undone) of the first mount in /proc/mounts text of type
+// `fstype` and, if `option` is not empty, with `option` among its mount options: "cgroup2", or
+// "cgroup" with "memory" for the v1 memory controller.
+std::optional<std::string> find_mount(std::string_view proc_mounts, std::string_view fstype,
+                                      std::string_view option = {});
 Result<std::string> parse_unified_cgroup(std::string_view proc_pid_cgroup);
 // "/a//b/" -> "/a/b"; rejects "..", which could escape the hierarchy.
 Result<std::string> normalize_cgroup_path(std::string_view path);

@@ -128,34 +128,6 @@ ProcCgroups parse_proc_cgroups(std::string_view text)
 	return out;
 }
 
-std::optional<std::string> parse_memory_v1_mount(std::string_view proc_mounts)
-{
-	std::optional<std::string> found;
-	for_each_line(proc_mounts, [&found](std::string_view line) {
-		// device mountpoint fstype options ...
-		std::string_view fields[4];
-		for (auto &f : fields) {
-			size_t sp = line.find(' ');
-			f = line.substr(0, sp);
-			line = sp == std::string_view::npos ? std::string_view{} : line.substr(sp + 1);
-		}
-		if (fields[2] != "cgroup" || found)
-			return;
-		std::string_view options = fields[3];
-		while (!options.empty()) {
-			size_t comma = options.find(',');
-			if (options.substr(0, comma) == "memory") {
-				found = std::string(fields[1]);
-				return;
-			}
-			if (comma == std::string_view::npos)
-				break;
-			options.remove_prefix(comma + 1);
-		}
-	});
-	return found;
-}
-
 std::optional<uint64_t> parse_memory_limit(std::string_view text)
 {
 	text = trim(text);
@@ -195,7 +167,7 @@ MemoryLimit find_cgroup_memory_limit()
 			lowest_over_ancestors(*mount, *cgroups.unified, {"memory.max", "memory.high"}, best);
 	}
 	if (cgroups.memory_v1) {
-		if (auto mount = parse_memory_v1_mount(*mounts))
+		if (auto mount = find_mount(*mounts, "cgroup", "memory"))
 			lowest_over_ancestors(*mount, *cgroups.memory_v1, {"memory.limit_in_bytes"}, best);
 	}
 	return best;

@@ -20,8 +20,6 @@ struct ProcCgroups {
 	std::optional<std::string> memory_v1; // "N:...memory...:/path"
 };
 ProcCgroups parse_proc_cgroups(std::string_view proc_self_cgroup);
-// The v1 memory controller's mount point in /proc/mounts text, if it has one.
-std::optional<std::string> parse_memory_v1_mount(std::string_view proc_mounts);
 // memory.max / memory.high ("max" or bytes), memory.limit_in_bytes (v1 writes "unlimited" as
 // a page-rounded 2^63 - 1): nullopt when there is no limit or the text is not a number.
 std::optional<uint64_t> parse_memory_limit(std::string_view text);
