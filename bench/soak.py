@@ -72,13 +72,14 @@ import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 STANDIN_DIR = ROOT / "tests" / "standin"
+sys.path.insert(0, str(ROOT / "tests" / "integration"))
+from hostenv import cgroup2_mount, journald_running  # noqa: E402  (the tests' own)
 NOBODY = 65534
 STANDIN_IP = "127.77.200.250"  # this script's address (tests/integration/test_standin.py uses .10-.209)
 CURSOR_HOSTS = ("api2.cursor.sh", "agentn.api5.cursor.sh", "repo42.cursor.sh", "api.cursor.com")
 INTERCEPT_HOSTS = ["*.cursor.sh", "api.cursor.com", "cursor.com", "*.cursor.com"]
 AWS_KEY = "AKIAQYLPMN5HFIQR7XYZ"
 GITHUB_TOKEN = "ghp_R8fK2mQ9xLpW4vZ7nT1bY6cH3jD0sA5eG2uK"
-JOURNAL_SOCKET = "/run/systemd/journal/socket"
 CLASSES = ["unary", "stream", "blocked", "approved", "denied", "masked"]
 # One cycle of the mix: how many calls of each class.
 MIX = {"unary": 3, "stream": 3, "blocked": 2, "approved": 2, "denied": 1, "masked": 2}
@@ -121,26 +122,6 @@ default_action: allow
 
 def log(*a):
     print(*a, flush=True)
-
-
-def cgroup2_mount():
-    with open("/proc/mounts") as f:
-        for line in f:
-            _, mnt, fstype = line.split()[:3]
-            if fstype == "cgroup2":
-                return pathlib.Path(mnt.replace("\\040", " "))
-    raise SystemExit("soak: no cgroup2 mount")
-
-
-def journald_running():
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    try:
-        s.connect(JOURNAL_SOCKET)
-        return True
-    except OSError:
-        return False
-    finally:
-        s.close()
 
 
 def free_port_pair(start):

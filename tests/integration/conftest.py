@@ -18,6 +18,8 @@ import time
 
 import pytest
 
+from hostenv import cgroup2_mount, journald_running  # noqa: F401 (test_limits.py imports cgroup2_mount from here)
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 BUILD = ROOT / "build"
 # Where cordond and cordonctl come from: build/ unless CORDON_BIN_DIR names another directory
@@ -31,7 +33,6 @@ START_TIMEOUT = 60 if BIN_DIR != BUILD else 15
 CLIENT = pathlib.Path(__file__).with_name("client.py")
 PYTHON = "/usr/bin/python3"
 NOBODY = 65534
-JOURNAL_SOCKET = pathlib.Path("/run/systemd/journal/socket")
 
 
 def sanitizer_options(log_dir, detect_leaks=True):
@@ -94,15 +95,6 @@ def _sanitizer_check(_sanitizer_session):
     text = take_sanitizer_reports(_sanitizer_session.rglob("report.*"))
     if text:
         pytest.fail(f"a sanitizer reported an error in a process this test ran:\n{text}", pytrace=False)
-
-
-def cgroup2_mount():
-    with open("/proc/mounts") as f:
-        for line in f:
-            dev, mnt, fstype = line.split()[:3]
-            if fstype == "cgroup2":
-                return pathlib.Path(mnt.replace("\\040", " "))
-    raise RuntimeError("no cgroup2 mount: cordon needs the unified hierarchy")
 
 
 def cordon_addresses():
@@ -175,18 +167,6 @@ class Journal:
             if len(found) >= count or time.monotonic() > deadline:
                 return found
             time.sleep(0.1)
-
-
-def journald_running():
-    """The socket file outlives a killed journald: only a connect proves one is listening."""
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    try:
-        s.connect(str(JOURNAL_SOCKET))
-        return True
-    except OSError:
-        return False
-    finally:
-        s.close()
 
 
 @pytest.fixture(scope="session")
