@@ -26,7 +26,11 @@ Faults covered elsewhere, not repeated here:
 Found by this file, fixed: an upstream that answered the job's HTTP/2 preface and request with bytes
 that are no HTTP/2 left most such connections without any answer (no request entry journaled),
 waiting for daemon.idle_timeout_seconds, which is off by default: the job waited until its own
-deadline (test_garbage_from_the_upstream_is_a_clear_error[tls-garbage-2-...]).
+deadline (test_garbage_from_the_upstream_is_a_clear_error[tls-garbage-2-...]). Found in CI, fixed:
+curl 7.88 over HTTP/2 waiting for ever after a refusal it answered by ending its body
+(test_a_job_that_ends_its_body_after_the_refusal_is_woken), and an HTTP/1.1 job still sending its
+body when cordond answered and closed, which reset the connection under the answer
+(test_an_http1_job_still_sending_its_body_gets_the_answer).
 
 This file's addresses: 127.77.190.0/24.
 """
@@ -38,6 +42,7 @@ import pathlib
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import threading
@@ -58,6 +63,7 @@ CURL_ROUNDS_PY = HERE / "curl_rounds.py"
 MODES = ["stream", "reset", "stall-mid", "oversize", "endless", "stall-accept", "garbage", "tls-garbage"]
 IP = {mode: f"127.77.190.{i}" for i, mode in enumerate(MODES, start=1)}
 IP["refused"] = "127.77.190.9"  # nothing listens there
+IP["unanswered"] = "127.77.190.10"  # a listener whose queue is full: SYNs are dropped (syn_sink)
 RELOAD_IP = "127.77.190.20"  # the Cursor stand-in, for the reload test's own cordond
 DISK_IP = "127.77.190.21"  # well-behaved streams for the full disk test's own cordond
 RELAY_IP = "127.77.190.30"  # the plain echo upstream of the 10,000-connection test
@@ -293,6 +299,59 @@ def test_an_upstream_that_refuses_resets_the_job_at_once(gateway, journal):
     verify(d)
 
 
+@contextlib.contextmanager
+def syn_sink(ip, port=443):
+    """A listener that never answers a connect: its accept queue (backlog 0) is filled by one
+    connection nobody accepts, and the kernel then drops every further SYN, as a host behind a
+    firewall that drops would. Loopback only."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    fillers = []
+    try:
+        listener.bind((ip, port))
+        listener.listen(0)
+        for _ in range(2):
+            c = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            c.setblocking(False)
+            fillers.append(c)
+            c.connect_ex((ip, port))
+        time.sleep(0.2)
+        probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        probe.settimeout(0.5)
+        try:
+            with pytest.raises(socket.timeout):
+                probe.connect((ip, port))
+        finally:
+            probe.close()
+        yield
+    finally:
+        for c in fillers:
+            c.close()
+        listener.close()
+
+
+def test_an_upstream_that_never_answers_the_connect_is_given_up(gateway, journal):
+    """Expected: cordond gives up connecting after daemon.connect_timeout_ms (1000 ms here) and
+    resets the job's connection during its TLS handshake (it connects upstream before it answers
+    the job's hello); the journal says `upstream_timeout`. The job never waits for the kernel's
+    own connect timeout (about 2 minutes)."""
+    d, jobs, body = gateway
+    dst = f"{IP['unanswered']}:443"
+    with syn_sink(IP["unanswered"]):
+        curl_rounds(jobs, body, "unanswered", WARMUP)
+        check = Leakcheck(d, "upstream never answers the connect")
+        result = curl_rounds(jobs, body, "unanswered", ROUNDS)
+        # 10 at a time, each cut at 1 s: 30 rounds are about 3 s.
+        assert_failed_fast(result, ROUNDS, CONNECT_TIMEOUT_MS / 1000 + 3)
+        print(f"figures: slowest of {ROUNDS} transfers {result['slowest']} s (connect_timeout_ms "
+              f"{CONNECT_TIMEOUT_MS}); curl exit codes {result['codes']}")
+    found = closes(journal, d, WARMUP + ROUNDS, CORDON_DST=dst)
+    assert {(e["CORDON_RESULT"], e["CORDON_ERROR"]) for e in found} == {
+        ("upstream_timeout", "Connection timed out")}, found[-1]
+    check.check()
+    served_normally(jobs)
+    verify(d)
+
+
 # --- 2. the upstream resets mid-stream ------------------------------------------------------------------
 
 @pytest.mark.parametrize("http", ["2", "1.1"])
@@ -404,12 +463,7 @@ def test_garbage_from_the_upstream_is_a_clear_error(gateway, journal, mode, http
     requests_before = len(journal.entries(d.pid, CORDON_EVENT="request", CORDON_DST=dst))
     events, seconds = connect_client(jobs, mode, http=http)
     [err] = of(events, "error")
-    if code is not None and http == "1.1" and err.get("cause") == "EPIPE":
-        # HTTP/1.1: cordond answers 502 and closes while the job may still be writing its body;
-        # the job then sees EPIPE instead of the 502 (no lingering close yet: see the issue's
-        # note). Seen once in CI; curl's rounds below still hold every answer to "at once".
-        print(f"figures: the job saw {err['message']!r} before the 502")
-    elif code is not None:
+    if code is not None:
         assert err["code"] == code and message in err["message"], events
     assert not of(events, "recv") and seconds < IDLE_TIMEOUT_S, (events, seconds)
     # curl reads a Connect error as a complete HTTP answer (exit 0); the others fail. At once.
@@ -459,6 +513,50 @@ r.on('end', () => {{
     print(f"figures: PING {out['pings'][0] - out['ended_ms']} ms after the end of the answer")
     requests = journal.wait_for(d.pid, count=before + 1, CORDON_EVENT="request", CORDON_DST=dst)[before:]
     assert [e["CORDON_RESULT"] for e in requests] == ["bad_input"], requests
+
+
+LINGER_JOB = r"""
+import json, socket, ssl, sys, time
+ctx = ssl.create_default_context()
+ctx.set_alpn_protocols(["http/1.1"])
+s = ctx.wrap_socket(socket.create_connection(("api2.cursor.sh", 443)), server_hostname="api2.cursor.sh")
+size = 65536
+s.sendall(b"POST %s HTTP/1.1\r\nHost: api2.cursor.sh\r\nContent-Type: application/connect+proto\r\n"
+          b"Content-Length: %d\r\n\r\n" % (sys.argv[1].encode(), size) + bytes(1024))
+time.sleep(0.5)  # cordond has answered (the upstream sent garbage) by now
+out = {"error": None}
+try:
+    for _ in range(4):  # the rest of the body, after the answer
+        s.sendall(bytes((size - 1024) // 4))
+        time.sleep(0.05)
+except OSError as e:
+    out["error"] = type(e).__name__
+answer = b""
+try:
+    while chunk := s.recv(65536):
+        answer += chunk
+except OSError as e:
+    out["read_error"] = type(e).__name__
+out["answer"] = answer.decode("latin1")[:200]
+print(json.dumps(out))
+"""
+
+
+def test_an_http1_job_still_sending_its_body_gets_the_answer(gateway, journal):
+    """Expected: when cordond answers an HTTP/1.1 request itself and closes (here a 502: the
+    upstream sent garbage) while the job is still sending its body, the job can finish sending
+    and then reads the whole answer. cordond shuts its side down and reads and drops what the job
+    still sends, within bounds, before it closes; closing at once reset the connection, and the
+    job saw EPIPE instead of the 502 (seen in CI)."""
+    d, jobs, body = gateway
+    jobs.map_hosts(IP["tls-garbage"])
+    r = jobs.run(["python3", "-c", LINGER_JOB, STREAM_PATH], timeout=30)
+    out = json.loads(r.stdout)
+    assert out["error"] is None and "read_error" not in out, out
+    assert out["answer"].startswith("HTTP/1.1 502"), out
+    dst = f"{IP['tls-garbage']}:443"
+    [close] = closes(journal, d, 1, CORDON_DST=dst, CORDON_ALPN="http/1.1")[-1:]
+    assert close["CORDON_RESULT"] == "ok", close
 
 
 # --- 5. the client aborts mid-stream ----------------------------------------------------------------------

@@ -43,6 +43,7 @@ enum Op : uint8_t {
 	kSendUpstream,
 	kCancel,
 	kHoldTimer,
+	kLingerTimer,
 };
 
 constexpr int kClient = 0;
@@ -51,6 +52,10 @@ constexpr int kUpstream = 1;
 // no more, the TLS layer reads no more, flow control does the rest.
 constexpr size_t kHighWater = 1 << 20;
 constexpr size_t kReadChunk = 256 * 1024;
+// After its answer, how much of what the job still sends is read and dropped, and for how long
+// (see linger()).
+constexpr size_t kLingerBytes = 256 * 1024;
+constexpr long kLingerSeconds = 1;
 
 // Journals each HTTP exchange on an intercepted connection.
 class RequestJournal : public proxy::ExchangeObserver {
@@ -196,6 +201,9 @@ public:
 			return;
 		case kHoldTimer:
 			return on_hold_timer();
+		case kLingerTimer:
+			linger_armed_ = false;
+			return finish_lingering(false);
 		case kRecvClient:
 			return on_received(kClient, res, flags);
 		case kRecvUpstream:
@@ -368,7 +376,7 @@ private:
 	// Moves everything as far as it can go. Called after every completion.
 	void drive()
 	{
-		if (finished())
+		if (finished() || lingering_)
 			return;
 		if (upstream_tls_ && !upstream_tls_->established() && upstream_error_.empty() && !client_tls_) {
 			auto step = upstream_tls_->handshake();
@@ -393,7 +401,11 @@ private:
 		}
 		if (finished())
 			return;
-		if (bridge_)
+		// Once both close_notify alerts are queued nothing more moves: a TLS write after one fails
+		// ("protocol is shutdown"), and that failure reset the connection under the answer still
+		// queued for the job (an HTTP/2 GOAWAY, lost 1 time in 6 once the upstream's SETTINGS
+		// arrived after the close).
+		if (bridge_ && !closing_)
 			move_data();
 		if (finished())
 			return;
@@ -409,8 +421,61 @@ private:
 				flush(kUpstream, *upstream_tls_);
 			}
 		}
-		if (closing_ && sides_[kClient].out.empty() && !sides_[kClient].send_armed)
+		if (closing_ && sides_[kClient].out.empty() && !sides_[kClient].send_armed) {
+			if (!sides_[kClient].eof && linger())
+				return;
 			fail(result_.empty() ? "ok" : result_.c_str(), 0, false);
+		}
+	}
+
+	// The whole answer is out, close_notify included, but the job has not closed: it may still
+	// be writing a request body it began before the answer came (HTTP/1.1 "Connection: close"
+	// after a 502, a 431 or a refusal). Closing now would reset the connection, and the job
+	// could lose the answer: it saw EPIPE instead of a 502 in CI. So: FIN, then read and drop
+	// until the job closes, up to kLingerBytes or kLingerSeconds (RFC 9112 §9.6).
+	bool linger()
+	{
+		if (::shutdown(client_.get(), SHUT_WR) != 0)
+			return false;
+		lingering_ = true;
+		state_ = "lingering";
+		linger_left_ = kLingerBytes;
+		linger_timeout_ = {kLingerSeconds, 0};
+		io_uring_prep_timeout(loop().prepare(*this, kLingerTimer), &linger_timeout_, 0, 0);
+		linger_armed_ = true;
+		arm_linger_recv();
+		return true;
+	}
+
+	void arm_linger_recv()
+	{
+		Side &s = sides_[kClient];
+		if (s.recv_armed || finished())
+			return;
+		io_uring_sqe *sqe = loop().prepare(*this, kRecvClient);
+		io_uring_prep_recv(sqe, client_.get(), nullptr, server_.pool_.buffer_size(), 0);
+		sqe->flags |= IOSQE_BUFFER_SELECT;
+		sqe->buf_group = server_.pool_.group();
+		s.recv_armed = true;
+	}
+
+	// What the job sent after the answer: dropped. `res` as from recv.
+	void on_lingering_recv(int res)
+	{
+		if (res > 0 && static_cast<size_t>(res) < linger_left_) {
+			linger_left_ -= static_cast<size_t>(res);
+			last_activity_ = Clock::now();
+			return arm_linger_recv();
+		}
+		// The job closed (or failed, or ran the pool dry), or keeps sending more than cordond
+		// reads for it: the latter is reset.
+		finish_lingering(res > 0);
+	}
+
+	void finish_lingering(bool abortive)
+	{
+		if (!finished())
+			fail(result_.empty() ? "ok" : result_.c_str(), 0, abortive);
 	}
 
 	// Moves data until nothing moves: everything fed to the TLS layers is consumed (a completion
@@ -650,6 +715,13 @@ private:
 		const uint16_t bid = static_cast<uint16_t>(flags >> IORING_CQE_BUFFER_SHIFT);
 		if (has_buffer)
 			server_.pool_.taken();
+		if (lingering_) {
+			if (has_buffer)
+				server_.pool_.recycle(bid);
+			if (side == kClient && !finished())
+				on_lingering_recv(res);
+			return;
+		}
 		if (res > 0 && has_buffer && !finished()) {
 			// Into the TLS layer, and the buffer straight back to the kernel.
 			proxy::TlsEndpoint *tls = side == kClient ? client_tls_.get() : upstream_tls_.get();
@@ -698,6 +770,8 @@ private:
 				loop().cancel_fd(*this, upstream_.get(), kCancel);
 			if (hold_armed_)
 				loop().cancel_op(*this, kHoldTimer, kCancel);
+			if (linger_armed_)
+				loop().cancel_op(*this, kLingerTimer, kCancel);
 		}
 		mark_finished();
 	}
@@ -764,7 +838,10 @@ private:
 	UpstreamConnect connect_;
 	__kernel_timespec hold_timeout_{};
 	bool hold_armed_ = false;
-	Clock::time_point hold_due_; // when the armed hold timer fires
+	Clock::time_point hold_due_;                    // when the armed hold timer fires
+	bool lingering_ = false, linger_armed_ = false; // see linger()
+	size_t linger_left_ = 0;
+	__kernel_timespec linger_timeout_{};
 	Clock::time_point last_activity_;
 };
 
