@@ -11,7 +11,8 @@
 
 namespace cordon {
 
-Result<nlohmann::json> control_request(const std::string &socket_path, const nlohmann::json &request)
+Result<nlohmann::json> control_request(const std::string &socket_path, const nlohmann::json &request,
+                                       std::chrono::seconds timeout)
 {
 	sockaddr_un addr{};
 	addr.sun_family = AF_UNIX;
@@ -35,12 +36,12 @@ Result<nlohmann::json> control_request(const std::string &socket_path, const nlo
 		off += static_cast<size_t>(n);
 	}
 	std::string response;
-	auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+	auto deadline = std::chrono::steady_clock::now() + timeout;
 	for (;;) {
 		auto left =
 		    std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
 		if (left.count() <= 0)
-			return plain_error("cordond did not answer within 10 s");
+			return plain_error("cordond did not answer within " + std::to_string(timeout.count()) + " s");
 		pollfd p{fd.get(), POLLIN, 0};
 		int rc = ::poll(&p, 1, static_cast<int>(left.count()));
 		if (rc < 0 && errno == EINTR)
