@@ -452,11 +452,7 @@ private:
 		Side &s = sides_[kClient];
 		if (s.recv_armed || finished())
 			return;
-		io_uring_sqe *sqe = loop().prepare(*this, kRecvClient);
-		io_uring_prep_recv(sqe, client_.get(), nullptr, server_.pool_.buffer_size(), 0);
-		sqe->flags |= IOSQE_BUFFER_SELECT;
-		sqe->buf_group = server_.pool_.group();
-		s.recv_armed = true;
+		submit_recv(kClient);
 	}
 
 	// What the job sent after the answer: dropped. `res` as from recv.
@@ -700,6 +696,13 @@ private:
 			return;
 		if (bridge_ && !(side == kClient ? bridge_->wants_client_data() : bridge_->wants_upstream_data()))
 			return;
+		submit_recv(side);
+	}
+
+	// One receive into a buffer the kernel picks from the pool.
+	void submit_recv(int side)
+	{
+		Side &s = sides_[side];
 		io_uring_sqe *sqe = loop().prepare(*this, side == kClient ? kRecvClient : kRecvUpstream);
 		io_uring_prep_recv(sqe, s.fd->get(), nullptr, server_.pool_.buffer_size(), 0);
 		sqe->flags |= IOSQE_BUFFER_SELECT;
